@@ -1,0 +1,24 @@
+# One command each: `make test` (what CI runs) and `make demo`. Both create the venv when missing.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.flowtts-installed
+
+.PHONY: test demo bench lint
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, so nothing else picks the torch build; the lock keeps every other version fixed.
+	$(PY) -m pip install -q -c requirements.lock torch==2.11.0 torchaudio==2.11.0
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check platform data_pipelines jobs serve tests bench scripts
