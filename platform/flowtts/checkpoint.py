@@ -38,6 +38,7 @@ OFFICIAL_NON_WEIGHT_KEYS = (
 # Our additions to the CFM state dict that official files never have.
 OUR_ONLY_PREFIXES = ("duration_predictor.",)
 TEXT_EMBED_KEY = "transformer.text_embed.text_embed.weight"
+DURATION_EMBED_KEY = "duration_predictor.encoder.embed.weight"
 WEIGHTS_FILE, VOCAB_FILE, SIDECAR_FILE = "model.safetensors", "vocab.txt", "flowtts.json"
 
 
@@ -128,17 +129,20 @@ def load_state_strict(model: CFM, state: dict[str, torch.Tensor], *, source: str
 
 
 def extend_vocab(model: CFM, vocab: Vocab, symbols: list[str], *, seed: int = 666) -> tuple[CFM, Vocab, list[str]]:
-    """Append symbols to the vocab and grow the text embedding: old rows kept exactly, new rows N(0, 1)."""
+    """Append symbols to the vocab and grow the text embeddings: old rows kept exactly, new rows N(0, 1)."""
     new_vocab, added = vocab.extend(symbols)
     if not added:
         return model, vocab, []
-    old = model.transformer.text_embed.text_embed.weight.data
-    extra = torch.randn(len(added), old.shape[1], generator=torch.Generator().manual_seed(seed))
-    grown = build_model(model.config.with_vocab_size(len(new_vocab)))
+    generator = torch.Generator().manual_seed(seed)
     state = model.state_dict()
-    state[TEXT_EMBED_KEY] = torch.cat([old.cpu(), extra.to(old.dtype)], dim=0)
+    for key in (TEXT_EMBED_KEY, DURATION_EMBED_KEY):
+        if key in state:
+            old = state[key]
+            extra = torch.randn(len(added), old.shape[1], generator=generator).to(old.dtype)
+            state[key] = torch.cat([old.cpu(), extra], dim=0)
+    grown = build_model(model.config.with_vocab_size(len(new_vocab)))
     grown.load_state_dict(state, strict=True)
-    return grown.to(old.device), new_vocab, added
+    return grown.to(model.device), new_vocab, added
 
 
 # ---------------------------------------------------------------- our format

@@ -11,6 +11,7 @@ from torch import nn
 
 from flowtts.config import ModelConfig
 from flowtts.model.backbones import BACKBONES, Backbone, TextCache
+from flowtts.model.duration import DurationPredictor
 from flowtts.model.modules import lens_to_mask
 
 # Empirically Pruned Step Sampling grids (in 1/32 units) for small step counts.
@@ -63,6 +64,10 @@ class CFM(nn.Module):
         super().__init__()
         self.config = config
         self.transformer: Backbone = BACKBONES[config.backbone](config)
+        self.duration_predictor = (
+            DurationPredictor(config.duration_predictor, config.text_num_embeds)
+            if config.duration_predictor is not None else None
+        )
         self.num_channels = config.mel_dim
         self.audio_drop_prob = audio_drop_prob
         self.cond_drop_prob = cond_drop_prob
