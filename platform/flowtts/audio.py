@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,6 +16,9 @@ import torchaudio
 from flowtts.config import MelConfig
 
 DEFAULT_MEL = MelConfig()
+# libsndfile clamps a WAV/AIFF whose data chunk runs past the end of the file to the frames present and
+# only says so in its log ("data : 48000 (should be 23978)"), so `frames` alone cannot reveal truncation.
+_SHORT_DATA_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
 class AudioError(ValueError):
@@ -38,8 +42,14 @@ def read_audio(source: str | Path | bytes | BinaryIO) -> tuple[np.ndarray, int]:
             declared = f.frames
             data = f.read(dtype="float32", always_2d=True)
             rate = f.samplerate
+            short_chunk = _SHORT_DATA_CHUNK.search(f.extra_info)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(f"{name}: not readable as audio ({exc})") from exc
+    if short_chunk:
+        chunk, declared_bytes, present_bytes = short_chunk.groups()
+        raise TruncatedAudioError(
+            f"{name}: header declares a {chunk} chunk of {declared_bytes} bytes but only {present_bytes} are present"
+        )
     if declared > 0 and data.shape[0] < declared:
         raise TruncatedAudioError(f"{name}: header declares {declared} frames but only {data.shape[0]} are present")
     if data.shape[0] == 0:

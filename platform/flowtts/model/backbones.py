@@ -42,36 +42,43 @@ class TextCache:
 class Backbone(nn.Module):
     """Shared forward protocol: embed inputs (cond and uncond when packing CFG), run the body."""
 
-    def embed(self, x, cond, text, drop_audio_cond, drop_text, mask, cache):  # pragma: no cover - interface
+    def embed(self, x, cond, text, drop_audio_cond, drop_text, mask, cache, isolate):  # pragma: no cover
         raise NotImplementedError
 
-    def body(self, h, t, mask, n_audio):  # pragma: no cover - interface
+    def body(self, h, t, mask, n_audio, isolate):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def compute_text_embedding(self, text, seq_len, drop_text, mask, isolate):  # pragma: no cover - interface
         raise NotImplementedError
 
     def text_embedding(self, text: torch.Tensor, seq_len: int, drop_text: bool, mask: torch.Tensor | None,
-                       cache: TextCache | None) -> torch.Tensor:
+                       cache: TextCache | None, isolate: bool) -> torch.Tensor:
         if cache is not None and drop_text in cache.embeds:
             return cache.embeds[drop_text]
-        emb = self.compute_text_embedding(text, seq_len, drop_text, mask)
+        emb = self.compute_text_embedding(text, seq_len, drop_text, mask, isolate)
         if cache is not None:
             cache.embeds[drop_text] = emb
         return emb
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, text: torch.Tensor, time: torch.Tensor,
                 mask: torch.Tensor | None = None, drop_audio_cond: bool = False, drop_text: bool = False,
-                cfg_infer: bool = False, cache: TextCache | None = None) -> torch.Tensor:
+                cfg_infer: bool = False, cache: TextCache | None = None, isolate_items: bool = False) -> torch.Tensor:
+        """``isolate_items=True``: every item is computed exactly as if it were alone in the batch (padded
+        keys masked in attention, text embedded at the item's own length). The default keeps upstream's
+        batch semantics, under which padding in a batch slightly changes the other items."""
         b = x.shape[0]
+        isolate = isolate_items and mask is not None
         if time.ndim == 0:
             time = time.repeat(b)
         t = self.time_embed(time)  # [b, d]
         if cfg_infer:
-            h = torch.cat((self.embed(x, cond, text, False, False, mask, cache),
-                           self.embed(x, cond, text, True, True, mask, cache)), dim=0)  # [2b, n, d]
+            h = torch.cat((self.embed(x, cond, text, False, False, mask, cache, isolate),
+                           self.embed(x, cond, text, True, True, mask, cache, isolate)), dim=0)  # [2b, n, d]
             t = torch.cat((t, t), dim=0)
             mask = torch.cat((mask, mask), dim=0) if mask is not None else None
         else:
-            h = self.embed(x, cond, text, drop_audio_cond, drop_text, mask, cache)
-        return self.body(h, t, mask, x.shape[1])
+            h = self.embed(x, cond, text, drop_audio_cond, drop_text, mask, cache, isolate)
+        return self.body(h, t, mask, x.shape[1], isolate)
 
 
 class DiT(Backbone):
@@ -97,21 +104,27 @@ class DiT(Backbone):
         _zero(self.norm_out.linear)
         _zero(self.proj_out)
 
-    def compute_text_embedding(self, text, seq_len, drop_text, mask):
-        return self.text_embed(text, seq_len, drop_text=drop_text)
+    def compute_text_embedding(self, text, seq_len, drop_text, mask, isolate):
+        if not isolate:  # upstream: one embedding at the batch length (ConvNeXt GRN then sees the padding)
+            return self.text_embed(text, seq_len, drop_text=drop_text)
+        rows = [self.text_embed(text[i : i + 1], int(n), drop_text=drop_text)[0]
+                for i, n in enumerate(mask.sum(dim=1).tolist())]
+        emb = nn.utils.rnn.pad_sequence(rows, batch_first=True)  # [b, max_len, text_dim]
+        return F.pad(emb, (0, 0, 0, seq_len - emb.shape[1]))  # [b, n, text_dim]
 
-    def embed(self, x, cond, text, drop_audio_cond, drop_text, mask, cache):
-        text_emb = self.text_embedding(text, x.shape[1], drop_text, mask, cache)  # [b, n, text_dim]
+    def embed(self, x, cond, text, drop_audio_cond, drop_text, mask, cache, isolate):
+        text_emb = self.text_embedding(text, x.shape[1], drop_text, mask, cache, isolate)  # [b, n, text_dim]
         return self.input_embed(x, cond, text_emb, drop_audio_cond=drop_audio_cond, audio_mask=mask)
 
-    def body(self, h, t, mask, n_audio):
+    def body(self, h, t, mask, n_audio, isolate):
         rope = self.rotary_embed.forward_from_seq_len(h.shape[1])
         residual = h
+        mask_keys = True if isolate else None  # None: the blocks' configured attn_mask_enabled
         for block in self.transformer_blocks:
             if self.checkpoint_activations and self.training:
-                h = checkpoint(block, h, t, None, rope, use_reentrant=False)
+                h = checkpoint(block, h, t, mask, rope, mask_keys, use_reentrant=False)
             else:
-                h = block(h, t, mask=mask, rope=rope)
+                h = block(h, t, mask=mask, rope=rope, mask_keys=mask_keys)
         if self.long_skip_connection is not None:
             h = self.long_skip_connection(torch.cat((h, residual), dim=-1))
         return self.proj_out(self.norm_out(h, t))  # [b, n, mel]
@@ -143,14 +156,14 @@ class UNetT(Backbone):
         self.norm_out = ScaledRMSNorm(cfg.dim)
         self.proj_out = nn.Linear(cfg.dim, cfg.mel_dim)
 
-    def compute_text_embedding(self, text, seq_len, drop_text, mask):
+    def compute_text_embedding(self, text, seq_len, drop_text, mask, isolate):
         return self.text_embed(text, seq_len, drop_text=drop_text)
 
-    def embed(self, x, cond, text, drop_audio_cond, drop_text, mask, cache):
-        text_emb = self.text_embedding(text, x.shape[1], drop_text, mask, cache)
+    def embed(self, x, cond, text, drop_audio_cond, drop_text, mask, cache, isolate):
+        text_emb = self.text_embedding(text, x.shape[1], drop_text, mask, cache, isolate)
         return self.input_embed(x, cond, text_emb, drop_audio_cond=drop_audio_cond)
 
-    def body(self, h, t, mask, n_audio):
+    def body(self, h, t, mask, n_audio, isolate):
         h = torch.cat((t.unsqueeze(1), h), dim=1)  # [b, 1+n, d]
         mask = F.pad(mask, (1, 0), value=True) if mask is not None else None
         rope = self.rotary_embed.forward_from_seq_len(h.shape[1])
@@ -251,14 +264,14 @@ class MMDiT(Backbone):
         _zero(self.norm_out.linear)
         _zero(self.proj_out)
 
-    def compute_text_embedding(self, text, seq_len, drop_text, mask):
+    def compute_text_embedding(self, text, seq_len, drop_text, mask, isolate):
         return self.text_embed(text, drop_text=drop_text)
 
-    def embed(self, x, cond, text, drop_audio_cond, drop_text, mask, cache):
-        c = self.text_embedding(text, x.shape[1], drop_text, mask, cache)  # [b, nt, d]
+    def embed(self, x, cond, text, drop_audio_cond, drop_text, mask, cache, isolate):
+        c = self.text_embedding(text, x.shape[1], drop_text, mask, cache, isolate)  # [b, nt, d]
         return torch.cat((self.audio_embed(x, cond, drop_audio_cond), c), dim=1)  # [b, n+nt, d] (split in body)
 
-    def body(self, h, t, mask, n_audio):
+    def body(self, h, t, mask, n_audio, isolate):
         n = n_audio
         x, c = h[:, :n], h[:, n:]
         rope_audio = self.rotary_embed.forward_from_seq_len(n)

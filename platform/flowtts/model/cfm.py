@@ -103,13 +103,16 @@ class CFM(nn.Module):
     def sample(self, cond: torch.Tensor, text: torch.Tensor, duration: int | torch.Tensor,
                lens: torch.Tensor | None = None, steps: int = 32, cfg_strength: float = 2.0,
                sway_sampling_coef: float | None = -1.0, seed: int | torch.Tensor | list[int] | None = None,
-               use_epss: bool = True, max_duration: int = 65536) -> SampleResult:
+               use_epss: bool = True, max_duration: int = 65536, isolate_items: bool = False) -> SampleResult:
         """Euler ODE from noise to mel, with classifier-free guidance packed into one forward.
 
         cond: [b, n_cond, mel] reference mel (or [b, samples] waveform is not accepted: pass the mel);
         text: [b, nt] ids padded with -1; duration: total frames (int or [b]); lens: prompt frames [b];
         seed: one seed for all items or one per item; item i's noise is
         ``torch.manual_seed(seed_i); torch.randn(duration_i, mel)`` whatever the batch.
+        isolate_items: give every item exactly the result it gets when sampled alone (what serving and
+        synthesis use: a request's audio must not depend on its batch); the default reproduces upstream's
+        batched sampling, where padding slightly changes the shorter items.
         """
         self.eval()
         device = self.device
@@ -131,9 +134,10 @@ class CFM(nn.Module):
 
         def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             if cfg_strength < 1e-5:
-                return self.transformer(x=x, cond=step_cond, text=text, time=t, mask=mask, cache=cache)
+                return self.transformer(x=x, cond=step_cond, text=text, time=t, mask=mask, cache=cache,
+                                        isolate_items=isolate_items)
             pred, null = self.transformer(x=x, cond=step_cond, text=text, time=t, mask=mask, cfg_infer=True,
-                                          cache=cache).chunk(2, dim=0)
+                                          cache=cache, isolate_items=isolate_items).chunk(2, dim=0)
             return pred + (pred - null) * cfg_strength
 
         x = self.initial_noise(duration, seed, step_cond.dtype)  # [b, n, mel]

@@ -244,11 +244,14 @@ class Attention(nn.Module):
         return torch.cat((apply_rotary_pos_emb(t[:, :pn], freqs), t[:, pn:]), dim=1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rope: torch.Tensor | None = None,
-                c: torch.Tensor | None = None, c_rope: torch.Tensor | None = None):
+                c: torch.Tensor | None = None, c_rope: torch.Tensor | None = None, mask_keys: bool | None = None):
+        """mask [b, n]: valid frames. Padded frames always get a zero output; padded keys are excluded
+        from attention when ``mask_keys`` (default: the configured ``attn_mask_enabled``)."""
         q = self._rope(self._heads(x, self.to_q, self.q_norm), rope)
         k = self._rope(self._heads(x, self.to_k, self.k_norm), rope)
         v = self._heads(x, self.to_v, None)
-        attn_mask = mask if self.attn_mask_enabled else None
+        mask_keys = self.attn_mask_enabled if mask_keys is None else mask_keys
+        attn_mask = mask if mask_keys else None
         if c is not None:
             q = torch.cat((q, self._rope(self._heads(c, self.to_q_c, self.q_norm_c), c_rope)), dim=2)
             k = torch.cat((k, self._rope(self._heads(c, self.to_k_c, self.k_norm_c), c_rope)), dim=2)
@@ -322,8 +325,8 @@ class DiTBlock(nn.Module):
         self.ff = FeedForward(dim, mult=ff_mult, dropout=dropout, approximate="tanh")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
-                rope: torch.Tensor | None = None) -> torch.Tensor:
+                rope: torch.Tensor | None = None, mask_keys: bool | None = None) -> torch.Tensor:
         norm, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(x, emb=t)
-        x = x + gate_msa.unsqueeze(1) * self.attn(norm, mask=mask, rope=rope)
+        x = x + gate_msa.unsqueeze(1) * self.attn(norm, mask=mask, rope=rope, mask_keys=mask_keys)
         norm = self.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
         return x + gate_mlp.unsqueeze(1) * self.ff(norm)
