@@ -1,0 +1,143 @@
+"""Evaluate a registered model on held-out clips, log the report to MLflow, and promote it only if better.
+
+MLflow is imported inside the functions: ``import flowtts`` never pulls it in.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from flowtts.checkpoint import ModelBundle, load_bundle
+from flowtts.evaluation.heldout import (
+    EvalItem,
+    ItemScore,
+    as_rows,
+    build_eval_items,
+    score_model,
+    score_other_sentence,
+    summarise,
+)
+from flowtts.evaluation.report import write_report
+from flowtts.model import build_model
+
+logger = logging.getLogger(__name__)
+PRIMARY_METRIC = "model/truth/mcd_dtw"
+
+
+@dataclass
+class ModelRef:
+    """A model to evaluate: its checkpoint folder and, when it came from the registry, its version."""
+
+    uri: str
+    folder: Path
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+
+
+@dataclass
+class Evaluation:
+    summary: dict[str, float]
+    scores: list[ItemScore]
+    report: Path
+    decision: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_model(uri: str) -> ModelRef:
+    """A local checkpoint folder, or ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` from the registry."""
+    if not uri.startswith("models:/"):
+        return ModelRef(uri=uri, folder=Path(uri))
+    from mlflow import MlflowClient
+
+    from flowtts.tracking import download_model
+
+    name, _, selector = uri.removeprefix("models:/").partition("@")
+    client = MlflowClient()
+    if selector:
+        version = client.get_model_version_by_alias(name, selector)
+    else:
+        name, _, number = name.partition("/")
+        version = client.get_model_version(name, number)
+    folder = download_model(f"models:/{name}/{version.version}")
+    return ModelRef(uri=uri, folder=folder, name=name, version=str(version.version), run_id=version.run_id)
+
+
+def evaluate(candidate: ModelRef, dataset: Path, *, max_items: int | None = None, nfe: int = 16, seed: int = 0,
+             vocoder: str | None = None, out_dir: Path | None = None) -> Evaluation:
+    """Score the candidate and both baselines on the same held-out items; write the report."""
+    bundle = load_bundle(candidate.folder)
+    items = build_eval_items(dataset, max_items=max_items, seed=seed)
+    logger.info("evaluating %s on %d held-out items (NFE %d)", candidate.uri, len(items), nfe)
+    scores, mels = score_model("model", bundle.model, bundle.vocab, items, nfe=nfe, seed=seed)
+    untrained_scores, _ = score_model("untrained", untrained_like(bundle, seed), bundle.vocab, items, nfe=nfe,
+                                      seed=seed)
+    scores += untrained_scores + score_other_sentence(items)
+    summary = summarise(scores)
+    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="flowtts-eval-"))
+    report = write_report(out_dir, candidate.uri, summary, as_rows(scores), items, mels["truth"], vocoder=vocoder)
+    return Evaluation(summary=summary, scores=scores, report=report)
+
+
+def untrained_like(bundle: ModelBundle, seed: int):
+    torch.manual_seed(seed)
+    return build_model(bundle.model.config).eval()
+
+
+def log_to_mlflow(candidate: ModelRef, evaluation: Evaluation) -> None:
+    """Metrics and the report folder go to the run that produced the model version."""
+    if candidate.run_id is None:
+        logger.info("%s is not a registered model: nothing logged to MLflow", candidate.uri)
+        return
+    import mlflow
+
+    with mlflow.start_run(run_id=candidate.run_id):
+        mlflow.log_metrics({f"eval/{key}": value for key, value in evaluation.summary.items()})
+        mlflow.log_artifacts(str(evaluation.report.parent), artifact_path="evaluation")
+
+
+def promote_if_better(candidate: ModelRef, evaluation: Evaluation, dataset: Path, *, alias: str,
+                      margin: float = 0.0, metric: str = PRIMARY_METRIC, nfe: int = 16, seed: int = 0,
+                      max_items: int | None = None) -> dict[str, str]:
+    """Move ``alias`` to the candidate only when it beats the alias's current version by ``margin`` on
+    ``metric`` (lower is better), both scored on the same items now; tag both versions with the decision."""
+    if candidate.version is None:
+        raise ValueError(f"--promote needs a registered model URI (models:/NAME@ALIAS), got {candidate.uri}")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    new_value = evaluation.summary[metric]
+    try:
+        current = client.get_model_version_by_alias(candidate.name, alias)
+    except MlflowException:
+        current = None
+    if current is None:
+        decision = {"decision": "promoted", "reason": f"no version had alias {alias!r}"}
+    elif str(current.version) == candidate.version:
+        decision = {"decision": "unchanged", "reason": f"version {candidate.version} already has alias {alias!r}"}
+    else:
+        incumbent = load_bundle(resolve_model(f"models:/{candidate.name}/{current.version}").folder)
+        items: list[EvalItem] = build_eval_items(dataset, max_items=max_items, seed=seed)
+        old_scores, _ = score_model("model", incumbent.model, incumbent.vocab, items, nfe=nfe, seed=seed)
+        old_value = summarise(old_scores)[metric]
+        better = new_value <= old_value - margin
+        decision = {
+            "decision": "promoted" if better else "rejected",
+            "reason": f"{metric}: candidate {new_value:.3f} vs version {current.version} {old_value:.3f} "
+                      f"(margin {margin})",
+        }
+    if decision["decision"] == "promoted":
+        client.set_registered_model_alias(candidate.name, alias, candidate.version)
+    prefix = f"promotion.{alias}"
+    client.set_model_version_tag(candidate.name, candidate.version, f"{prefix}.decision", decision["decision"])
+    client.set_model_version_tag(candidate.name, candidate.version, f"{prefix}.reason", decision["reason"])
+    if current is not None and str(current.version) != candidate.version:
+        client.set_model_version_tag(candidate.name, str(current.version), f"{prefix}.challenged_by",
+                                     f"version {candidate.version}: {decision['decision']} ({decision['reason']})")
+    evaluation.decision = decision
+    return decision
