@@ -110,10 +110,7 @@ def synthesise_mels(model: CFM, vocab: Vocab, items: list[EvalItem], gen_frames:
     out = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        ids = []
-        for item in chunk:
-            ref_ids, text_ids = prompt_ids(vocab, item)
-            ids.append(ref_ids + text_ids)
+        ids = [sum(prompt_ids(vocab, item), []) for item in chunk]  # reference prompt + target text
         lens = torch.tensor([it.ref_mel.shape[0] for it in chunk])
         cond = torch.nn.utils.rnn.pad_sequence([it.ref_mel for it in chunk], batch_first=True)
         totals = lens + torch.tensor(gen_frames[start : start + batch_size])
