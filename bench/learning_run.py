@@ -1,0 +1,93 @@
+"""The learning demonstration: train a preset on a mel-shard dataset for a time budget, on one device.
+
+    python bench/learning_run.py --data DATASET --out DIR [--config tiny] [--minutes 5] [--lr 5e-4]
+
+It runs the same training step as ``jobs/train.py`` (``flowtts.training``: frame-budget batches, AdamW
+with warmup and decay, gradient clipping, EMA, bf16 autocast on CUDA) in a single process without Ray,
+so it also runs on a bare GPU machine. It writes the EMA weights in our checkpoint format (``--half``
+stores them as float16), ``loss.csv`` (step, seconds, loss, lr, frames/s) and ``summary.json``.
+Evaluate the result with ``jobs/evaluate.py --model DIR/checkpoint --data DATASET``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from flowtts.checkpoint import save_checkpoint
+from flowtts.config import load_config
+from flowtts.model import build_model
+from flowtts.training.batching import BatchPosition, EpochPlan
+from flowtts.training.data import TrainingData, dataset_vocab
+from flowtts.training.recipe import build_recipe
+from flowtts.training.step import train_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--frames", type=int, default=38400, help="frame budget per batch")
+    parser.add_argument("--max-updates", type=int, default=6000, help="schedule length (decay end)")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--half", action="store_true", help="store the EMA weights as float16")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    vocab = dataset_vocab(args.data)
+    config = load_config(args.config).with_overrides({
+        "model.text_num_embeds": len(vocab), "train.learning_rate": args.lr,
+        "train.batch_size_per_gpu": args.frames, "train.max_updates": args.max_updates,
+        "train.num_warmup_updates": args.warmup,
+    })
+    data = TrainingData.from_folder(args.data, vocab)
+    plan = EpochPlan(data.lengths, args.frames, config.train.max_samples, seed=args.seed)
+    model = build_model(config.model).to(device)
+    recipe = build_recipe(model, config.train)
+    args.out.mkdir(parents=True, exist_ok=True)
+    position, step, started = BatchPosition(), 0, time.perf_counter()
+    rows = []
+    while time.perf_counter() - started < args.minutes * 60 and step < args.max_updates:
+        batch = data.batch(plan.batch_at(position))
+        position = plan.advance(position)
+        tick = time.perf_counter()
+        result = train_step(model, recipe, [batch], max_grad_norm=config.train.max_grad_norm, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        step += 1
+        rows.append({"step": step, "seconds": round(time.perf_counter() - started, 2), "loss": result.loss,
+                     "lr": result.lr, "frames_per_s": result.frames / (time.perf_counter() - tick)})
+        if step % 100 == 0:
+            print(f"step {step} epoch {position.epoch} loss {result.loss:.4f} "
+                  f"{rows[-1]['frames_per_s']:.0f} frames/s", flush=True)
+    with open(args.out / "loss.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    ema = recipe.ema.ema_model.eval()
+    if args.half:
+        ema = ema.half()
+    save_checkpoint(ema, args.out / "checkpoint", vocab, mel=config.mel,
+                    info={"steps": step, "epochs": position.epoch, "config": config.name})
+    tail = rows[-50:]
+    summary = {"steps": step, "epochs": position.epoch, "seconds": rows[-1]["seconds"], "device": str(device),
+               "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               "first_loss": sum(r["loss"] for r in rows[:50]) / len(rows[:50]),
+               "last_loss": sum(r["loss"] for r in tail) / len(tail),
+               "median_frames_per_s": sorted(r["frames_per_s"] for r in rows)[len(rows) // 2]}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Speak text in the voice of a reference clip, offline.
+
+    python jobs/synthesize.py --model CHECKPOINT_DIR --ref-audio ref.wav --ref-text "..." \\
+        --text "Hôm nay là ngày 15/8/2024, trời 30°C." --out out.wav
+
+--model takes a folder in our format, an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION,
+runs:/RUN/path) or an official F5-TTS .pt/.safetensors together with --vocab and --model-config.
+The output format follows the extension: wav, flac, ogg/opus, mp3, raw/pcm (16-bit). Chunks of long
+texts are sampled in batches of --batch-chunks with a progress bar; the result does not depend on the
+batching. Ends with one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from flowtts.synthesis import (
+    DEFAULT_VOCOS_REPO,
+    SynthesisError,
+    SynthesisOptions,
+    Synthesizer,
+    output_format,
+    write_output,
+)
+from flowtts.text import normalize_vietnamese
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint folder, MLflow URI or official .pt/.safetensors")
+    parser.add_argument("--vocab", type=Path, help="vocab.txt of an official checkpoint")
+    parser.add_argument("--model-config", help="JSON/YAML model config or preset name of an official checkpoint")
+    parser.add_argument("--ref-audio", type=Path, required=True, help="reference voice clip (any soundfile format)")
+    parser.add_argument("--ref-text", required=True, help="transcript of the reference clip")
+    text = parser.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="text to speak")
+    text.add_argument("--text-file", type=Path, help="UTF-8 file with the text to speak")
+    parser.add_argument("--out", type=Path, required=True, help="output file; the extension picks the format")
+    parser.add_argument("--nfe", type=int, default=32, help="ODE steps (default 32)")
+    parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance strength (default 2)")
+    parser.add_argument("--sway", type=float, default=-1.0, help="sway sampling coefficient (default -1)")
+    parser.add_argument("--speed", type=float, default=1.0, help="speaking rate factor (default 1)")
+    parser.add_argument("--seed", type=int, help="random seed (default: drawn and printed)")
+    parser.add_argument("--fix-duration", type=float, help="total seconds, reference plus generated audio")
+    parser.add_argument("--remove-silence", action="store_true", help="shorten pauses longer than 1 s")
+    parser.add_argument("--no-epss", action="store_true", help="uniform time grid even for 5-16 NFE")
+    parser.add_argument(
+        "--vocoder",
+        default=DEFAULT_VOCOS_REPO,
+        help=f"Vocos folder or cached HF repo id (default {DEFAULT_VOCOS_REPO}; Griffin-Lim when unavailable)",
+    )
+    parser.add_argument("--allow-download", action="store_true", help="let the vocoder be downloaded from HF")
+    parser.add_argument("--batch-chunks", type=int, default=8, help="chunks per sample() call (default 8)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--lowercase", action="store_true", help="lowercase after the front end (for lowercase-only vocabs)"
+    )
+    parser.add_argument(
+        "--unknown-characters",
+        choices=["error", "space"],
+        default="error",
+        help="characters missing from the vocab: fail naming them (default) or read them as a space",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        output_format(args.out)
+        text = args.text if args.text is not None else args.text_file.read_text(encoding="utf-8")
+        options = SynthesisOptions(
+            nfe=args.nfe,
+            cfg_strength=args.cfg,
+            sway_sampling_coef=args.sway,
+            speed=args.speed,
+            seed=args.seed,
+            fix_duration=args.fix_duration,
+            remove_silence=args.remove_silence,
+            use_epss=not args.no_epss,
+        )
+        synthesizer = Synthesizer.from_pretrained(
+            args.model,
+            vocab=args.vocab,
+            model_config=args.model_config,
+            vocoder=args.vocoder,
+            device=args.device,
+            allow_download=args.allow_download,
+            frontend=functools.partial(normalize_vietnamese, lowercase=args.lowercase),
+            unknown_characters=args.unknown_characters,
+        )
+        started = time.perf_counter()
+        reference = synthesizer.prepare_reference(args.ref_audio, args.ref_text)
+        plan = synthesizer.plan(text, reference, options)
+    except (SynthesisError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    mels: list[torch.Tensor] = []
+    with tqdm(total=len(plan.items), unit="chunk", desc="sampling", disable=len(plan.items) < 2) as bar:
+        for start in range(0, len(plan.items), max(args.batch_chunks, 1)):
+            group = plan.items[start : start + max(args.batch_chunks, 1)]
+            mels += synthesizer.generate(
+                group,
+                nfe=options.nfe,
+                cfg_strength=options.cfg_strength,
+                sway_sampling_coef=options.sway_sampling_coef,
+                use_epss=options.use_epss,
+            )
+            bar.update(len(group))
+    result = synthesizer.render(plan, mels)
+    elapsed = time.perf_counter() - started
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_output(args.out, result.audio, result.sample_rate)
+    print(
+        f"wrote {args.out}: {result.duration_s:.2f} s of audio in {elapsed:.2f} s (RTF "
+        f"{elapsed / max(result.duration_s, 1e-9):.3f}), seed {result.seed}, duration rule "
+        f"{result.duration_rule}, {len(result.chunks)} chunk(s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

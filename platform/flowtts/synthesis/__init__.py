@@ -1,0 +1,62 @@
+"""Synthesis: reference voice + text in, natural 24 kHz speech out, as upstream F5-TTS inference does it."""
+
+from flowtts.synthesis.chunking import (
+    CROSS_FADE_S,
+    balanced_chunks,
+    chunk_text,
+    cross_fade,
+    max_chunk_bytes,
+)
+from flowtts.synthesis.duration import byte_ratio_frames, fixed_frames
+from flowtts.synthesis.errors import (
+    EmptyTextError,
+    InvalidOptionsError,
+    ReferenceAudioError,
+    SynthesisError,
+    UnspeakableTextError,
+)
+from flowtts.synthesis.output import OUTPUT_FORMATS, encode_audio, output_format, write_output
+from flowtts.synthesis.planning import SampleItem, SynthesisOptions, SynthesisPlan, plan_synthesis
+from flowtts.synthesis.reference import Reference, prepare_reference
+from flowtts.synthesis.synthesizer import SynthesisResult, Synthesizer
+from flowtts.synthesis.vocoder import (
+    DEFAULT_VOCOS_REPO,
+    GriffinLimVocoder,
+    Vocoder,
+    VocoderError,
+    VocosVocoder,
+    load_vocoder,
+)
+
+__all__ = [
+    "CROSS_FADE_S",
+    "DEFAULT_VOCOS_REPO",
+    "OUTPUT_FORMATS",
+    "EmptyTextError",
+    "GriffinLimVocoder",
+    "InvalidOptionsError",
+    "Reference",
+    "ReferenceAudioError",
+    "SampleItem",
+    "SynthesisError",
+    "SynthesisOptions",
+    "SynthesisPlan",
+    "SynthesisResult",
+    "Synthesizer",
+    "UnspeakableTextError",
+    "Vocoder",
+    "VocoderError",
+    "VocosVocoder",
+    "balanced_chunks",
+    "byte_ratio_frames",
+    "chunk_text",
+    "cross_fade",
+    "encode_audio",
+    "fixed_frames",
+    "load_vocoder",
+    "max_chunk_bytes",
+    "output_format",
+    "plan_synthesis",
+    "prepare_reference",
+    "write_output",
+]

@@ -1,0 +1,118 @@
+"""A request turned into sampler rows: front end, chunks, per-chunk durations and seeds.
+
+Seeds: chunk ``i`` of a request with seed ``s`` is sampled with seed ``s + i``, so a one-chunk request
+with seed ``s`` reproduces ``CFM.sample(seed=s)``. A request without a seed draws one and reports it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from flowtts.audio import DEFAULT_MEL
+from flowtts.config import MelConfig
+from flowtts.synthesis.chunking import CROSS_FADE_S, balanced_chunks, max_chunk_bytes
+from flowtts.synthesis.duration import BYTE_RATIO_RULE, FIXED_RULE, byte_ratio_frames, fixed_frames
+from flowtts.synthesis.errors import InvalidOptionsError
+from flowtts.synthesis.reference import Reference, speakable_text
+from flowtts.text import Vocab
+
+SEED_LIMIT = 2**31  # drawn seeds stay short enough to type back
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """Per-call sampling options (upstream defaults)."""
+
+    nfe: int = 32
+    cfg_strength: float = 2.0
+    sway_sampling_coef: float | None = -1.0
+    speed: float = 1.0
+    seed: int | None = None  # None: draw one and report it in the result
+    fix_duration: float | None = None  # total seconds, reference plus generated, as upstream
+    remove_silence: bool = False
+    use_epss: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("nfe", isinstance(self.nfe, int) and self.nfe >= 1, "an integer >= 1"),
+            ("cfg_strength", self.cfg_strength >= 0, ">= 0"),
+            ("speed", self.speed > 0, "> 0"),
+            ("seed", self.seed is None or 0 <= self.seed < 2**63, "None or in [0, 2**63)"),
+            ("fix_duration", self.fix_duration is None or self.fix_duration > 0, "None or > 0 seconds"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise InvalidOptionsError(f"{name}={getattr(self, name)!r} is not allowed; use {allowed}")
+
+    @property
+    def sampling_key(self) -> tuple:
+        """Items whose options share this key can go through one ``Synthesizer.generate`` call."""
+        return (self.nfe, self.cfg_strength, self.sway_sampling_coef, self.use_epss)
+
+
+DEFAULT_OPTIONS = SynthesisOptions()
+
+
+@dataclass
+class SampleItem:
+    """One row of a batched ``CFM.sample`` call; rows of different requests can share a call."""
+
+    cond: torch.Tensor  # [n_ref, n_mels] reference mel
+    text_ids: list[int]  # prompt text + chunk text
+    total_frames: int  # prompt plus generated frames
+    prompt_frames: int  # frames cut from the front of the output
+    seed: int
+
+
+@dataclass
+class SynthesisPlan:
+    reference: Reference
+    chunks: list[str]
+    items: list[SampleItem]
+    options: SynthesisOptions
+    seed: int  # the request's seed (chunk i uses seed + i)
+    duration_rule: Literal["byte_ratio", "fixed", "predictor"]
+
+
+def plan_synthesis(
+    text: str,
+    reference: Reference,
+    options: SynthesisOptions,
+    *,
+    vocab: Vocab,
+    frontend: Callable[[str], str],
+    mel: MelConfig = DEFAULT_MEL,
+    unknown: Literal["error", "space"] = "error",
+) -> SynthesisPlan:
+    """Front end, chunks within upstream's budget (upstream's count, even sizes), one sampler row each."""
+    spoken = speakable_text(text, frontend, "text")
+    budget = max_chunk_bytes(reference.text, reference.duration_s, options.speed)
+    chunks = balanced_chunks(spoken, budget)
+    token_rows = [reference.tokens + vocab.encode(chunk, unknown=unknown) for chunk in chunks]
+    if options.fix_duration is not None:
+        rule = FIXED_RULE
+        totals = fixed_frames(options.fix_duration, reference.prompt_frames, chunks, CROSS_FADE_S, mel)
+    else:
+        rule = BYTE_RATIO_RULE
+        totals = [
+            byte_ratio_frames(reference.prompt_frames, reference.prompt_text, chunk, options.speed) for chunk in chunks
+        ]
+    seed = options.seed if options.seed is not None else secrets.randbelow(SEED_LIMIT)
+    items = [
+        SampleItem(
+            cond=reference.mel,
+            text_ids=ids,
+            total_frames=total,
+            prompt_frames=reference.prompt_frames,
+            seed=seed + index,
+        )
+        for index, (ids, total) in enumerate(zip(token_rows, totals, strict=True))
+    ]
+    return SynthesisPlan(
+        reference=reference, chunks=chunks, items=items, options=options, seed=seed, duration_rule=rule
+    )
