@@ -18,6 +18,8 @@ from flowtts.config import MelConfig
 DEFAULT_MEL = MelConfig()
 # libsndfile clamps a WAV/AIFF whose data chunk runs past the end of the file to the frames present and
 # only says so in its log ("data : 48000 (should be 23978)"), so `frames` alone cannot reveal truncation.
+# A live stream's WAV header declares an unknown length (0 or 0xFFFFFFFF): that is not truncation.
+UNKNOWN_CHUNK_SIZES = (0, 0xFFFFFFFF, 0xFFFFFFFF - 8)
 _SHORT_DATA_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
@@ -45,7 +47,7 @@ def read_audio(source: str | Path | bytes | BinaryIO) -> tuple[np.ndarray, int]:
             short_chunk = _SHORT_DATA_CHUNK.search(f.extra_info)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(f"{name}: not readable as audio ({exc})") from exc
-    if short_chunk:
+    if short_chunk and int(short_chunk.group(2)) not in UNKNOWN_CHUNK_SIZES:
         chunk, declared_bytes, present_bytes = short_chunk.groups()
         raise TruncatedAudioError(
             f"{name}: header declares a {chunk} chunk of {declared_bytes} bytes but only {present_bytes} are present"

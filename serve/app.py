@@ -1,0 +1,188 @@
+"""The application builder: typed settings -> a Ray Serve application (ingress + batched model).
+
+Used by ``serve run serve/config.yaml`` / ``serve deploy`` (``import_path: serve.app:build_app`` with
+``args:``) and by Python (``serve.run(build_application(settings))``). Every setting may be given in
+``args``; the four deployment-specific ones fall back to environment variables so one config file
+works on a laptop and on a cluster: ``FLOWTTS_MODEL_URI``, ``FLOWTTS_VOCODER``, ``FLOWTTS_VOICES_URI``,
+``FLOWTTS_API_KEY`` (args win over the environment, the environment over the defaults).
+
+A registry alias (``models:/flowtts@production``) is resolved to its version HERE, once, so every
+replica of the deployment loads the same version even if the alias moves while replicas start.
+Re-deploying after moving the alias therefore produces new deployment arguments and Serve replaces the
+replicas with a rolling update (with ``serve deploy`` the config must change for that, e.g.
+``args.revision``, because Serve only rebuilds an application whose config changed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from ray.serve import Application
+
+ENV_VARS = {
+    "model_uri": "FLOWTTS_MODEL_URI",
+    "vocoder": "FLOWTTS_VOCODER",
+    "voices_uri": "FLOWTTS_VOICES_URI",
+    "api_key": "FLOWTTS_API_KEY",
+}
+DEFAULT_MODEL_URI = "models:/flowtts@production"
+_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))?/?$")
+_RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
+
+
+class ModelSourceError(ValueError):
+    """The model URI is malformed or names nothing (message names the URI)."""
+
+
+class StrictSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchingSettings(StrictSettings):
+    """Initial batching; ``user_config`` of the TTSModel deployment changes it at run time."""
+
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="requests per batch")
+    batch_wait_timeout_s: float = Field(
+        default=0.05, ge=0.0, le=10.0, description="how long the first request of a batch waits for others"
+    )
+    max_batch_frames: int = Field(
+        default=16384, ge=64, description="cap on items x padded mel frames per sample() call"
+    )
+
+
+class LimitSettings(StrictSettings):
+    max_text_chars: int = Field(default=2000, ge=1)
+    max_reference_seconds: float = Field(default=30.0, gt=0)
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    nfe_range: tuple[int, int] = (4, 64)
+    speed_range: tuple[float, float] = (0.25, 4.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LimitSettings:
+        for name in ("nfe_range", "speed_range"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {(low, high)}")
+        return self
+
+
+class ServeSettings(StrictSettings):
+    """Everything the application needs; ``args:`` in the Serve config are these fields."""
+
+    model_uri: str = Field(
+        default=DEFAULT_MODEL_URI,
+        description=("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local checkpoint folder"),
+    )
+    revision: str | None = Field(default=None, description="free text; change it to force a rolling update")
+    vocoder: str | None = Field(default=None, description="local Vocos folder (config.yaml + weights)")
+    voices_uri: str = Field(default="voices", description="voice store: local folder or pyarrow URI (s3://...)")
+    api_key: SecretStr | None = Field(default=None, description="require 'Authorization: Bearer <key>'")
+    tracking_uri: str | None = Field(default=None, description="MLflow tracking URI (default: MLflow's own)")
+    device: str = "cpu"
+    default_nfe: int = Field(default=32, ge=1)
+    default_cfg_strength: float = 2.0
+    default_sway_sampling_coef: float = -1.0
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    reference_cache_size: int = Field(default=64, ge=1)
+    warmup: bool = Field(default=True, description="run a tiny synthesis at start; /healthz fails if it fails")
+
+    @model_validator(mode="after")
+    def _default_nfe_allowed(self) -> ServeSettings:
+        low, high = self.limits.nfe_range
+        if not low <= self.default_nfe <= high:
+            raise ValueError(f"default_nfe={self.default_nfe} is outside limits.nfe_range {(low, high)}")
+        return self
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> ServeSettings:
+        """``args`` (from the Serve config) over environment variables over defaults."""
+        environ = os.environ if environ is None else environ
+        merged = {field: environ[var] for field, var in ENV_VARS.items() if environ.get(var)}
+        merged.update(args or {})
+        return cls.model_validate(merged)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from, resolved once by the builder."""
+
+    uri: str  # what the user configured
+    load_uri: str  # what replicas load: models:/NAME/VERSION, runs:/..., or an absolute folder
+    kind: str  # "registry" | "run" | "local"
+    name: str
+    version: str | None = None
+    alias: str | None = None
+    run_id: str | None = None
+
+
+def resolve_model_source(uri: str, tracking_uri: str | None = None) -> ModelSource:
+    """Pin ``uri`` to a concrete model: registry aliases become versions, local paths absolute folders."""
+    registry = _REGISTRY_URI.match(uri)
+    if registry:
+        return _resolve_registry(uri, registry["name"], registry["alias"], registry["version"], tracking_uri)
+    run = _RUN_URI.match(uri)
+    if run:
+        return ModelSource(uri=uri, load_uri=uri, kind="run", name=run["run_id"], run_id=run["run_id"])
+    if "://" in uri or uri.startswith(("models:", "runs:")):
+        raise ModelSourceError(
+            f"model_uri {uri!r} is not models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local folder"
+        )
+    folder = Path(uri).expanduser().resolve()
+    if not folder.is_dir():
+        raise ModelSourceError(f"model_uri {uri!r}: no such checkpoint folder ({folder})")
+    return ModelSource(uri=uri, load_uri=str(folder), kind="local", name=folder.name)
+
+
+def _resolve_registry(
+    uri: str, name: str, alias: str | None, version: str | None, tracking_uri: str | None
+) -> ModelSource:
+    import mlflow  # heavy; only needed for registry URIs
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        if alias is not None:
+            model_version = client.get_model_version_by_alias(name, alias)
+        elif version is not None:
+            model_version = client.get_model_version(name, version)
+        else:
+            raise ModelSourceError(f"model_uri {uri!r} needs an alias or a version (models:/NAME@ALIAS)")
+    except mlflow.exceptions.MlflowException as exc:
+        raise ModelSourceError(f"model_uri {uri!r} cannot be resolved in the registry: {exc.message}") from exc
+    return ModelSource(
+        uri=uri,
+        load_uri=f"models:/{name}/{model_version.version}",
+        kind="registry",
+        name=name,
+        version=str(model_version.version),
+        alias=alias,
+        run_id=model_version.run_id,
+    )
+
+
+def build_application(
+    settings: ServeSettings,
+    *,
+    loader: Callable | None = None,
+    model_options: dict[str, Any] | None = None,
+    ingress_options: dict[str, Any] | None = None,
+) -> Application:
+    """The bound application. ``loader(settings, source) -> Synthesizer`` replaces the default loader;
+    ``*_options`` are ``Deployment.options(...)`` overrides (a Serve config's ``deployments:`` also are)."""
+    from serve.deployments import TTSIngress, TTSModel
+
+    source = resolve_model_source(settings.model_uri, settings.tracking_uri)
+    model_options = {"user_config": settings.batching.model_dump(), **(model_options or {})}
+    model = TTSModel.options(**model_options).bind(settings, source, loader)
+    return TTSIngress.options(**(ingress_options or {})).bind(settings, model)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Entry point for Serve configs: ``import_path: serve.app:build_app`` with ``args:`` = ServeSettings."""
+    return build_application(ServeSettings.from_args(args))

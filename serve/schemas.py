@@ -1,0 +1,140 @@
+"""HTTP request and response bodies (pydantic), for the native API and the OpenAI speech API.
+
+Limits that depend on the deployment's settings (text length, NFE and speed ranges, upload size) are
+checked by the ingress against ``ServeSettings``; the models here hold what is fixed by the API.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+OPENAI_MAX_INPUT_CHARS = 4096
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(ApiModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(ApiModel):
+    """Every error crossing HTTP: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+class TTSRequest(ApiModel):
+    """``POST /v1/tts``: a stored ``voice`` OR an inline reference (``ref_audio`` base64 + ``ref_text``)."""
+
+    text: str = Field(min_length=1, description="text to speak")
+    voice: str | None = Field(default=None, description="id or name of a stored voice")
+    ref_audio: str | None = Field(default=None, description="reference audio file, base64 (wav, flac, ogg, mp3)")
+    ref_text: str | None = Field(default=None, description="transcript of ref_audio")
+    nfe: int | None = Field(default=None, description="ODE steps (default: the server's)")
+    cfg_strength: float | None = Field(default=None, ge=0.0, le=10.0)
+    sway_sampling_coef: float | None = Field(default=None, ge=-1.0, le=1.0)
+    speed: float | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    response_format: Literal["wav", "flac", "mp3", "opus", "pcm"] = "wav"
+    stream: bool = Field(default=False, description="send audio chunk by chunk (wav or pcm only)")
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> TTSRequest:
+        if (self.voice is None) == (self.ref_audio is None):
+            raise ValueError("give exactly one of 'voice' or 'ref_audio' (with 'ref_text')")
+        if self.ref_audio is not None and not (self.ref_text or "").strip():
+            raise ValueError("'ref_text' (the transcript of ref_audio) is required with 'ref_audio'")
+        if self.stream and self.response_format not in ("wav", "pcm"):
+            raise ValueError(f"stream=true needs response_format 'wav' or 'pcm', got {self.response_format!r}")
+        return self
+
+
+class VoiceId(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str
+
+
+class SpeechRequest(BaseModel):
+    """``POST /v1/audio/speech`` in OpenAI's shape; unknown fields are ignored, like other compatible servers.
+
+    ``model`` is accepted and reported but does not select anything (one model per application);
+    ``voice`` is a stored voice id or name (a string or ``{"id": ...}``); ``instructions`` is ignored.
+    ``seed`` is our extension (``extra_body={"seed": 7}`` in the openai client).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    input: str = Field(min_length=1)
+    voice: str | VoiceId
+    instructions: str | None = Field(default=None, max_length=OPENAI_MAX_INPUT_CHARS)
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+    @property
+    def voice_key(self) -> str:
+        return self.voice.id if isinstance(self.voice, VoiceId) else self.voice
+
+
+class VoiceFields(ApiModel):
+    """The text fields of a voice upload (the multipart form's non-file parts)."""
+
+    transcript: str = Field(min_length=1)
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\w.\- ]+$")
+
+
+class VoiceCreateRequest(VoiceFields):
+    """``POST /v1/voices`` as JSON; the multipart form has the same fields with ``audio`` as a file part."""
+
+    audio: str = Field(min_length=1, description="reference audio file, base64")
+
+
+class VoiceInfo(ApiModel):
+    id: str
+    name: str | None
+    transcript: str
+    duration_s: float
+    sample_rate: int
+    created_at: float
+    audio_sha256: str
+
+
+class VoiceList(ApiModel):
+    voices: list[VoiceInfo]
+
+
+class DeletedVoice(ApiModel):
+    id: str
+    deleted: bool = True
+
+
+class ModelCard(ApiModel):
+    """One entry of ``GET /v1/models`` (OpenAI list shape plus registry fields)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "flowtts"
+    name: str
+    version: str | None
+    alias: str | None
+    uri: str
+    run_id: str | None
+    config: dict
+
+
+class ModelList(ApiModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(ApiModel):
+    status: Literal["ok"] = "ok"
+    model_version: str | None

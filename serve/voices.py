@@ -1,0 +1,183 @@
+"""Stored voices: reference audio + transcript + optional name, on any pyarrow filesystem.
+
+Layout under the store's root (a local folder by default, or ``s3://bucket/prefix``, ``gs://...``,
+``hdfs://...``: anything ``pyarrow.fs.FileSystem.from_uri`` opens)::
+
+    <root>/<voice_id>/audio.wav    24 kHz mono float32 WAV (decoded and resampled at upload)
+    <root>/<voice_id>/voice.json   metadata (id, name, transcript, duration, sha256 of audio.wav, time)
+
+``voice.json`` is written last, so a voice exists exactly when its metadata does. Ids are generated
+here (``voice_`` + 24 hex digits) and validated before they touch a path, so no request can name a
+file. Each model replica keeps the prepared reference (mel, tokens) of recent voices in an LRU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import numpy as np
+import pyarrow.fs as pafs
+import soundfile as sf
+
+VOICE_ID_PATTERN = re.compile(r"^voice_[0-9a-f]{24}$")
+AUDIO_FILE, METADATA_FILE = "audio.wav", "voice.json"
+
+T = TypeVar("T")
+
+
+class VoiceNotFoundError(LookupError):
+    """No stored voice has this id or name."""
+
+
+class VoiceNameTakenError(ValueError):
+    """Another stored voice already has this name."""
+
+
+@dataclass(frozen=True)
+class Voice:
+    id: str
+    name: str | None
+    transcript: str
+    duration_s: float
+    sample_rate: int
+    created_at: float
+    audio_sha256: str
+
+
+def is_voice_id(text: str) -> bool:
+    return bool(VOICE_ID_PATTERN.match(text))
+
+
+def resolve_store_uri(uri: str) -> str:
+    """A URI as given (``s3://...``, ``file:///...``) or a local folder made absolute, so every replica
+    (whatever its working directory) opens the same place."""
+    if "://" in uri:
+        return uri
+    return str(Path(uri).expanduser().resolve())
+
+
+class VoiceStore:
+    """CRUD for voices on a pyarrow filesystem; safe to use from several replicas at once."""
+
+    def __init__(self, uri: str):
+        self.uri = resolve_store_uri(uri)
+        if "://" in self.uri:
+            self.fs, root = pafs.FileSystem.from_uri(self.uri)
+        else:
+            self.fs, root = pafs.LocalFileSystem(), self.uri
+        self.root = root.rstrip("/")
+        self.fs.create_dir(self.root, recursive=True)
+
+    def create(self, audio: np.ndarray, sample_rate: int, transcript: str, name: str | None = None) -> Voice:
+        """Store float32 mono ``audio`` with its transcript; returns the new voice (with its id)."""
+        if name is not None and self.find_by_name(name) is not None:
+            raise VoiceNameTakenError(f"a voice named {name!r} already exists; delete it or choose another name")
+        wav = io.BytesIO()
+        sf.write(wav, np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, format="WAV", subtype="FLOAT")
+        data = wav.getvalue()
+        voice = Voice(
+            id="voice_" + secrets.token_hex(12),
+            name=name,
+            transcript=transcript,
+            duration_s=round(len(audio) / sample_rate, 3),
+            sample_rate=sample_rate,
+            created_at=round(time.time(), 3),
+            audio_sha256=hashlib.sha256(data).hexdigest(),
+        )
+        folder = f"{self.root}/{voice.id}"
+        self.fs.create_dir(folder, recursive=True)
+        self._write(f"{folder}/{AUDIO_FILE}", data)
+        self._write(f"{folder}/{METADATA_FILE}", json.dumps(asdict(voice), ensure_ascii=False).encode("utf-8"))
+        return voice
+
+    def get(self, voice_id: str) -> Voice:
+        if not is_voice_id(voice_id):
+            raise VoiceNotFoundError(f"voice {voice_id!r} not found (ids look like voice_<24 hex digits>)")
+        try:
+            raw = self._read(f"{self.root}/{voice_id}/{METADATA_FILE}")
+        except FileNotFoundError as exc:
+            raise VoiceNotFoundError(f"voice {voice_id!r} not found") from exc
+        return Voice(**json.loads(raw))
+
+    def lookup(self, id_or_name: str) -> Voice:
+        """A voice by id, else by name."""
+        if is_voice_id(id_or_name):
+            return self.get(id_or_name)
+        voice = self.find_by_name(id_or_name)
+        if voice is None:
+            raise VoiceNotFoundError(f"no voice with id or name {id_or_name!r}")
+        return voice
+
+    def find_by_name(self, name: str) -> Voice | None:
+        return next((v for v in self.list() if v.name == name), None)
+
+    def list(self) -> list[Voice]:
+        """All voices, oldest first."""
+        selector = pafs.FileSelector(self.root, allow_not_found=True, recursive=False)
+        voices = []
+        for entry in self.fs.get_file_info(selector):
+            name = entry.path.rstrip("/").rsplit("/", 1)[-1]
+            if entry.type == pafs.FileType.Directory and is_voice_id(name):
+                try:
+                    voices.append(self.get(name))
+                except VoiceNotFoundError:
+                    continue  # being written or deleted by another replica
+        return sorted(voices, key=lambda v: (v.created_at, v.id))
+
+    def read_audio(self, voice: Voice) -> bytes:
+        return self._read(f"{self.root}/{voice.id}/{AUDIO_FILE}")
+
+    def delete(self, voice_id: str) -> None:
+        self.get(voice_id)  # raises VoiceNotFoundError
+        folder = f"{self.root}/{voice_id}"
+        self.fs.delete_file(f"{folder}/{METADATA_FILE}")  # the voice disappears atomically here
+        self.fs.delete_dir(folder)
+
+    def _write(self, path: str, data: bytes) -> None:
+        with self.fs.open_output_stream(path) as stream:
+            stream.write(data)
+
+    def _read(self, path: str) -> bytes:
+        info = self.fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(path)
+        with self.fs.open_input_stream(path) as stream:
+            return stream.read()
+
+
+class LRUCache(Generic[T]):
+    """A small least-recently-used map (per replica: prepared references keyed by content hash)."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"cache capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._items: OrderedDict[str, T] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> T | None:
+        if key not in self._items:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def put(self, key: str, value: T) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)

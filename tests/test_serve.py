@@ -1,0 +1,667 @@
+"""Ray Serve end to end on 127.0.0.1: a tiny model registered in an embedded (sqlite) MLflow, loaded by
+alias; batching, both HTTP APIs (and the official ``openai`` client), voices, errors, overload,
+timeouts and a rolling model update. No network: everything is built in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import string
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+import torch
+import yaml
+
+from flowtts.checkpoint import save_checkpoint
+from flowtts.config import ModelConfig
+from flowtts.model import build_model
+from flowtts.text import Vocab, normalize_vietnamese
+from serve.app import ServeSettings, build_application
+from serve.audio_formats import decode_stream_wav
+
+pytestmark = pytest.mark.integration
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "samples" / "vi-demo"
+API_KEY = "test-key"
+REGISTERED = "flowtts-test"
+FRAME_CAP = 2000  # max_batch_frames of the main app: at most ~3 rows per generate call
+TIMEOUT = 180
+
+
+def corpus_rows() -> list[tuple[Path, str]]:
+    lines = (CORPUS / "metadata.csv").read_text(encoding="utf-8").splitlines()[1:]
+    return [(CORPUS / path, text) for path, text in (line.split("|", 1) for line in lines)]
+
+
+ROWS = corpus_rows()
+REF_PATH, REF_TEXT = ROWS[0]
+TEXTS = [text for _, text in ROWS[1:17]]
+LONG_TEXT = " ".join(text for _, text in ROWS[20:32])  # more than one chunk for a short transcript
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wav_bytes(audio: np.ndarray, rate: int = 24000) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def pcm(content: bytes) -> np.ndarray:
+    return np.frombuffer(content, dtype="<i2").astype(np.int32)
+
+
+# ---------------------------------------------------------------- assets: tiny model, vocoder, registry
+
+
+def save_tiny_model(folder: Path, seed: int) -> Path:
+    texts = [normalize_vietnamese(text) for _, text in ROWS]
+    vocab = Vocab.from_texts([*texts, string.ascii_letters + string.digits + ",.!?;:'-"])
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        backbone="DiT",
+        dim=64,
+        depth=2,
+        heads=2,
+        dim_head=32,
+        ff_mult=2,
+        text_dim=32,
+        conv_layers=1,
+        text_num_embeds=len(vocab),
+    )
+    return save_checkpoint(build_model(config), folder, vocab, info={"preset": "serve-test", "seed": seed})
+
+
+def save_tiny_vocos(folder: Path) -> Path:
+    from vocos import Vocos
+
+    mel = {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100, "padding": "center"}
+    config = {
+        "feature_extractor": {
+            "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
+            "init_args": mel,
+        },
+        "backbone": {
+            "class_path": "vocos.models.VocosBackbone",
+            "init_args": {"input_channels": 100, "dim": 32, "intermediate_dim": 64, "num_layers": 1},
+        },
+        "head": {
+            "class_path": "vocos.heads.ISTFTHead",
+            "init_args": {"dim": 32, "n_fft": 1024, "hop_length": 256, "padding": "center"},
+        },
+    }
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    torch.manual_seed(0)
+    torch.save(Vocos.from_hparams(str(folder / "config.yaml")).state_dict(), folder / "pytorch_model.bin")
+    return folder
+
+
+def register_versions(root: Path, folders: list[Path], monkeypatch: pytest.MonkeyPatch) -> str:
+    """Log each folder as training does (the FlowTTSPyfunc model, artifacts {"checkpoint": folder}) and
+    register it as a new version; the alias ``production`` points at version 1."""
+    import mlflow
+
+    from flowtts.tracking import FlowTTSPyfunc
+
+    uri = f"sqlite:///{root}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("serve-test", artifact_location=(root / "artifacts").as_uri())
+    for folder in folders:
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.pyfunc.log_model(
+                name="flowtts",
+                python_model=FlowTTSPyfunc(),
+                pip_requirements=["flowtts"],
+                artifacts={"checkpoint": str(folder)},
+                registered_model_name=REGISTERED,
+            )
+    client.set_registered_model_alias(REGISTERED, "production", "1")
+    return uri
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        # the folders are named "checkpoint": flowtts.tracking.download_model looks for artifacts/checkpoint
+        versions = [
+            save_tiny_model(root / "v1" / "checkpoint", 0),
+            save_tiny_model(root / "v2" / "checkpoint", 1),
+        ]
+        tracking = register_versions(root, versions, monkeypatch)
+    return {
+        "root": root,
+        "tracking_uri": tracking,
+        "vocoder": save_tiny_vocos(root / "vocos"),
+        "local_model": versions[0],
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A private local Ray (or the session's, if one is up) and Serve on a free loopback port."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _temp_dir=tempfile.mkdtemp(prefix="ray-serve-", dir="/tmp"),
+        )
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    if started:
+        ray.shutdown()
+
+
+def main_settings(assets) -> ServeSettings:
+    return ServeSettings.from_args(
+        {
+            "model_uri": f"models:/{REGISTERED}@production",
+            "tracking_uri": assets["tracking_uri"],
+            "vocoder": str(assets["vocoder"]),
+            "voices_uri": str(assets["root"] / "voices"),
+            "api_key": API_KEY,
+            "default_nfe": 4,
+            "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.5, "max_batch_frames": FRAME_CAP},
+            "limits": {
+                "max_text_chars": 600,
+                "max_reference_seconds": 4.0,
+                "max_upload_bytes": 300_000,
+                "nfe_range": [2, 8],
+            },
+        },
+        environ={},
+    )
+
+
+SMALL = {"ray_actor_options": {"num_cpus": 0.25}}
+
+
+def deploy_main(assets):
+    serve.run(
+        build_application(
+            main_settings(assets), model_options={**SMALL, "max_ongoing_requests": 32}, ingress_options=SMALL
+        ),
+        name="flowtts",
+        route_prefix="/",
+    )
+
+
+@pytest.fixture(scope="module")
+def base(cluster, assets):
+    deploy_main(assets)
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def http():
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {API_KEY}"
+    return session
+
+
+@pytest.fixture(scope="module")
+def voice(base, http):
+    """A voice uploaded as multipart/form-data (the JSON form is tested below)."""
+    response = http.post(
+        f"{base}/v1/voices",
+        files={"audio": ("ref.wav", REF_PATH.read_bytes(), "audio/wav")},
+        data={"transcript": REF_TEXT, "name": "lan"},
+        timeout=TIMEOUT,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def model_stats() -> dict:
+    return serve.get_deployment_handle("TTSModel", "flowtts").get_stats.remote().result()
+
+
+def tts(http, base, **body) -> requests.Response:
+    return http.post(f"{base}/v1/tts", json=body, timeout=TIMEOUT)
+
+
+# ---------------------------------------------------------------- batching
+
+
+def test_sixteen_concurrent_requests_are_batched_and_equal_their_solo_results(base, http, voice):
+    def request(index: int) -> requests.Response:
+        barrier.wait()
+        return tts(http, base, text=TEXTS[index], voice=voice["id"], seed=100 + index, response_format="pcm")
+
+    done_before = len(model_stats()["batches"])
+    barrier = threading.Barrier(16)
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(request, range(16)))
+    assert [r.status_code for r in together] == [200] * 16, [r.text for r in together if r.status_code != 200]
+    batches = model_stats()["batches"][done_before:]
+    assert sum(b["requests"] for b in batches) == 16
+    assert max(b["requests"] for b in batches) > 1, batches
+    calls = [call for b in batches for call in b["calls"]]
+    assert max(call["items"] for call in calls) > 1, calls
+    assert all(call["padded_frames"] <= FRAME_CAP for call in calls if call["items"] > 1), calls
+    assert len(calls) > len(batches), "the frame cap should split the big batch into several generate calls"
+
+    barrier = threading.Barrier(1)
+    for index, batched in enumerate(together):
+        alone = request(index)
+        assert alone.status_code == 200
+        assert alone.headers["X-Seed"] == batched.headers["X-Seed"] == str(100 + index)
+        a, b = pcm(batched.content), pcm(alone.content)
+        assert a.shape == b.shape and a.size > 0
+        assert np.abs(a - b).max() <= 2, f"request {index} differs from its solo result"  # 16-bit LSBs
+
+
+# ---------------------------------------------------------------- native API
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])
+def test_native_tts_returns_each_format_with_its_headers(base, http, voice, fmt):
+    response = tts(http, base, text=TEXTS[0], voice=voice["name"], seed=7, response_format=fmt)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith(
+        {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg"}[fmt]
+    )
+    assert response.headers["X-Model-Version"] == f"{REGISTERED}/1"
+    assert (response.headers["X-Seed"], response.headers["X-Duration-Rule"]) == ("7", "byte_ratio")
+    audio, rate = sf.read(io.BytesIO(response.content), dtype="float32")
+    assert rate == 24000 and len(audio) > 0.5 * rate
+
+
+def test_inline_reference_and_seed_reproducibility(base, http):
+    body = {
+        "text": TEXTS[1],
+        "ref_audio": b64(REF_PATH.read_bytes()),
+        "ref_text": REF_TEXT,
+        "response_format": "pcm",
+        "nfe": 2,
+        "speed": 1.2,
+        "cfg_strength": 1.5,
+        "sway_sampling_coef": 0.0,
+    }
+    first = tts(http, base, **body)
+    assert first.status_code == 200, first.text
+    seed = int(first.headers["X-Seed"])  # drawn by the server and reported
+    again = tts(http, base, **body, seed=seed)
+    np.testing.assert_array_equal(pcm(again.content), pcm(first.content))
+
+
+def test_long_text_streams_chunk_by_chunk(base, http, voice):
+    body = {"text": LONG_TEXT, "voice": voice["id"], "seed": 3}
+    with http.post(f"{base}/v1/tts", json={**body, "stream": True}, stream=True, timeout=TIMEOUT) as streamed:
+        assert streamed.status_code == 200, streamed.text
+        assert int(streamed.headers["X-Chunks"]) >= 2
+        pieces, arrivals = [], []
+        for piece in streamed.iter_content(chunk_size=None):
+            pieces.append(piece)
+            arrivals.append(time.monotonic())
+    assert len(pieces) >= 3  # header + audio of the first chunk, then later chunks as they are ready
+    audio, rate = decode_stream_wav(b"".join(pieces))
+    whole = tts(http, base, **body, response_format="wav")
+    expected, _ = sf.read(io.BytesIO(whole.content), dtype="float32")
+    assert rate == 24000 and len(audio) == len(expected)
+    # the same cross-faded samples; the whole file is peak-limited as one, the stream clipped per sample
+    peak = np.abs(audio).max()
+    np.testing.assert_allclose(audio * min(1.0, 0.999 / max(peak, 1e-9)), expected, atol=3e-4)
+
+
+# ---------------------------------------------------------------- OpenAI API
+
+
+def test_openai_client_create_and_streaming(base, voice):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=TIMEOUT)
+    speech = client.audio.speech.create(
+        model="flowtts",
+        voice="lan",
+        input=TEXTS[2],
+        response_format="wav",
+        speed=1.0,
+        extra_body={"seed": 11},
+    )
+    audio, rate = sf.read(io.BytesIO(speech.content), dtype="float32")
+    assert rate == 24000 and len(audio) > 0
+    mp3 = client.audio.speech.create(model="tts-1", voice={"id": voice["id"]}, input=TEXTS[2])  # default mp3
+    assert sf.info(io.BytesIO(mp3.content)).format == "MP3"
+    with client.audio.speech.with_streaming_response.create(
+        model="flowtts", voice=voice["id"], input=TEXTS[2], response_format="pcm", extra_body={"seed": 11}
+    ) as response:
+        assert response.headers["content-type"] == "audio/pcm"
+        streamed = b"".join(response.iter_bytes())
+    np.testing.assert_allclose(pcm(streamed) / 32767, audio, atol=2 / 32767)
+
+
+def test_openai_sse_stream_format(base, http, voice):
+    response = http.post(
+        f"{base}/v1/audio/speech",
+        timeout=TIMEOUT,
+        json={
+            "model": "flowtts",
+            "voice": voice["id"],
+            "input": TEXTS[3],
+            "response_format": "pcm",
+            "stream_format": "sse",
+        },
+    )
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = [
+        json.loads(line[len("data: ") :]) for line in response.text.splitlines() if line.startswith("data: ")
+    ]
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["input_tokens"] == len(TEXTS[3])
+    assert sum(len(base64.b64decode(e["audio"])) for e in events[:-1]) > 0
+
+
+# ---------------------------------------------------------------- voices
+
+
+def test_voice_crud_with_json_upload(base, http, voice):
+    created = http.post(
+        f"{base}/v1/voices",
+        timeout=TIMEOUT,
+        json={"audio": b64(ROWS[1][0].read_bytes()), "transcript": ROWS[1][1]},
+    )
+    assert created.status_code == 201, created.text
+    info = created.json()
+    assert info["id"].startswith("voice_") and info["name"] is None and info["transcript"] == ROWS[1][1]
+    assert http.get(f"{base}/v1/voices/{info['id']}").json() == info
+    listed = [v["id"] for v in http.get(f"{base}/v1/voices").json()["voices"]]
+    assert voice["id"] in listed and info["id"] in listed
+    assert tts(http, base, text=TEXTS[4], voice=info["id"]).status_code == 200
+    deleted = http.delete(f"{base}/v1/voices/{info['id']}")
+    assert deleted.json() == {"id": info["id"], "deleted": True}
+    for response in (
+        http.get(f"{base}/v1/voices/{info['id']}"),
+        tts(http, base, text=TEXTS[4], voice=info["id"]),
+    ):
+        assert response.status_code == 404 and response.json()["error"]["code"] == "voice_not_found"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]:
+    """(method, path, requests kwargs, status, error code)."""
+    ref = b64(REF_PATH.read_bytes())
+    tone = (0.3 * np.sin(np.arange(24000 * 5) / 24000 * 2 * np.pi * 220)).astype(np.float32)
+    speak = {"text": TEXTS[0], "voice": voice["id"]}
+    return [
+        (
+            "post",
+            "/v1/tts",
+            {"data": b'{"text": "x",', "headers": {"Content-Type": "application/json"}},
+            400,
+            "malformed_json",
+        ),
+        (
+            "post",
+            "/v1/tts",
+            {"json": {"text": "x", "ref_audio": "###", "ref_text": "a"}},
+            400,
+            "malformed_base64",
+        ),
+        ("post", "/v1/tts", {"json": {"voice": voice["id"]}}, 422, "invalid_request"),
+        ("post", "/v1/tts", {"json": {**speak, "ref_audio": ref, "ref_text": "a"}}, 422, "invalid_request"),
+        (
+            "post",
+            "/v1/tts",
+            {"json": {**speak, "stream": True, "response_format": "mp3"}},
+            422,
+            "invalid_request",
+        ),
+        ("post", "/v1/tts", {"json": {**speak, "nfe": 64}}, 422, "invalid_option"),
+        ("post", "/v1/tts", {"json": {**speak, "speed": 9.0}}, 422, "invalid_option"),
+        ("post", "/v1/tts", {"json": {**speak, "text": "こんにちは"}}, 422, "unknown_characters"),
+        ("post", "/v1/tts", {"json": {**speak, "text": "…!?"}}, 422, "unspeakable_text"),
+        (
+            "post",
+            "/v1/tts",
+            {"json": {"text": "a", "ref_audio": b64(b"not audio at all" * 50), "ref_text": "a"}},
+            422,
+            "invalid_audio",
+        ),
+        (
+            "post",
+            "/v1/tts",
+            {"json": {"text": "a", "ref_audio": b64(wav_bytes(tone[:2400])), "ref_text": "a"}},
+            422,
+            "invalid_reference_audio",
+        ),
+        ("post", "/v1/tts", {"json": {**speak, "text": "a" * 601}}, 413, "text_too_long"),
+        (
+            "post",
+            "/v1/tts",
+            {"json": {"text": "a", "ref_audio": b64(wav_bytes(tone)), "ref_text": "a"}},
+            413,
+            "reference_too_long",
+        ),
+        (
+            "post",
+            "/v1/tts",
+            {"json": {"text": "a", "ref_audio": b64(bytes(320_000)), "ref_text": "a"}},
+            413,
+            "upload_too_large",
+        ),
+        (
+            "post",
+            "/v1/tts",
+            {"json": {"text": "a", "ref_audio": b64(bytes(400_000)), "ref_text": "a"}},
+            413,
+            "payload_too_large",
+        ),
+        ("post", "/v1/tts", {"json": {**speak, "voice": "voice_" + "0" * 24}}, 404, "voice_not_found"),
+        ("post", "/v1/tts", {"json": {**speak, "voice": "../../etc/passwd"}}, 404, "voice_not_found"),
+        (
+            "post",
+            "/v1/audio/speech",
+            {"json": {"model": "m", "voice": "alloy", "input": "a"}},
+            404,
+            "voice_not_found",
+        ),
+        (
+            "post",
+            "/v1/audio/speech",
+            {"json": {"model": "m", "voice": "lan", "input": "a", "speed": 5}},
+            422,
+            "invalid_request",
+        ),
+        (
+            "post",
+            "/v1/audio/speech",
+            {"json": {"model": "m", "voice": "lan", "input": "a", "response_format": "aac"}},
+            422,
+            "unsupported_format",
+        ),
+        (
+            "post",
+            "/v1/audio/speech",
+            {"json": {"model": "m", "voice": "lan", "input": "a" * 601}},
+            413,
+            "text_too_long",
+        ),
+        (
+            "post",
+            "/v1/voices",
+            {"json": {"audio": ref, "transcript": REF_TEXT, "name": "lan"}},
+            409,
+            "voice_name_taken",
+        ),
+        ("post", "/v1/voices", {"json": {"audio": ref, "transcript": "   "}}, 422, "empty_text"),
+        ("post", "/v1/voices", {"files": {"transcript": (None, "a")}}, 422, "invalid_request"),
+        ("get", "/v1/voices/voice_" + "f" * 24, {}, 404, "voice_not_found"),
+        ("delete", "/v1/voices/nope", {}, 404, "voice_not_found"),
+        ("get", "/v1/nothing-here", {}, 404, "not_found"),
+        ("get", "/v1/tts", {}, 405, "method_not_allowed"),
+    ]
+
+
+def test_every_error_has_its_status_and_json_body_and_the_replica_keeps_serving(base, http, voice):
+    for method, path, kwargs, status, code in error_cases(base, voice):
+        response = getattr(http, method)(f"{base}{path}", timeout=TIMEOUT, **kwargs)
+        assert response.status_code == status, (path, code, response.text)
+        body = response.json()
+        assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+        assert body["error"]["code"] == code, (path, body)
+        assert body["error"]["message"]
+    assert tts(http, base, text=TEXTS[5], voice=voice["id"]).status_code == 200
+    assert http.get(f"{base}/healthz").status_code == 200
+
+
+def test_api_key_is_required_except_for_health(base, voice):
+    anonymous = requests.post(
+        f"{base}/v1/tts", json={"text": TEXTS[0], "voice": voice["id"]}, timeout=TIMEOUT
+    )
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthorized"
+    assert anonymous.headers["WWW-Authenticate"] == "Bearer"
+    wrong = requests.get(f"{base}/v1/voices", headers={"Authorization": "Bearer nope"}, timeout=TIMEOUT)
+    assert wrong.status_code == 401
+    assert requests.get(f"{base}/healthz", timeout=TIMEOUT).json()["status"] == "ok"
+
+
+# ---------------------------------------------------------------- overload and timeouts
+
+
+@pytest.fixture(scope="module")
+def busy(base, assets):
+    """A second application with a one-request queue, 429 + Retry-After, no batching; local model folder."""
+    settings = ServeSettings.from_args(
+        {
+            "model_uri": str(assets["local_model"]),
+            "vocoder": str(assets["vocoder"]),
+            "voices_uri": str(assets["root"] / "voices"),
+            "default_nfe": 8,
+            "batching": {"max_batch_size": 4},
+            "limits": {"max_text_chars": 600},
+        },
+        environ={},
+    )
+    model_options = {
+        **SMALL,
+        "max_ongoing_requests": 1,
+        "max_queued_requests": 1,
+        "backpressure_config": {"status_code": 429, "retry_after_s": 2},
+        "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "max_batch_frames": 2048},
+    }
+    serve.run(
+        build_application(settings, model_options=model_options, ingress_options=SMALL),
+        name="busy",
+        route_prefix="/busy",
+    )
+    return f"{base}/busy"
+
+
+def test_user_config_sets_batching_at_run_time(busy):
+    stats = serve.get_deployment_handle("TTSModel", "busy").get_stats.remote().result()
+    assert (stats["max_batch_size"], stats["batch_wait_timeout_s"], stats["max_batch_frames"]) == (
+        1,
+        0.0,
+        2048,
+    )
+
+
+def test_overload_gets_429_with_retry_after_quickly_and_nothing_hangs(busy, voice):
+    body = {"text": LONG_TEXT[:300], "voice": voice["id"]}
+
+    def request(_: int) -> tuple[requests.Response, float]:
+        barrier.wait()
+        start = time.monotonic()
+        response = requests.post(f"{busy}/v1/tts", json=body, timeout=TIMEOUT)
+        return response, time.monotonic() - start
+
+    barrier = threading.Barrier(8)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(request, range(8)))
+    statuses = sorted(r.status_code for r, _ in results)
+    assert set(statuses) <= {200, 429} and statuses.count(200) >= 1 and statuses.count(429) >= 4, statuses
+    for response, seconds in results:
+        if response.status_code == 429:
+            assert response.headers["Retry-After"] == "2"
+            assert response.json()["error"]["code"] == "overloaded"
+            assert seconds < 10
+    assert requests.post(f"{busy}/v1/tts", json=body, timeout=TIMEOUT).status_code == 200
+
+
+def test_request_timeout_gives_408_and_the_replica_recovers(busy, voice):
+    slow = requests.post(
+        f"{busy}/v1/tts",
+        json={"text": LONG_TEXT, "voice": voice["id"]},
+        timeout=TIMEOUT,
+        headers={"x-request-timeout-seconds": "0.5"},
+    )
+    assert slow.status_code == 408
+    ok = requests.post(f"{busy}/v1/tts", json={"text": TEXTS[0], "voice": voice["id"]}, timeout=TIMEOUT)
+    assert ok.status_code == 200
+
+
+# ---------------------------------------------------------------- registry, models, rolling update
+
+
+def test_models_endpoint_names_the_registered_version(base, http):
+    card = http.get(f"{base}/v1/models").json()["data"][0]
+    assert (card["name"], card["version"], card["alias"], card["id"]) == (
+        REGISTERED,
+        "1",
+        "production",
+        f"{REGISTERED}/1",
+    )
+    assert card["run_id"] and card["config"]["backbone"] == "DiT" and card["config"]["vocab_size"] > 100
+
+
+def test_moving_the_alias_and_redeploying_rolls_the_model_without_failing_requests(base, http, voice, assets):
+    import mlflow
+
+    mlflow.MlflowClient(assets["tracking_uri"], assets["tracking_uri"]).set_registered_model_alias(
+        REGISTERED, "production", "2"
+    )
+    statuses, versions = [], []
+    stop = threading.Event()
+
+    def keep_requesting():
+        while not stop.is_set():
+            response = tts(http, base, text=TEXTS[6], voice=voice["id"], seed=1)
+            statuses.append(response.status_code)
+            versions.append(response.headers.get("X-Model-Version"))
+
+    worker = threading.Thread(target=keep_requesting)
+    worker.start()
+    try:
+        deploy_main(assets)  # returns when the new replicas are up
+        card = http.get(f"{base}/v1/models").json()["data"][0]
+        final = tts(http, base, text=TEXTS[6], voice=voice["id"], seed=1)  # the voice outlives the replicas
+    finally:
+        stop.set()
+        worker.join(TIMEOUT)
+    assert (card["version"], card["alias"]) == ("2", "production")
+    assert final.status_code == 200 and final.headers["X-Model-Version"] == f"{REGISTERED}/2"
+    assert statuses and set(statuses) == {200}, statuses
+    assert versions[0] == f"{REGISTERED}/1"

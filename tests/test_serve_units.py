@@ -1,0 +1,238 @@
+"""Fast tests of the serving pieces that need no Ray: formats, voice store, batch packing, settings."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serve.app import (
+    ModelSourceError,
+    ServeSettings,
+    resolve_model_source,
+)
+from serve.audio_formats import (
+    FORMATS,
+    UnsupportedFormatError,
+    content_type,
+    decode_stream_wav,
+    encode_audio,
+    pcm16_bytes,
+    streaming_wav_header,
+)
+from serve.batching import GenerateWork, SamplingKey, plan_generate_calls
+from serve.voices import LRUCache, VoiceNameTakenError, VoiceNotFoundError, VoiceStore
+
+RATE = 24000
+
+
+def tone(seconds: float = 1.0, freq: float = 220.0) -> np.ndarray:
+    t = np.arange(int(RATE * seconds)) / RATE
+    return (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- audio formats
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "pcm"])
+def test_every_file_format_decodes_back_to_the_same_length_and_rate(fmt):
+    audio = tone(1.0)
+    data, rate = sf.read(io.BytesIO(encode_audio(audio, RATE, fmt)), dtype="float32")
+    assert rate == RATE
+    assert abs(len(data) - len(audio)) <= 0.01 * RATE  # codecs may pad a few ms
+    if fmt in ("wav", "flac"):  # lossless: the 16-bit samples come back exactly
+        np.testing.assert_allclose(data, np.round(audio * 32767) / 32768, atol=1e-4)
+
+
+def test_pcm_is_headerless_16_bit_little_endian_and_clipped():
+    audio = np.array([0.0, 0.5, -0.5, 2.0, -2.0], dtype=np.float32)
+    raw = pcm16_bytes(audio)
+    assert encode_audio(audio, RATE, "pcm") == raw
+    np.testing.assert_array_equal(np.frombuffer(raw, "<i2"), [0, 16384, -16384, 32767, -32767])
+
+
+def test_streamed_wav_is_header_plus_the_pcm_of_each_chunk():
+    chunks = [tone(0.3, 200), tone(0.2, 300)]
+    stream = streaming_wav_header(RATE) + b"".join(pcm16_bytes(c) for c in chunks)
+    samples, rate = decode_stream_wav(stream)
+    assert rate == RATE
+    np.testing.assert_allclose(samples, np.concatenate(chunks), atol=1 / 32767)
+    assert len(streaming_wav_header(RATE)) == 44
+
+
+def test_unknown_format_is_refused_by_name():
+    with pytest.raises(UnsupportedFormatError, match="'aac'"):
+        content_type("aac")
+    assert content_type("mp3") == "audio/mpeg"
+
+
+# ---------------------------------------------------------------- voice store
+
+
+def test_voice_store_round_trip_list_lookup_delete(tmp_path):
+    store = VoiceStore(str(tmp_path / "voices"))
+    voice = store.create(tone(1.5), RATE, "xin chào", name="lan")
+    assert voice.id.startswith("voice_") and voice.duration_s == pytest.approx(1.5)
+    # another store on the same location (another replica, or after a restart) sees it
+    other = VoiceStore(str(tmp_path / "voices"))
+    assert other.get(voice.id) == voice
+    assert other.lookup("lan") == voice and other.lookup(voice.id) == voice
+    audio, rate = sf.read(io.BytesIO(other.read_audio(voice)), dtype="float32")
+    assert rate == RATE
+    np.testing.assert_array_equal(audio, tone(1.5))
+    second = other.create(tone(0.5), RATE, "một hai")
+    assert [v.id for v in store.list()] == [voice.id, second.id]
+    with pytest.raises(VoiceNameTakenError, match="'lan'"):
+        store.create(tone(0.5), RATE, "ba", name="lan")
+    store.delete(voice.id)
+    with pytest.raises(VoiceNotFoundError):
+        other.get(voice.id)
+    assert [v.id for v in other.list()] == [second.id]
+
+
+def test_voice_ids_that_could_name_a_path_are_never_opened(tmp_path):
+    store = VoiceStore(str(tmp_path / "voices"))
+    (tmp_path / "secret.json").write_text('{"id": "x"}')
+    for bad in ("../secret", "/etc/passwd", "voice_../../secret", "voice_" + "g" * 24):
+        with pytest.raises(VoiceNotFoundError):
+            store.get(bad)
+        with pytest.raises(VoiceNotFoundError):
+            store.lookup(bad)
+
+
+def test_voice_store_accepts_pyarrow_uris(tmp_path):
+    store = VoiceStore(f"file://{tmp_path}/uri-voices")
+    voice = store.create(tone(0.4), RATE, "a")
+    assert (tmp_path / "uri-voices" / voice.id / "voice.json").is_file()
+
+
+def test_lru_cache_evicts_the_least_recently_used():
+    cache: LRUCache[int] = LRUCache(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # a is now the most recent
+    cache.put("c", 3)
+    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
+    assert (cache.hits, cache.misses) == (3, 1)
+
+
+# ---------------------------------------------------------------- batch packing
+
+
+@dataclass(frozen=True)
+class Item:
+    total_frames: int
+    tag: str
+
+
+KEY = SamplingKey(nfe=8, cfg_strength=2.0, sway_sampling_coef=-1.0, use_epss=True)
+
+
+def test_calls_are_grouped_by_sampling_settings_and_keep_every_item():
+    other = KEY._replace(nfe=16)
+    works = [
+        GenerateWork((Item(100, "a0"), Item(80, "a1")), KEY),
+        GenerateWork((Item(90, "b0"),), other),
+        GenerateWork((Item(120, "c0"),), KEY),
+    ]
+    calls = plan_generate_calls(works, max_batch_frames=10_000)
+    assert [c.key for c in calls] == [KEY, other]
+    assert sorted(calls[0].slots) == [(0, 0), (0, 1), (2, 0)]
+    assert calls[0].request_count == 2
+    assert [i.tag for i in calls[0].items] == ["c0", "a0", "a1"]  # longest first
+    for call in calls:
+        for (w, i), item in zip(call.slots, call.items, strict=True):
+            assert works[w].items[i] is item
+
+
+def test_frame_cap_splits_a_long_request_and_runs_oversized_items_alone():
+    works = [
+        GenerateWork(tuple(Item(300, f"x{i}") for i in range(5)), KEY),
+        GenerateWork((Item(2000, "huge"),), KEY),
+    ]
+    calls = plan_generate_calls(works, max_batch_frames=1000)
+    assert [len(c.items) for c in calls] == [1, 3, 2]
+    assert calls[0].items[0].tag == "huge" and calls[0].padded_frames == 2000
+    assert all(c.padded_frames <= 1000 for c in calls[1:])
+    assert sum(len(c.items) for c in calls) == 6
+
+
+# ---------------------------------------------------------------- settings and model URIs
+
+
+def test_settings_take_args_over_environment_over_defaults():
+    env = {
+        "FLOWTTS_MODEL_URI": "models:/env@prod",
+        "FLOWTTS_VOICES_URI": "s3://b/voices",
+        "FLOWTTS_API_KEY": "k",
+    }
+    settings = ServeSettings.from_args({"model_uri": "/ckpt", "batching": {"max_batch_size": 4}}, environ=env)
+    assert settings.model_uri == "/ckpt" and settings.voices_uri == "s3://b/voices"
+    assert settings.api_key.get_secret_value() == "k"
+    assert settings.batching.max_batch_size == 4 and settings.batching.batch_wait_timeout_s == 0.05
+    assert ServeSettings.from_args({}, environ={}).model_uri == "models:/flowtts@production"
+
+
+def test_settings_reject_unknown_fields_and_bad_ranges():
+    with pytest.raises(ValueError, match="max_batch_sise"):
+        ServeSettings.from_args({"batching": {"max_batch_sise": 4}}, environ={})
+    with pytest.raises(ValueError, match="nfe_range"):
+        ServeSettings.from_args({"limits": {"nfe_range": [8, 4]}}, environ={})
+    with pytest.raises(ValueError, match="default_nfe=2"):
+        ServeSettings.from_args({"default_nfe": 2}, environ={})
+
+
+def test_local_model_uri_must_be_an_existing_folder(tmp_path):
+    source = resolve_model_source(str(tmp_path))
+    assert (source.kind, source.load_uri, source.version) == ("local", str(tmp_path), None)
+    with pytest.raises(ModelSourceError, match="no such checkpoint folder"):
+        resolve_model_source(str(tmp_path / "missing"))
+    with pytest.raises(ModelSourceError, match="s3://x"):
+        resolve_model_source("s3://x/y")
+    run = resolve_model_source("runs:/abc123/checkpoint")
+    assert (run.kind, run.run_id) == ("run", "abc123")
+
+
+# ---------------------------------------------------------------- the Serve config file
+
+
+def test_config_yaml_is_a_valid_serve_config_for_our_builder():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import BatchingSettings, build_app
+    from serve.deployments import TTSIngress, TTSModel
+
+    path = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    (app,) = config.applications
+    assert app.import_path == "serve.app:build_app" and build_app.__name__ == "build_app"
+    assert app.route_prefix == "/" and config.http_options.host == "127.0.0.1"
+    settings = ServeSettings.from_args(app.args, environ={})
+    assert settings.model_uri == "models:/flowtts@production"
+    deployments = {d.name: d for d in app.deployments}
+    assert set(deployments) == {TTSModel.name, TTSIngress.name}
+    model = deployments[TTSModel.name]
+    batching = BatchingSettings.model_validate(model.user_config)
+    assert model.max_ongoing_requests >= batching.max_batch_size
+    assert model.max_queued_requests > 0 and model.backpressure_config.status_code == 429
+
+
+# ---------------------------------------------------------------- streaming joins
+
+
+@pytest.mark.parametrize("lengths", [[9000, 7000, 5000], [2000, 9000], [1000, 500, 8000, 300]])
+def test_streamed_chunks_join_exactly_as_the_whole_utterance(lengths):
+    from flowtts.synthesis import cross_fade
+    from serve.streaming import CrossFadeJoiner
+
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in lengths]
+    joiner = CrossFadeJoiner(RATE)
+    pieces = [joiner.push(wave) for wave in waves] + [joiner.finish()]
+    assert len(pieces[0]) < len(waves[0])  # the fade tail is held back until the next chunk arrives
+    np.testing.assert_allclose(np.concatenate(pieces), cross_fade(waves, RATE), atol=1e-7)
