@@ -19,7 +19,6 @@ The output is deterministic for a given espeak-ng / SoX version (SoX runs with `
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys

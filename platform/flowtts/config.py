@@ -37,8 +37,8 @@ class MelConfig(StrictModel):
 class DurationPredictorConfig(StrictModel):
     """Total-duration model (ours; official checkpoints have none)."""
 
-    dim: int = 256
-    conv_layers: int = 2
+    dim: int = 128
+    conv_layers: int = 1
     ref_mel_dim: int = 100
     dropout: float = 0.1
 

@@ -23,7 +23,7 @@ import torch
 from flowtts.evaluation.metrics import compare_mels
 from flowtts.model import CFM
 from flowtts.shards import HELDOUT_DIR, TRAIN_DIR, decode_mel, read_table
-from flowtts.synthesis.duration import byte_ratio_frames
+from flowtts.synthesis.duration import byte_ratio_frames, predicted_frames
 from flowtts.synthesis.reference import encode_prompt, prompt_text, reference_text
 from flowtts.text import Vocab, normalize_text, pad_token_ids
 
@@ -92,16 +92,10 @@ def prompt_ids(vocab: Vocab, item: EvalItem) -> tuple[list[int], list[int]]:
 def estimated_frames(model: CFM, vocab: Vocab, item: EvalItem) -> int:
     """Generated frames by the model's duration predictor, else by upstream's byte-ratio rule."""
     ref_ids, text_ids = prompt_ids(vocab, item)
+    if model.duration_predictor is not None:
+        return predicted_frames(model.duration_predictor, ref_ids, item.ref_mel, [text_ids], 1.0)[0]
     ref_frames = item.ref_mel.shape[0]
-    if model.duration_predictor is None:
-        prompt = vocab.decode(ref_ids)
-        return byte_ratio_frames(ref_frames, prompt, item.text, 1.0) - ref_frames
-    with torch.no_grad():
-        log_frames = model.duration_predictor.eval()(
-            pad_token_ids([text_ids]).to(model.device), pad_token_ids([ref_ids]).to(model.device),
-            item.ref_mel[None].to(model.device), torch.tensor([ref_frames], device=model.device),
-        )
-    return max(1, round(float(log_frames.exp())))
+    return byte_ratio_frames(ref_frames, vocab.decode(ref_ids), item.text, 1.0) - ref_frames
 
 
 def synthesise_mels(model: CFM, vocab: Vocab, items: list[EvalItem], gen_frames: list[int], *, nfe: int,

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from flowtts.audio import DEFAULT_MEL
 from flowtts.config import MelConfig
+from flowtts.model.duration import DurationPredictor
 from flowtts.synthesis.errors import InvalidOptionsError
+from flowtts.text import pad_token_ids
 
 SHORT_TEXT_BYTES = 10
 SHORT_TEXT_SPEED = 0.3
 BYTE_RATIO_RULE = "byte_ratio"
 FIXED_RULE = "fixed"
+PREDICTOR_RULE = "predictor"
 
 
 def utf8_len(text: str) -> int:
@@ -54,3 +59,18 @@ def fixed_frames(
     generated = total - prompt_frames + cross_fade_s * frames_per_s * (len(chunks) - 1)
     weights = [utf8_len(chunk) for chunk in chunks]
     return [prompt_frames + int(generated * weight / sum(weights)) for weight in weights]
+
+
+@torch.no_grad()
+def predicted_frames(predictor: DurationPredictor, prompt_tokens: list[int], prompt_mel: torch.Tensor,
+                     chunk_tokens: Sequence[list[int]], speed: float) -> list[int]:
+    """Generated frames per chunk (prompt excluded) from the learned duration predictor, divided by speed."""
+    device = next(predictor.parameters()).device
+    count = len(chunk_tokens)
+    log_frames = predictor.eval()(
+        pad_token_ids(chunk_tokens).to(device),
+        pad_token_ids([prompt_tokens] * count).to(device),
+        prompt_mel.float().unsqueeze(0).expand(count, -1, -1).to(device),
+        torch.full((count,), prompt_mel.shape[0], device=device),
+    )
+    return [max(1, round(float(f) / speed)) for f in log_frames.exp().cpu()]

@@ -16,7 +16,15 @@ import torch
 from flowtts.audio import DEFAULT_MEL
 from flowtts.config import MelConfig
 from flowtts.synthesis.chunking import CROSS_FADE_S, balanced_chunks, max_chunk_bytes
-from flowtts.synthesis.duration import BYTE_RATIO_RULE, FIXED_RULE, byte_ratio_frames, fixed_frames
+from flowtts.model.duration import DurationPredictor
+from flowtts.synthesis.duration import (
+    BYTE_RATIO_RULE,
+    FIXED_RULE,
+    PREDICTOR_RULE,
+    byte_ratio_frames,
+    fixed_frames,
+    predicted_frames,
+)
 from flowtts.synthesis.errors import InvalidOptionsError
 from flowtts.synthesis.reference import Reference, speakable_text
 from flowtts.text import Vocab
@@ -88,15 +96,25 @@ def plan_synthesis(
     frontend: Callable[[str], str],
     mel: MelConfig = DEFAULT_MEL,
     unknown: Literal["error", "space"] = "error",
+    predictor: DurationPredictor | None = None,
 ) -> SynthesisPlan:
-    """Front end, chunks within upstream's budget (upstream's count, even sizes), one sampler row each."""
+    """Front end, chunks within upstream's budget (upstream's count, even sizes), one sampler row each.
+
+    Durations: ``fix_duration`` when given, else the model's duration predictor when it has one, else
+    upstream's byte-ratio rule; ``speed`` divides the generated part in both estimates.
+    """
     spoken = speakable_text(text, frontend, "text")
     budget = max_chunk_bytes(reference.text, reference.duration_s, options.speed)
     chunks = balanced_chunks(spoken, budget)
-    token_rows = [reference.tokens + vocab.encode(chunk, unknown=unknown) for chunk in chunks]
+    chunk_tokens = [vocab.encode(chunk, unknown=unknown) for chunk in chunks]
+    token_rows = [reference.tokens + ids for ids in chunk_tokens]
     if options.fix_duration is not None:
         rule = FIXED_RULE
         totals = fixed_frames(options.fix_duration, reference.prompt_frames, chunks, CROSS_FADE_S, mel)
+    elif predictor is not None:
+        rule = PREDICTOR_RULE
+        generated = predicted_frames(predictor, reference.tokens, reference.mel, chunk_tokens, options.speed)
+        totals = [reference.prompt_frames + frames for frames in generated]
     else:
         rule = BYTE_RATIO_RULE
         totals = [

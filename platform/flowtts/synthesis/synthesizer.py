@@ -145,6 +145,7 @@ class Synthesizer:
             frontend=self.frontend,
             mel=self.mel,
             unknown=self.unknown_characters,
+            predictor=self.model.duration_predictor,
         )
 
     def generate(

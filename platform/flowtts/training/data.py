@@ -1,0 +1,187 @@
+"""Training rows from a dataset folder of mel shards, tokenised with a vocab, and collated into batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from flowtts.shards import (
+    HELDOUT_DIR,
+    MANIFEST_FILE,
+    TRAIN_DIR,
+    VOCAB_FILE,
+    decode_mel,
+    read_table,
+    shard_files,
+)
+from flowtts.text import UnknownCharactersError, Vocab, pad_token_ids
+from flowtts.training.batching import BatchPosition, EpochPlan
+
+MEL_PAD_VALUE = 0.0
+
+
+@dataclass
+class Batch:
+    """One padded training batch; ``rows`` are dataset row indices (for fingerprints and logs)."""
+
+    mel: torch.Tensor  # [b, n_max, n_mels] float32, zero-padded
+    lens: torch.Tensor  # [b] frames per item
+    text: torch.Tensor  # [b, nt_max] token ids padded with -1
+    rows: list[int]
+
+    @property
+    def frames(self) -> int:
+        return int(self.lens.sum())
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(mel=self.mel.to(device, non_blocking=True), lens=self.lens.to(device),
+                     text=self.text.to(device), rows=self.rows)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One clip: its text and its mel ``[n_frames, n_mels]``."""
+
+    text: str
+    mel: torch.Tensor
+
+
+def collate(mels: Sequence[torch.Tensor], token_ids: Sequence[Sequence[int]], rows: Sequence[int]) -> Batch:
+    """Pad mels with 0 to ``[b, n_max, n_mels]`` and ids with -1 to ``[b, nt_max]``."""
+    lens = torch.tensor([m.shape[0] for m in mels], dtype=torch.long)
+    width = int(lens.max())
+    mel = torch.stack([F.pad(m, (0, 0, 0, width - m.shape[0]), value=MEL_PAD_VALUE) for m in mels])
+    return Batch(mel=mel, lens=lens, text=pad_token_ids(token_ids), rows=list(rows))
+
+
+def dataset_vocab(dataset: str | Path) -> Vocab:
+    path = Path(dataset) / VOCAB_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: a dataset folder needs the {VOCAB_FILE} that "
+                                "preprocessing writes")
+    return Vocab.load(path)
+
+
+def manifest_fingerprint(dataset: str | Path) -> str:
+    """sha256 (16 hex digits) of ``manifest.json``, or of the shard names and sizes when there is none."""
+    manifest = Path(dataset) / MANIFEST_FILE
+    if manifest.is_file():
+        return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for path in shard_files(dataset, TRAIN_DIR):
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def corpus_fingerprint(dataset: str | Path) -> str | None:
+    """The preprocessing input fingerprint recorded in the manifest (``inputs.fingerprint_sha256``)."""
+    manifest = Path(dataset) / MANIFEST_FILE
+    if not manifest.is_file():
+        return None
+    inputs = json.loads(manifest.read_text(encoding="utf-8")).get("inputs", {})
+    return inputs.get("fingerprint_sha256") if isinstance(inputs, dict) else None
+
+
+class TrainingData:
+    """All rows of one split in memory: float16 mel bytes, lengths, texts and token ids."""
+
+    def __init__(self, table: pa.Table, vocab: Vocab):
+        self.vocab = vocab
+        self.texts: list[str] = table.column("text").to_pylist()
+        self.lengths: list[int] = table.column("n_frames").to_pylist()
+        self._mels = table.column("mel").combine_chunks()
+        self.token_ids = [_encode(vocab, text, row) for row, text in enumerate(self.texts)]
+
+    @classmethod
+    def from_folder(cls, dataset: str | Path, vocab: Vocab, split: str = TRAIN_DIR) -> TrainingData:
+        return cls(read_table(dataset, split, columns=["text", "n_frames", "mel"]), vocab)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def mel(self, row: int) -> torch.Tensor:
+        return decode_mel(self._mels[row].as_py(), self.lengths[row])
+
+    def batch(self, rows: Sequence[int]) -> Batch:
+        return collate([self.mel(r) for r in rows], [self.token_ids[r] for r in rows], rows)
+
+
+def _encode(vocab: Vocab, text: str, row: int) -> list[int]:
+    try:
+        return vocab.encode(text)
+    except UnknownCharactersError as exc:
+        raise UnknownCharactersError(f"row {row}: {text}", exc.missing) from exc
+
+
+def missing_characters(texts: Sequence[str], vocab: Vocab) -> list[str]:
+    """Characters of ``texts`` that ``vocab`` lacks, in order of first appearance."""
+    return vocab.missing("".join(texts))
+
+
+def dataset_texts(dataset: str | Path, split: str = TRAIN_DIR) -> list[str]:
+    return read_table(dataset, split, columns=["text"]).column("text").to_pylist()
+
+
+def sample_utterance(dataset: str | Path) -> Utterance:
+    """The fixed sentence for training samples: the first held-out row, else the last training row."""
+    heldout = Path(dataset) / HELDOUT_DIR
+    split, pick_last = (HELDOUT_DIR, False) if any(heldout.glob("*.parquet")) else (TRAIN_DIR, True)
+    table = read_table(dataset, split, columns=["text", "n_frames", "mel"])
+    row = table.num_rows - 1 if pick_last else 0
+    return Utterance(text=table.column("text")[row].as_py(),
+                     mel=decode_mel(table.column("mel")[row].as_py(), table.column("n_frames")[row].as_py()))
+
+
+class BatchFeed:
+    """Collates the next batches of a plan in a background thread while the model trains.
+
+    ``next()`` returns the position of the batch (its place in the plan), the batch, and the seconds the
+    caller waited for it; only consumed batches count as progress, whatever was prefetched.
+    """
+
+    def __init__(self, data: TrainingData, plan: EpochPlan, start: BatchPosition, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(data, plan, start), daemon=True,
+                                        name="flowtts-batch-feed")
+        self._thread.start()
+
+    def _fill(self, data: TrainingData, plan: EpochPlan, start: BatchPosition) -> None:
+        try:
+            for position, rows in plan.stream(start):
+                if not self._offer((position, data.batch(rows))):
+                    return
+        except Exception as exc:  # handed to the consumer, which re-raises it
+            self._offer((None, exc))
+
+    def _offer(self, item: tuple) -> bool:
+        """Put ``item`` once there is room; False when the feed was closed meanwhile."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> tuple[BatchPosition, Batch, float]:
+        started = time.perf_counter()
+        position, item = self._queue.get()
+        waited = time.perf_counter() - started
+        if position is None:
+            raise RuntimeError("the batch feed thread failed") from item
+        return position, item, waited
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

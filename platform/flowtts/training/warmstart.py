@@ -1,0 +1,77 @@
+"""Where training starts: random weights, an official F5-TTS checkpoint, or a checkpoint folder of ours.
+
+A pretrained vocab is kept in its own order (the embedding rows belong to those ids); characters of the
+dataset that it lacks are appended (``flowtts.checkpoint.extend_vocab``), and the dataset's texts are
+then tokenised with that final vocab, never with the dataset's own ``vocab.txt`` order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowtts.checkpoint import CheckpointError, extend_vocab, load_bundle, load_f5_checkpoint
+from flowtts.config import FlowTTSConfig
+from flowtts.model import CFM
+from flowtts.text import Vocab, normalize_text
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+
+
+@dataclass
+class WarmStart:
+    """The vocab and config training runs with, and the initial weights (None: random init)."""
+
+    config: FlowTTSConfig  # model.text_num_embeds == len(vocab)
+    vocab: Vocab
+    model: CFM | None
+    added: list[str]  # characters appended to the pretrained vocab
+
+
+def prepare_start(config: FlowTTSConfig, texts: Sequence[str], data_vocab: Vocab, *,
+                  init_from: str | Path | None = None, init_vocab: str | Path | None = None) -> WarmStart:
+    """Resolve the starting point for training on ``texts``."""
+    if init_from is None:
+        missing = data_vocab.missing(normalize_text("".join(texts)))
+        if missing:
+            raise CheckpointError(f"the dataset's vocab.txt lacks characters of its texts: {missing[:20]}")
+        return WarmStart(config=_with_vocab(config, data_vocab), vocab=data_vocab, model=None, added=[])
+    model, vocab = load_pretrained(config, Path(init_from), init_vocab)
+    missing = vocab.missing(normalize_text("".join(texts)))
+    model, vocab, added = extend_vocab(model, vocab, missing)
+    if added:
+        logger.info("extended the pretrained vocab by %d characters: %s", len(added), "".join(added))
+    return WarmStart(config=_with_vocab(config, vocab), vocab=vocab, model=model.train(), added=added)
+
+
+def load_pretrained(config: FlowTTSConfig, path: Path, init_vocab: str | Path | None) -> tuple[CFM, Vocab]:
+    if path.is_dir():
+        bundle = load_bundle(path)
+        vocab = Vocab.load(init_vocab) if init_vocab is not None else bundle.vocab
+        if vocab is None:
+            raise CheckpointError(f"{path} has no vocab.txt; pass --init-vocab")
+        expected = config.model.with_vocab_size(len(vocab))
+        if bundle.model.config != expected:
+            raise CheckpointError(f"{path} was trained with a different architecture: "
+                                  f"{_differences(bundle.model.config.model_dump(), expected.model_dump())}")
+        return bundle.model, vocab
+    if path.is_file() and path.suffix in OFFICIAL_SUFFIXES:
+        if init_vocab is None:
+            raise CheckpointError(f"official checkpoint {path} needs its vocab.txt (--init-vocab FILE)")
+        vocab = Vocab.load(init_vocab)
+        return load_f5_checkpoint(path, config.model.with_vocab_size(len(vocab))), vocab
+    raise FileNotFoundError(f"--init-from {str(path)!r} is neither a checkpoint folder of ours nor an "
+                            f"official checkpoint file ({', '.join(OFFICIAL_SUFFIXES)})")
+
+
+def _with_vocab(config: FlowTTSConfig, vocab: Vocab) -> FlowTTSConfig:
+    return config.model_copy(update={"model": config.model.with_vocab_size(len(vocab))})
+
+
+def _differences(got: dict, want: dict) -> str:
+    return ", ".join(f"{key}: checkpoint {got.get(key)!r} vs config {want.get(key)!r}"
+                     for key in sorted(set(got) | set(want)) if got.get(key) != want.get(key))

@@ -1,0 +1,240 @@
+"""Training end to end on real Ray Train (2 CPU workers, DDP over gloo), MLflow (embedded sqlite) and the
+model registry: a run, a worker failure with restart, a re-submission that resumes, and ``ray job submit``
+against a ``ray start --head`` cluster this module starts and stops itself (by PID)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+from _shards import write_dataset
+from conftest import DEV_CORPUS, REPO, SAMPLE_CORPUS
+from mlflow.tracking import MlflowClient
+
+from flowtts.training import read_train_state
+from trainer.launch import FAIL_AT_STEP_ENV, TrainJob, run_training
+from trainer.settings import FAIL_MARKER
+
+pytestmark = pytest.mark.integration
+
+VENV_BIN = Path(sys.executable).parent
+TINY_OVERRIDES = {"train.batch_size_per_gpu": 1000, "train.max_samples": 4, "train.num_warmup_updates": 2,
+                  "train.log_samples_per_updates": 0}
+
+
+CORPUS = DEV_CORPUS if DEV_CORPUS.exists() else SAMPLE_CORPUS
+
+
+def corpus_entries(count: int) -> list[tuple[Path, str]]:
+    with open(CORPUS / "metadata.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="|", quoting=csv.QUOTE_NONE))[:count]
+    return [(CORPUS / row["audio_file"], row["text"]) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("train-data"), CORPUS, count=12, heldout=1)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    if ray.is_initialized():
+        yield
+        return
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def embedded_mlflow(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(FAIL_AT_STEP_ENV, raising=False)
+
+
+def job(dataset: Path, storage: Path, name: str, max_steps: int, **changes) -> TrainJob:
+    values = dict(config="tiny", data=dataset, storage=storage, name=name, workers=2, cpus_per_worker=0.5,
+                  max_steps=max_steps, checkpoint_every=2, log_every=1, sample_steps=4, max_failures=1,
+                  overrides=TINY_OVERRIDES, registered_model="flowtts-test")
+    return TrainJob(**{**values, **changes})
+
+
+def attempts(tracking_uri: str, run_id: str) -> dict[int, dict]:
+    """The per-attempt records rank 0 logs when it (re)starts, by start step."""
+    found = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="attempts",
+                                                         dst_path=tmp, tracking_uri=tracking_uri))
+        for path in local.glob("start_step_*.json"):
+            record = json.loads(path.read_text())
+            found[record["start_step"]] = record
+    return found
+
+
+def loss_steps(client: MlflowClient, run_id: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+
+
+def test_run_tracks_checkpoints_registers_and_synthesises(dataset, tmp_path, local_ray, embedded_mlflow):
+    overrides = {**TINY_OVERRIDES, "train.log_samples_per_updates": 2}
+    outcome = run_training(job(dataset, tmp_path, "basic", max_steps=4, overrides=overrides))
+
+    assert outcome.step == 4 and outcome.checkpoint.endswith("checkpoint_00000004")
+    assert sorted(p.name for p in (tmp_path / "basic").glob("checkpoint_0*")) == [
+        "checkpoint_00000002", "checkpoint_00000004"]
+    state = read_train_state(outcome.checkpoint)
+    assert state.step == 4 and state.mlflow_run_id == outcome.mlflow_run_id
+    assert {p.name for p in Path(outcome.checkpoint).glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
+
+    assert outcome.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(outcome.tracking_uri)
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.learning_rate"] == "0.001"
+    assert loss_steps(client, outcome.mlflow_run_id) == [1, 2, 3, 4]
+    for key in ("lr", "grad_norm", "frames_per_sec", "data_wait_share", "sample_mel_l1", "padding_waste"):
+        assert key in run.data.metrics, key
+    samples = {a.path for a in client.list_artifacts(outcome.mlflow_run_id, "samples")}
+    assert {"samples/step_0000002.wav", "samples/step_0000004.wav", "samples/step_0000004_mel.png",
+            "samples/reference.wav"} <= samples
+
+    registration = outcome.registration
+    assert registration.model_uri == "models:/flowtts-test@candidate"
+    version = client.get_model_version_by_alias("flowtts-test", "candidate")
+    assert str(version.version) == registration.version and version.run_id == outcome.mlflow_run_id
+    assert set(version.tags) >= {"config_hash", "data_manifest_fingerprint", "git_commit"}
+
+    from flowtts.synthesis import SynthesisOptions, Synthesizer
+
+    mlflow.set_tracking_uri(outcome.tracking_uri)
+    synthesizer = Synthesizer.from_pretrained(registration.model_uri)
+    assert synthesizer.model_info["step"] == 4
+    (ref_file, ref_text), (_, text) = corpus_entries(2)  # texts the trained vocab covers
+    reference = synthesizer.prepare_reference(ref_file, ref_text)
+    result = synthesizer.synthesize(text, reference, SynthesisOptions(seed=1, nfe=2))
+    assert result.sample_rate == 24000 and result.audio.size > 2400 and abs(result.audio).max() > 0
+
+
+def test_worker_failure_restarts_and_resubmission_resumes(dataset, tmp_path, local_ray, embedded_mlflow,
+                                                           monkeypatch):
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
+    first = run_training(job(dataset, tmp_path, "resume", max_steps=4), register=False)
+    monkeypatch.delenv(FAIL_AT_STEP_ENV)
+    assert (tmp_path / "resume" / FAIL_MARKER).is_file()  # the last rank did die after step 3
+    assert first.step == 4
+    client = MlflowClient(first.tracking_uri)
+    records = attempts(first.tracking_uri, first.mlflow_run_id)
+    assert sorted(records) == [0, 2]  # the restart began at the step-2 checkpoint
+    assert records[2]["resumed"] and records[2]["first_batch"] == records[2]["checkpoint_next_batch"]
+    steps = loss_steps(client, first.mlflow_run_id)
+    assert steps[-1] == 4 and set(steps) == {1, 2, 3, 4}
+
+    checkpoint_next = read_train_state(first.checkpoint).info["next_batch"]
+    second = run_training(job(dataset, tmp_path, "resume", max_steps=6), register=False)
+    assert second.step == 6 and second.mlflow_run_id == first.mlflow_run_id
+    records = attempts(first.tracking_uri, first.mlflow_run_id)
+    assert sorted(records) == [0, 2, 4]
+    assert records[4]["first_batch"] == checkpoint_next  # the same next batch as before the stop
+    assert loss_steps(client, first.mlflow_run_id)[-2:] == [5, 6]
+
+
+# ---------------------------------------------------------------- ray job submit
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_using(marker: str) -> list[int]:
+    """PIDs whose command line mentions ``marker`` (our cluster's private temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def head_node(tmp_path):
+    """A ``ray start --head --block`` cluster on free ports with a private temp dir; stopped by PID."""
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    dashboard = free_port()
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    ports = [f"--port={free_port()}", f"--dashboard-port={dashboard}", f"--node-manager-port={free_port()}",
+             f"--object-manager-port={free_port()}", f"--ray-client-server-port={free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+    log = open(tmp_path / "ray_head.log", "w")
+    head = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", "--dashboard-host=127.0.0.1",
+         "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}", *ports],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_for_jobs_api(address, head, tmp_path / "ray_head.log")
+        yield address, env
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        for pid in processes_using(temp_dir):  # anything of ours that outlived the head process
+            os.kill(pid, signal.SIGKILL)
+        log.close()
+
+
+def wait_for_jobs_api(address: str, head: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start exited with {head.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(2)
+    raise TimeoutError(f"Ray dashboard at {address} not up after {timeout} s: {log.read_text()[-2000:]}")
+
+
+def test_ray_job_submit_trains_and_registers(dataset, tmp_path, head_node):
+    address, env = head_node
+    storage = tmp_path / "runs"
+    command = [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+               "python", "jobs/train.py", "--config", "tiny", "--data", str(dataset),
+               "--storage", str(storage), "--name", "submitted", "--workers", "2", "--max-steps", "2",
+               "--checkpoint-every", "2",
+               "--set", "train.batch_size_per_gpu=1000", "--set", "train.log_samples_per_updates=0"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    summary = json.loads(re.findall(r'^\{"name": "submitted".*\}$', output, flags=re.M)[-1])
+    assert summary["step"] == 2 and summary["model_uri"] == "models:/flowtts@candidate"
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("flowtts", "candidate")
+    assert version.run_id == summary["mlflow_run_id"]
+    assert loss_steps(client, summary["mlflow_run_id"]) == [1, 2]

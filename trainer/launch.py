@@ -1,0 +1,160 @@
+"""The driver side of a training run: resolve config, vocab and warm start, open the MLflow run, build the
+``TorchTrainer`` (Ray Train V2), fit, and register the result.
+
+Resuming is Ray Train V2's: a trainer with the same ``RunConfig(name, storage_path)`` finds the run's
+checkpoints and every worker starts from the latest one; the MLflow run id is kept in the run folder
+(and in every checkpoint), so the same MLflow run continues.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from flowtts.checkpoint import save_checkpoint
+from flowtts.config import load_config
+from flowtts.training.data import corpus_fingerprint, dataset_texts, dataset_vocab, manifest_fingerprint
+from flowtts.training.warmstart import prepare_start
+from trainer.loop import train_loop_per_worker
+from trainer.registry import Registration, git_commit, register_model
+from trainer.settings import INIT_DIR, TrainSettings
+from trainer.tracking import open_run
+
+logger = logging.getLogger(__name__)
+
+FAIL_AT_STEP_ENV = "FLOWTTS_TEST_FAIL_AT_STEP"  # test hook, see TrainSettings.fail_at_step
+
+
+class TrainJob(BaseModel):
+    """What the user asked for (the CLI's options)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: str  # preset name or YAML/JSON file
+    data: Path
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None
+    storage: Path = Path("outputs/ray_train")
+    workers: int = Field(default=1, gt=0)
+    gpu: bool = False
+    cpus_per_worker: float = Field(default=0.5, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    seed: int = 0
+    init_from: Path | None = None
+    init_vocab: Path | None = None
+    checkpoint_every: int | None = Field(default=None, gt=0)
+    log_every: int = Field(default=10, gt=0)
+    sample_steps: int = Field(default=32, gt=0)
+    vocoder: str | None = None
+    max_failures: int = 2
+    experiment: str = "flowtts"
+    registered_model: str = "flowtts"
+    alias: str = "candidate"
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    name: str
+    run_dir: Path
+    checkpoint: str  # path of the last checkpoint
+    step: int
+    metrics: dict[str, Any]
+    mlflow_run_id: str
+    tracking_uri: str
+    registration: Registration | None
+
+
+def prepare_run(job: TrainJob) -> TrainSettings:
+    """Everything the workers need, decided once: final vocab and config, warm start, MLflow run."""
+    config = load_config(job.config).with_overrides(job.overrides)
+    data = job.data.resolve()
+    storage = job.storage.resolve()
+    name = job.name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    start = prepare_start(config, dataset_texts(data), dataset_vocab(data), init_from=job.init_from,
+                          init_vocab=job.init_vocab)
+    run_dir = storage / name
+    init_weights = None
+    if start.model is not None:
+        init_dir = run_dir / INIT_DIR
+        if not init_dir.exists():
+            save_checkpoint(start.model, init_dir, start.vocab, mel=start.config.mel,
+                            info={"init_from": str(job.init_from), "added_characters": start.added})
+        init_weights = str(init_dir)
+    train = start.config.train
+    settings = dict(
+        config=start.config.model_dump(mode="json"), vocab=start.vocab.tokens, data=str(data), name=name,
+        storage=str(storage), seed=job.seed, max_steps=job.max_steps or train.max_updates,
+        checkpoint_every=job.checkpoint_every or train.save_per_updates, log_every=job.log_every,
+        sample_every=train.log_samples_per_updates, sample_steps=job.sample_steps, vocoder=job.vocoder,
+        init_weights=init_weights, workers=job.workers, use_gpu=job.gpu, cpus_per_worker=job.cpus_per_worker,
+        experiment=job.experiment, fail_at_step=_fail_at_step(),
+    )
+    job_params = {k: v for k, v in settings.items() if k not in {"config", "vocab", "fail_at_step"}}
+    tracking_uri, run_id = open_run(
+        run_dir, storage=storage, experiment=job.experiment, run_name=name,
+        params={**start.config.model_dump(mode="json"), "job": {**job_params, "vocab_size": len(start.vocab),
+                                                                "added_characters": "".join(start.added)}},
+        tags=registry_tags(start.config.fingerprint(), data),
+    )
+    return TrainSettings(**settings, tracking_uri=tracking_uri, mlflow_run_id=run_id)
+
+
+def registry_tags(config_hash: str, data: Path) -> dict[str, str]:
+    tags = {"config_hash": config_hash, "data_manifest_fingerprint": manifest_fingerprint(data),
+            "git_commit": os.environ.get("FLOWTTS_GIT_COMMIT") or git_commit()}
+    corpus = corpus_fingerprint(data)
+    if corpus:
+        tags["data_input_fingerprint"] = corpus
+    return tags
+
+
+def build_trainer(settings: TrainSettings, *, max_failures: int) -> TorchTrainer:
+    keep = settings.flowtts_config().train.keep_last_n_checkpoints
+    resources = {"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=settings.model_dump(mode="json"),
+        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
+        run_config=RunConfig(name=settings.name, storage_path=settings.storage,
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep if keep > 0 else None),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+
+
+def run_training(job: TrainJob, *, register: bool = True) -> TrainOutcome:
+    """Fit (resuming when the run has checkpoints) and register the EMA weights of the last checkpoint."""
+    settings = prepare_run(job)
+    logger.info("run %s: %d worker(s), up to step %d, storage %s, MLflow %s run %s", settings.name,
+                settings.workers, settings.max_steps, settings.run_dir, settings.tracking_uri,
+                settings.mlflow_run_id)
+    result = build_trainer(settings, max_failures=job.max_failures).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {settings.name} finished without a checkpoint in {settings.run_dir}")
+    metrics = dict(result.metrics or {})
+    registration = None
+    with result.checkpoint.as_directory() as folder:
+        if register:
+            tags = registry_tags(settings.flowtts_config().fingerprint(), Path(settings.data))
+            registration = register_model(folder, tracking_uri=settings.tracking_uri,
+                                          run_id=settings.mlflow_run_id,
+                                          registered_model=job.registered_model, alias=job.alias,
+                                          vocoder=job.vocoder, tags=tags)
+    return TrainOutcome(name=settings.name, run_dir=settings.run_dir, checkpoint=result.checkpoint.path,
+                        step=int(metrics.get("step", 0)), metrics=metrics,
+                        mlflow_run_id=settings.mlflow_run_id, tracking_uri=settings.tracking_uri,
+                        registration=registration)
+
+
+def _fail_at_step() -> int | None:
+    value = os.environ.get(FAIL_AT_STEP_ENV)
+    return int(value) if value else None
