@@ -113,6 +113,7 @@ def ray_local() -> Iterator[None]:
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -525,17 +526,19 @@ def submit_job(address: str, entrypoint: list[str], attempts: int = 3, timeout_s
         time.sleep(5)
     assert job_id, (done.stdout + done.stderr)[-4000:]
     deadline = time.monotonic() + timeout_s
-    while not any(state in (status := job_status(address, job_id[0])) for state in ("SUCCEEDED", "FAILED", "STOPPED")):
-        assert time.monotonic() < deadline, f"job {job_id[0]} not done after {timeout_s} s: {status}"
+    while (state := finished_job_state(address, job_id[0])) is None:
+        assert time.monotonic() < deadline, f"job {job_id[0]} not finished after {timeout_s} s"
         time.sleep(3)
     logs = ray_cli("job", "logs", "--address", address, job_id[0]).stdout
-    assert "SUCCEEDED" in status, status + logs[-4000:]
+    assert state == "succeeded", f"job {job_id[0]} {state}: {logs[-4000:]}"
     return logs
 
 
-def job_status(address: str, job_id: str) -> str:
+def finished_job_state(address: str, job_id: str) -> str | None:
+    """'succeeded', 'failed' or 'was stopped' once the job is over, else None (as `ray job status` says it)."""
     done = ray_cli("job", "status", "--address", address, job_id)
-    return done.stdout + done.stderr  # the CLI logger writes the status line to stderr
+    found = re.search(rf"Job '{job_id}' (succeeded|failed|was stopped)", done.stdout + done.stderr)
+    return found[1] if found else None
 
 
 def ray_cli(*args: str) -> subprocess.CompletedProcess:

@@ -142,7 +142,7 @@ def extend_vocab(model: CFM, vocab: Vocab, symbols: list[str], *, seed: int = 66
             state[key] = torch.cat([old.cpu(), extra], dim=0)
     grown = build_model(model.config.with_vocab_size(len(new_vocab)))
     grown.load_state_dict(state, strict=True)
-    return grown.to(model.device), new_vocab, added
+    return grown.to(model.device).train(model.training), new_vocab, added
 
 
 # ---------------------------------------------------------------- our format

@@ -74,6 +74,7 @@ class Vocab:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vocab-")
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.writelines(f"{token}\n" for token in self.tokens)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a vocab is meant to be shared
         os.replace(tmp, path)
 
     def missing(self, text: str) -> list[str]:
