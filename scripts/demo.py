@@ -1,9 +1,10 @@
 """`make demo`: the whole platform on one machine, the way a new user meets it.
 
 Starts a private Ray head (non-default ports) and uses an embedded MLflow store (sqlite), preprocesses
-the sample corpus shipped in `samples/vi-demo` and trains the `tiny` preset through `ray job submit`,
-registers the model (alias `candidate`, then `production`), deploys it with `serve deploy`, sends a real
-HTTP request, writes the spoken result to a wav file, prints where everything is, and stops only what it
+the sample corpus shipped in `samples/vi-demo` and trains the `tiny` preset through `ray job submit`
+(registered with alias `candidate`), evaluates it on the held-out clips and promotes it to `production`
+through the gate of `jobs/evaluate.py`, deploys `production` with `serve deploy`, sends a real HTTP
+request, writes the spoken result to a wav file, prints where everything is, and stops only what it
 started. Everything it writes lands in `demo_out/`.
 """
 
@@ -12,50 +13,29 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from local_ray import RAY, LocalRayHead
+from local_services import LocalRayHead, service_env
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "samples" / "vi-demo"
-SERVE = str(Path(sys.executable).parent / "serve")
 
 
 def environment(out: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "RAY_AUTH_MODE": "disabled",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}",
-        "FLOWTTS_STORAGE": str(out / "ray_train"),
-        "FLOWTTS_MODEL_URI": "models:/flowtts@production",
-        "FLOWTTS_VOICES_URI": str(out / "voices"),
-    })
-    return env
+    return service_env(
+        MLFLOW_TRACKING_URI=f"sqlite:///{out / 'mlflow.db'}",
+        FLOWTTS_STORAGE=str(out / "ray_train"),
+        FLOWTTS_MODEL_URI="models:/flowtts@production",
+        FLOWTTS_VOICES_URI=str(out / "voices"),
+    )
 
 
 def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
-
-
-def submit(address: str, env: dict[str, str], *args: str) -> None:
-    command = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--", "python", *args]
-    subprocess.run(command, env=env, cwd=REPO, check=True)
-
-
-def promote(env: dict[str, str]) -> str:
-    """Point `production` at the version training aliased `candidate` (jobs/evaluate.py is the gate)."""
-    code = ("from mlflow import MlflowClient; c = MlflowClient(); "
-            "v = c.get_model_version_by_alias('flowtts', 'candidate').version; "
-            "c.set_registered_model_alias('flowtts', 'production', v); print(v)")
-    done = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
-    return done.stdout.strip().splitlines()[-1]
 
 
 def wait_healthy(url: str, timeout_s: float = 600) -> None:
@@ -104,16 +84,19 @@ def main() -> int:
         address = head.start()
         print(f"Ray jobs API: {address}")
         step("preprocessing the sample corpus (ray job submit)")
-        submit(address, env, "jobs/preprocess.py", "--corpus", str(CORPUS), "--out", str(out / "data"),
-               "--holdout-fraction", "0.1")
+        head.submit("python", "jobs/preprocess.py", "--corpus", str(CORPUS), "--out", str(out / "data"),
+                    "--holdout-fraction", "0.1", cwd=REPO, echo=True)
         step(f"training the tiny preset for {args.steps} steps (ray job submit)")
-        submit(address, env, "jobs/train.py", "--config", "tiny", "--data", str(out / "data"), "--name", "demo",
-               "--max-steps", str(args.steps), "--storage", str(out / "ray_train"), "--sample-steps", "8")
-        version = promote(env)
-        print(f"registered models:/flowtts/{version}; aliases candidate and production point at it")
-        step("deploying with serve deploy")
-        subprocess.run([SERVE, "deploy", str(REPO / "serve" / "config.yaml"), "--address", address],
-                       env=env, cwd=REPO, check=True)
+        head.submit("python", "jobs/train.py", "--config", "tiny", "--data", str(out / "data"), "--name", "demo",
+                    "--max-steps", str(args.steps), "--storage", str(out / "ray_train"), "--sample-steps", "8",
+                    "--cpus-per-worker", "2",
+                    cwd=REPO, echo=True)
+        step("evaluating on held-out clips; the gate promotes the candidate to production (ray job submit)")
+        head.submit("python", "jobs/evaluate.py", "--model", "models:/flowtts@candidate", "--data",
+                    str(out / "data"), "--promote", "production", "--max-items", "4", "--nfe", "8",
+                    "--out", str(out / "evaluation"), cwd=REPO, echo=True)
+        step("deploying models:/flowtts@production with serve deploy")
+        head.serve_deploy(REPO / "serve" / "config.yaml")
         wait_healthy(url)
         step("speaking")
         wav = speak(url, out)
@@ -121,6 +104,7 @@ def main() -> int:
         print(f"spoken result:  {wav}")
         print(f"endpoint:       {url}/v1/tts (stopped now; `serve run serve/config.yaml` serves it again)")
         print(f"MLflow UI:      mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
+        print(f"evaluation:     {out / 'evaluation' / 'report.md'}")
         print(f"data, checkpoints and logs: {out}")
         return 0
     finally:

@@ -291,7 +291,7 @@ Two espeak-ng voice variants of the Northern Vietnamese voice `vi`, each with a 
 
     print(f"\n{len(rows)} clips, total {total:.2f} s, wavs/ {wav_bytes} bytes ({wav_bytes / 2**20:.2f} MiB)")
     if bad:
-        print("clips outside %.1f-%.1f s:" % (MIN_SECONDS, MAX_SECONDS), *bad, sep="\n  ", file=sys.stderr)
+        print(f"clips outside {MIN_SECONDS:.1f}-{MAX_SECONDS:.1f} s:", *bad, sep="\n  ", file=sys.stderr)
         return 1
     return 0
 

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import unicodedata
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +19,8 @@ import pytest
 import ray
 import soundfile as sf
 import torch
+from conftest import REPO
+from local_services import LocalRayHead, service_env
 
 from data_pipelines import (
     MetadataError,
@@ -442,27 +438,6 @@ def test_holdout_list_vocab_extension_and_vietnamese_front_end(run, tmp_path: Pa
 
 # --- entry points: the CLI with a local Ray, and `ray job submit` against a cluster we start ---------------
 
-REPO = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def entry_point_env() -> dict[str, str]:
-    """The venv's python and ray first on PATH (the job driver runs `python` from the cluster's PATH)."""
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["RAY_AUTH_MODE"] = "disabled"
-    return env
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
 
 @pytest.mark.integration
 def test_cli_runs_with_a_local_ray_and_refuses_an_existing_output(tmp_path: Path):
@@ -471,7 +446,7 @@ def test_cli_runs_with_a_local_ray_and_refuses_an_existing_output(tmp_path: Path
     done = subprocess.run(
         [*command, "--num-cpus", "2", "--holdout-fraction", "0.3"],
         cwd=REPO,
-        env=entry_point_env(),
+        env=service_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -479,127 +454,18 @@ def test_cli_runs_with_a_local_ray_and_refuses_an_existing_output(tmp_path: Path
     assert done.returncode == 0, done.stderr[-3000:]
     summary = done.stdout.strip().splitlines()[-1]
     assert summary.startswith("kept 4, held out 2, rejected 0 of 6 rows") and "audio-hours/min" in summary
-    refused = subprocess.run(command, cwd=REPO, env=entry_point_env(), capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(command, cwd=REPO, env=service_env(), capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
 
 
 @pytest.mark.integration
 def test_ray_job_submit_preprocesses_the_dev_corpus(dev_corpus: Path, tmp_path: Path):
-    gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
-    temp_dir = tempfile.mkdtemp(prefix="ray-job-", dir="/tmp")
-    head = subprocess.Popen(
-        [
-            RAY, "start", "--head", "--block", "--num-cpus=2", "--disable-usage-stats",
-            f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-            f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
-            f"--metrics-export-port={metrics}", f"--temp-dir={temp_dir}",
-        ],
-        env=entry_point_env(), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    head = LocalRayHead(env=service_env())
     try:
-        wait_for_job_api(head, f"http://127.0.0.1:{dashboard}")
+        head.start()
         out = tmp_path / "out"
-        logs = submit_job(
-            f"http://127.0.0.1:{dashboard}",
-            ["python", "jobs/preprocess.py", "--corpus", str(dev_corpus), "--out", str(out)],
-        )
+        logs = head.submit("python", "jobs/preprocess.py", "--corpus", str(dev_corpus), "--out", str(out), cwd=REPO)
         assert "kept 300, held out 0, rejected 0 of 300 rows" in logs, logs[-4000:]
         assert manifest(out)["counts"]["kept"] == 300 and read_table(out).num_rows == 300
     finally:
-        stop_cluster(head)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def submit_job(address: str, entrypoint: list[str], attempts: int = 3, timeout_s: float = 480) -> str:
-    """`ray job submit --working-dir .` from the repo root, then wait for the job to succeed; returns its logs.
-
-    Two hiccups of a dashboard starved of CPU are absorbed: a dropped working-dir upload (the job was never
-    created: submit again) and a dropped log stream (submit returns early: the job's status is polled).
-    """
-    for _ in range(attempts):
-        done = ray_cli("job", "submit", "--address", address, "--working-dir", ".", "--", *entrypoint)
-        job_id = re.search(r"raysubmit_\w+", done.stdout + done.stderr)
-        if job_id or "ConnectionError" not in done.stdout + done.stderr:
-            break
-        time.sleep(5)
-    assert job_id, (done.stdout + done.stderr)[-4000:]
-    deadline = time.monotonic() + timeout_s
-    while (state := finished_job_state(address, job_id[0])) is None:
-        assert time.monotonic() < deadline, f"job {job_id[0]} not finished after {timeout_s} s"
-        time.sleep(3)
-    logs = ray_cli("job", "logs", "--address", address, job_id[0]).stdout
-    assert state == "succeeded", f"job {job_id[0]} {state}: {logs[-4000:]}"
-    return logs
-
-
-def finished_job_state(address: str, job_id: str) -> str | None:
-    """'succeeded', 'failed' or 'was stopped' once the job is over, else None (as `ray job status` says it)."""
-    done = ray_cli("job", "status", "--address", address, job_id)
-    found = re.search(rf"Job '{job_id}' (succeeded|failed|was stopped)", done.stdout + done.stderr)
-    return found[1] if found else None
-
-
-def ray_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, *args], cwd=REPO, env=entry_point_env(), capture_output=True, text=True, timeout=600)
-
-
-def wait_for_job_api(head: subprocess.Popen, address: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert head.poll() is None, f"ray start exited with {head.returncode}"
-        try:
-            with urllib.request.urlopen(f"{address}/api/jobs/", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"the Ray job API at {address} did not answer within {timeout_s} s")
-
-
-def stop_cluster(head: subprocess.Popen) -> None:
-    """Stop exactly what `ray start` started: its process group, plus the workers its raylet spawned
-    (detached actors start their own sessions), found by the RAY_RAYLET_PID in their environment."""
-    group = [pid for pid in proc_pids() if process_group(pid) == head.pid]
-    raylets = {pid for pid in group if "raylet" in read_proc(pid, "comm")}
-    workers = [pid for pid in proc_pids() if raylet_of(pid) in raylets]
-    ours = set(group) | set(workers)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in ours:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(alive(pid) for pid in ours if pid != head.pid):
-            time.sleep(0.5)
-    head.wait(timeout=30)
-
-
-def proc_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def read_proc(pid: int, name: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/{name}").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def process_group(pid: int) -> int | None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        return os.getpgid(pid)
-    return None
-
-
-def raylet_of(pid: int) -> int | None:
-    for entry in read_proc(pid, "environ").split("\0"):
-        if entry.startswith("RAY_RAYLET_PID="):
-            return int(entry.removeprefix("RAY_RAYLET_PID="))
-    return None
-
-
-def alive(pid: int) -> bool:
-    state = read_proc(pid, "stat").rpartition(")")[2].split()
-    return bool(state) and state[0] != "Z"
+        head.stop()

@@ -53,10 +53,10 @@ def test_predictor_learns_durations_better_than_the_byte_ratio_rule(dataset):
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     pairs = same_speaker_pairs(clips)
     truth = [clips[a].mel.shape[0] for a, _ in pairs]
-    ratio = [byte_ratio_frames(clips[b].mel.shape[0], vocab.decode(clips[b].prompt_ids), vocab.decode(clips[a].text_ids),
-                               1.0) - clips[b].mel.shape[0] for a, b in pairs]
-    learned = [predicted_frames(model.duration_predictor, clips[b].prompt_ids, clips[b].mel, [clips[a].text_ids], 1.0)[0]
-               for a, b in pairs]
+    ratio = [byte_ratio_frames(clips[b].mel.shape[0], vocab.decode(clips[b].prompt_ids),
+                               vocab.decode(clips[a].text_ids), 1.0) - clips[b].mel.shape[0] for a, b in pairs]
+    learned = [predicted_frames(model.duration_predictor, clips[b].prompt_ids, clips[b].mel, [clips[a].text_ids],
+                                1.0)[0] for a, b in pairs]
     assert mape(learned, truth) < 0.6 * mape(ratio, truth), (mape(learned, truth), mape(ratio, truth))
 
 

@@ -16,12 +16,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import requests
 import soundfile as sf
 import torch
 import yaml
+from _registry import register_checkpoints
 
 from flowtts.checkpoint import save_checkpoint
 from flowtts.config import ModelConfig
@@ -120,30 +122,6 @@ def save_tiny_vocos(folder: Path) -> Path:
     return folder
 
 
-def register_versions(root: Path, folders: list[Path], monkeypatch: pytest.MonkeyPatch) -> str:
-    """Log each folder as training does (the FlowTTSPyfunc model, artifacts {"checkpoint": folder}) and
-    register it as a new version; the alias ``production`` points at version 1."""
-    import mlflow
-
-    from flowtts.tracking import FlowTTSPyfunc
-
-    uri = f"sqlite:///{root}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.create_experiment("serve-test", artifact_location=(root / "artifacts").as_uri())
-    for folder in folders:
-        with mlflow.start_run(experiment_id=experiment):
-            mlflow.pyfunc.log_model(
-                name="flowtts",
-                python_model=FlowTTSPyfunc(),
-                pip_requirements=["flowtts"],
-                artifacts={"checkpoint": str(folder)},
-                registered_model_name=REGISTERED,
-            )
-    client.set_registered_model_alias(REGISTERED, "production", "1")
-    return uri
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
@@ -153,7 +131,10 @@ def assets(tmp_path_factory):
             save_tiny_model(root / "v1" / "checkpoint", 0),
             save_tiny_model(root / "v2" / "checkpoint", 1),
         ]
-        tracking = register_versions(root, versions, monkeypatch)
+        tracking = f"sqlite:///{root}/mlflow.db"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+        register_checkpoints(tracking, root / "artifacts", versions, REGISTERED)
+        mlflow.MlflowClient(tracking, tracking).set_registered_model_alias(REGISTERED, "production", "1")
     return {
         "root": root,
         "tracking_uri": tracking,
@@ -638,8 +619,6 @@ def test_models_endpoint_names_the_registered_version(base, http):
 
 
 def test_moving_the_alias_and_redeploying_rolls_the_model_without_failing_requests(base, http, voice, assets):
-    import mlflow
-
     mlflow.MlflowClient(assets["tracking_uri"], assets["tracking_uri"]).set_registered_model_alias(
         REGISTERED, "production", "2"
     )

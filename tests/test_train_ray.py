@@ -6,14 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import mlflow
@@ -21,6 +16,7 @@ import pytest
 import ray
 from _shards import write_dataset
 from conftest import DEV_CORPUS, REPO, SAMPLE_CORPUS
+from local_services import LocalRayHead, service_env
 from mlflow.tracking import MlflowClient
 
 from flowtts.training import read_train_state
@@ -153,85 +149,24 @@ def test_worker_failure_restarts_and_resubmission_resumes(dataset, tmp_path, loc
 # ---------------------------------------------------------------- ray job submit
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def processes_using(marker: str) -> list[int]:
-    """PIDs whose command line mentions ``marker`` (our cluster's private temp dir)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in cmdline:
-                pids.append(int(entry.name))
-    return pids
-
-
 @pytest.fixture
 def head_node(tmp_path):
-    """A ``ray start --head --block`` cluster on free ports with a private temp dir; stopped by PID."""
-    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
-    dashboard = free_port()
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    ports = [f"--port={free_port()}", f"--dashboard-port={dashboard}", f"--node-manager-port={free_port()}",
-             f"--object-manager-port={free_port()}", f"--ray-client-server-port={free_port()}",
-             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
-    log = open(tmp_path / "ray_head.log", "w")
-    head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-         "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}", *ports],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
+    """A ``ray start --head`` cluster on free ports with a private temp dir; stopped by PID."""
+    head = LocalRayHead(env=service_env(), log=tmp_path / "ray_head.log")
+    head.env.pop("MLFLOW_TRACKING_URI", None)
     try:
-        wait_for_jobs_api(address, head, tmp_path / "ray_head.log")
-        yield address, env
+        head.start()
+        yield head
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-        for pid in processes_using(temp_dir):  # anything of ours that outlived the head process
-            os.kill(pid, signal.SIGKILL)
-        log.close()
-
-
-def wait_for_jobs_api(address: str, head: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if head.poll() is not None:
-            raise RuntimeError(f"ray start exited with {head.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(2)
-    raise TimeoutError(f"Ray dashboard at {address} not up after {timeout} s: {log.read_text()[-2000:]}")
+        head.stop()
 
 
 def test_ray_job_submit_trains_and_registers(dataset, tmp_path, head_node):
-    address, env = head_node
     storage = tmp_path / "runs"
-    command = [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-               "python", "jobs/train.py", "--config", "tiny", "--data", str(dataset),
-               "--storage", str(storage), "--name", "submitted", "--workers", "2", "--max-steps", "2",
-               "--checkpoint-every", "2",
-               "--set", "train.batch_size_per_gpu=1000", "--set", "train.log_samples_per_updates=0"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-4000:]
+    output = head_node.submit("python", "jobs/train.py", "--config", "tiny", "--data", str(dataset),
+                              "--storage", str(storage), "--name", "submitted", "--workers", "2", "--max-steps", "2",
+                              "--checkpoint-every", "2", "--set", "train.batch_size_per_gpu=1000",
+                              "--set", "train.log_samples_per_updates=0", cwd=REPO)
     summary = json.loads(re.findall(r'^\{"name": "submitted".*\}$', output, flags=re.M)[-1])
     assert summary["step"] == 2 and summary["model_uri"] == "models:/flowtts@candidate"
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")

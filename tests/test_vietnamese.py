@@ -9,6 +9,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+
 from flowtts.text import vietnamese
 from flowtts.text.vietnamese import ABBREVIATIONS, find_unspeakable, normalize_vietnamese, read_number
 

@@ -110,7 +110,7 @@ def synthesise_mels(model: CFM, vocab: Vocab, items: list[EvalItem], gen_frames:
         totals = lens + torch.tensor(gen_frames[start : start + batch_size])
         result = model.sample(cond=cond, text=pad_token_ids(ids), duration=totals, lens=lens, steps=nfe,
                               seed=[seed + start + i for i in range(len(chunk))], isolate_items=True)
-        for i, item in enumerate(chunk):
+        for i in range(len(chunk)):
             out.append(result.mel[i, int(lens[i]) : int(result.duration[i])].float().cpu())
     return out
 

@@ -45,7 +45,8 @@ def write_report(out_dir: Path, model_uri: str, summary: dict[str, float], rows:
         _plot(out_dir / f"{stem}.png", item, mel)
         audio = decoder.decode(mel.T.unsqueeze(0).to(torch.float32))[0]
         write_audio(out_dir / f"{stem}.wav", audio, decoder.sample_rate)
-        lines += [f"- `{item.audio_file}` ({item.speaker}): {item.text}  ", f"  ![{stem}]({stem}.png) [{stem}.wav]({stem}.wav)"]
+        lines += [f"- `{item.audio_file}` ({item.speaker}): {item.text}  ",
+                  f"  ![{stem}]({stem}.png) [{stem}.wav]({stem}.wav)"]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report

@@ -1,0 +1,217 @@
+"""Services on this machine for the demo and the end-to-end tests: a private Ray head and an MLflow server.
+
+Both listen on 127.0.0.1 on free (non-default) ports and are stopped by PID: never ``ray stop``, which
+would stop every Ray cluster of the user. Used by ``scripts/demo.py`` and the integration tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+MLFLOW = str(BIN / "mlflow")
+
+
+def service_env(**changes: str) -> dict[str, str]:
+    """This environment with the venv's executables first on PATH (a Ray job driver runs `python` from the
+    head's PATH), Ray auth set explicitly, and no inherited Ray address."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_AUTH_MODE"] = "disabled"
+    env.update(changes)
+    return env
+
+
+def wait_until_answers(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before {url} answered")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@dataclass
+class LocalRayHead:
+    env: dict[str, str]
+    num_cpus: int = 2
+    log: Path | None = None
+    process: subprocess.Popen | None = None
+    # short: Ray's socket paths under the temp dir must fit the 107-byte limit of AF_UNIX
+    temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
+
+    def start(self, timeout_s: float = 180) -> str:
+        """Start the head and return the job/dashboard address once its job API answers."""
+        gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
+        self.address = f"http://127.0.0.1:{dashboard}"
+        output = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(
+            [RAY, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--disable-usage-stats",
+             f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+             f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+             f"--metrics-export-port={metrics}", f"--temp-dir={self.temp_dir}"],
+            env=self.env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT,
+        )
+        wait_until_answers(f"{self.address}/api/jobs/", self.process, timeout_s)
+        return self.address
+
+    def submit(self, *entrypoint: str, cwd: Path, echo: bool = False, attempts: int = 3,
+               timeout_s: float = 1200) -> str:
+        """``ray job submit --working-dir CWD -- ENTRYPOINT``, then wait for success; returns the job's logs
+        (also printed as they come when ``echo``).
+
+        Two hiccups of a dashboard starved of CPU are absorbed: a dropped working-dir upload (the job was
+        never created: submit again) and a dropped log stream (submit returns early: the status is polled).
+        """
+        for _ in range(attempts):
+            output = self._follow("submit", "--working-dir", str(cwd), "--", *entrypoint, cwd=cwd, echo=echo)
+            job_id = re.search(r"raysubmit_\w+", output)
+            if job_id or "ConnectionError" not in output:
+                break
+            time.sleep(5)
+        if not job_id:
+            raise RuntimeError(f"ray job submit failed: {output[-4000:]}")
+        deadline = time.monotonic() + timeout_s
+        while (state := self._finished_state(job_id[0])) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id[0]} not finished after {timeout_s} s")
+            time.sleep(3)
+        logs = self._follow("logs", job_id[0])
+        if state != "succeeded":
+            raise RuntimeError(f"job {job_id[0]} {state}: {logs[-4000:]}")
+        return logs
+
+    def serve_deploy(self, config: Path) -> None:
+        """``serve deploy CONFIG`` to this head (replicas get the head's environment)."""
+        subprocess.run([str(BIN / "serve"), "deploy", str(config), "--address", self.address], env=self.env,
+                       check=True, timeout=300)
+
+    def _finished_state(self, job_id: str) -> str | None:
+        """'succeeded', 'failed' or 'was stopped' once the job is over, else None (as `ray job status` says)."""
+        found = re.search(rf"Job '{job_id}' (succeeded|failed|was stopped)", self._follow("status", job_id))
+        return found[1] if found else None
+
+    def _follow(self, command: str, *args: str, cwd: Path | None = None, echo: bool = False) -> str:
+        """Output of ``ray job COMMAND --address ADDRESS ARGS`` (stdout and stderr), printed as it comes when
+        ``echo``."""
+        with subprocess.Popen([RAY, "job", command, "--address", self.address, *args], env=self.env, cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+            lines = []
+            for line in process.stdout:
+                lines.append(line)
+                if echo:
+                    print(line, end="", flush=True)
+        return "".join(lines)
+
+    def stop(self) -> None:
+        """Stop the processes this head started: its process group and the workers its raylet spawned."""
+        if self.process is None:
+            return
+        group = [pid for pid in _pids() if _pgid(pid) == self.process.pid]
+        raylets = {pid for pid in group if "raylet" in _read(pid, "comm")}
+        ours = set(group) | {pid for pid in _pids() if _raylet_of(pid) in raylets}
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in ours:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(_alive(pid) for pid in ours if pid != self.process.pid):
+                time.sleep(0.5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self.process = None
+
+
+@dataclass
+class LocalMlflowServer:
+    """``mlflow server`` with a sqlite backend and an artifact folder under ``root``, on 127.0.0.1."""
+
+    root: Path
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 180) -> str:
+        """Start the server and return its tracking URI once ``/health`` answers."""
+        (port,) = free_ports(1)
+        self.uri = f"http://127.0.0.1:{port}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = {**self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: 2 processes, not 10
+        log = open(self.root / "mlflow_server.log", "ab")  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(
+            [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "mlartifacts"), "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1"],
+            env=env, cwd=self.root, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_until_answers(f"{self.uri}/health", self.process, timeout_s)
+        return self.uri
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group (its uvicorn worker included), SIGKILL if it lingers."""
+        if self.process is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=20)
+                break
+        self.process = None
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _read(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _pgid(pid: int) -> int | None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        return os.getpgid(pid)
+    return None
+
+
+def _raylet_of(pid: int) -> int | None:
+    for entry in _read(pid, "environ").split("\0"):
+        if entry.startswith("RAY_RAYLET_PID="):
+            return int(entry.removeprefix("RAY_RAYLET_PID="))
+    return None
+
+
+def _alive(pid: int) -> bool:
+    state = _read(pid, "stat").rpartition(")")[2].split()
+    return bool(state) and state[0] != "Z"

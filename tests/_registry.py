@@ -1,0 +1,24 @@
+"""Test helper: register checkpoint folders in an MLflow registry the way training does (a FlowTTSPyfunc
+model logged in its own run, with ``artifacts={"checkpoint": folder}``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+
+from flowtts.tracking import FlowTTSPyfunc
+
+
+def register_checkpoints(tracking_uri: str, artifacts: Path, folders: list[Path], name: str) -> list[str]:
+    """One run and one new version of ``name`` per folder, in order; returns the version numbers."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiment = client.create_experiment(f"{name}-tests", artifact_location=artifacts.as_uri())
+    mlflow.set_tracking_uri(tracking_uri)
+    versions = []
+    for folder in folders:
+        with mlflow.start_run(experiment_id=experiment):
+            info = mlflow.pyfunc.log_model(name="flowtts", python_model=FlowTTSPyfunc(), pip_requirements=["flowtts"],
+                                           artifacts={"checkpoint": str(folder)}, registered_model_name=name)
+        versions.append(str(info.registered_model_version))
+    return versions
