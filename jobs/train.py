@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
 
-import ray
 import yaml
 
-from trainer.launch import TrainJob, run_training
+from trainer.launch import TrainJob, connect_ray, run_training
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -58,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init-from", type=Path,
                         help="official F5-TTS checkpoint or a checkpoint folder of ours")
     parser.add_argument("--init-vocab", type=Path, help="vocab.txt of an official --init-from checkpoint")
+    parser.add_argument("--duration-predictor", action="store_true",
+                        help="train a duration predictor together with the CFM (its loss is logged as "
+                             "duration_loss; same-speaker clip pairs, so the data needs speakers)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default "
                                                              "train.save_per_updates)")
     parser.add_argument("--log-every", type=int, default=10, help="steps between progress lines (default 10)")
@@ -73,27 +74,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def setup_ray(args: argparse.Namespace) -> None:
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    needed = math.ceil(args.workers * args.cpus_per_worker)
-    num_cpus = max(args.num_cpus or os.cpu_count() or 1, needed)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S")
-    job = TrainJob(config=args.config, data=args.data, overrides=parse_overrides(args.overrides),
+    overrides = parse_overrides(args.overrides)
+    if args.duration_predictor:
+        overrides.setdefault("model.duration_predictor", {})  # the default predictor config
+    job = TrainJob(config=args.config, data=args.data, overrides=overrides,
                    name=args.name, storage=args.storage, workers=args.workers, gpu=args.gpu,
                    cpus_per_worker=args.cpus_per_worker, max_steps=args.max_steps, seed=args.seed,
                    init_from=args.init_from, init_vocab=args.init_vocab,
                    checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                    sample_steps=args.sample_steps, vocoder=args.vocoder, max_failures=args.max_failures,
                    experiment=args.experiment, registered_model=args.registered_model, alias=args.alias)
-    setup_ray(args)
+    connect_ray(args.workers * args.cpus_per_worker, args.num_cpus)
     outcome = run_training(job)
     registration = outcome.registration
     print(json.dumps({

@@ -70,7 +70,7 @@ def speak(url: str, out: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "demo_out")
-    parser.add_argument("--steps", type=int, default=300, help="training steps of the tiny preset")
+    parser.add_argument("--steps", type=int, default=200, help="training steps of the tiny preset (default 200)")
     args = parser.parse_args()
     out = args.out.resolve()
     if out.exists():
@@ -89,7 +89,7 @@ def main() -> int:
         step(f"training the tiny preset for {args.steps} steps (ray job submit)")
         head.submit("python", "jobs/train.py", "--config", "tiny", "--data", str(out / "data"), "--name", "demo",
                     "--max-steps", str(args.steps), "--storage", str(out / "ray_train"), "--sample-steps", "8",
-                    "--cpus-per-worker", "2",
+                    "--cpus-per-worker", str(head.num_cpus), "--duration-predictor",
                     cwd=REPO, echo=True)
         step("evaluating on held-out clips; the gate promotes the candidate to production (ray job submit)")
         head.submit("python", "jobs/evaluate.py", "--model", "models:/flowtts@candidate", "--data",

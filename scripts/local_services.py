@@ -61,7 +61,7 @@ def free_ports(count: int) -> list[int]:
 @dataclass
 class LocalRayHead:
     env: dict[str, str]
-    num_cpus: int = 2
+    num_cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     log: Path | None = None
     process: subprocess.Popen | None = None
     # short: Ray's socket paths under the temp dir must fit the 107-byte limit of AF_UNIX

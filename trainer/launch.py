@@ -9,6 +9,7 @@ checkpoints and every worker starts from the latest one; the MLflow run id is ke
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -153,6 +154,18 @@ def run_training(job: TrainJob, *, register: bool = True) -> TrainOutcome:
                         step=int(metrics.get("step", 0)), metrics=metrics,
                         mlflow_run_id=settings.mlflow_run_id, tracking_uri=settings.tracking_uri,
                         registration=registration)
+
+
+def connect_ray(cpus_needed: float, num_cpus: int | None = None) -> None:
+    """Attach to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), else start a private local Ray
+    with ``num_cpus`` (default: this machine's), at least ``cpus_needed``."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    num_cpus = max(num_cpus or os.cpu_count() or 1, math.ceil(cpus_needed))
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 def _fail_at_step() -> int | None:

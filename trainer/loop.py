@@ -44,6 +44,7 @@ from flowtts.training import (
     train_step,
 )
 from flowtts.training.data import sample_utterance
+from flowtts.training.duration import DurationExamples
 from flowtts.training.state import VOCAB_FILE
 from trainer.settings import FAIL_MARKER, TrainSettings
 
@@ -59,6 +60,7 @@ def setup_worker_logging() -> None:
         if not named.handlers:
             named.addHandler(handler)
         named.setLevel(logging.INFO)
+        named.propagate = False  # Ray's root handler would print every line a second time
 
 
 def seed_everything(seed: int) -> None:
@@ -133,6 +135,8 @@ class Worker:
         seed_everything(settings.seed)  # the same initial weights on every rank
         self.model = build_cfm(self.config, settings.init_weights).to(self.device)
         self.recipe: Recipe = build_recipe(self.model, train)
+        # joint training: the model has a duration predictor, trained on same-speaker pairs of this rank's data
+        self.duration = DurationExamples(self.data) if self.model.duration_predictor is not None else None
         self.state, self.restored_from = self._restore()
         self.ddp = (ray.train.torch.prepare_model(self.model, move_to_device=False) if self.world > 1
                     else self.model)
@@ -225,15 +229,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 micro_batches.append(batch)
                 waited += wait
                 position = worker.plan.advance(batch_position)
+            duration_batches = ([worker.duration.sample(len(batch.rows)) for batch in micro_batches]
+                                if worker.duration is not None else None)
             result = train_step(worker.ddp, worker.recipe, micro_batches,
-                                max_grad_norm=worker.config.train.max_grad_norm, device=worker.device)
+                                max_grad_norm=worker.config.train.max_grad_norm, device=worker.device,
+                                duration_batches=duration_batches,
+                                duration_loss_weight=worker.config.train.duration_loss_weight)
             seconds = time.perf_counter() - started
-            loss_sum, frames, wait_sum = worker.reduce([result.loss, result.frames, waited])
+            loss_sum, frames, wait_sum, duration_sum = worker.reduce(
+                [result.loss, result.frames, waited, result.duration_loss or 0.0])
             step += 1
             last_metrics = {"loss": loss_sum / worker.world, "lr": result.lr, "grad_norm": result.grad_norm,
                             "frames_per_sec": frames / seconds,
                             "data_wait_share": wait_sum / worker.world / seconds,
                             "skipped_update": float(result.skipped)}
+            if worker.duration is not None:
+                last_metrics["duration_loss"] = duration_sum / worker.world
             if run is not None:
                 progress.add(seconds, frames, wait_sum / worker.world, last_metrics["loss"])
                 run.log_metrics(step, last_metrics)
@@ -250,6 +261,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if run is not None:
         if step > progress.start_step:
             logger.info(progress.summary(step))
+        if worker.duration is not None:
+            _log_duration_mape(run, worker, step)
         run.finish()
 
 
@@ -273,6 +286,16 @@ def _open_run_logger(worker: Worker):
                                         "batches_per_epoch_per_rank": worker.plan.batches_per_epoch})
     run.flush()
     return run
+
+
+def _log_duration_mape(run, worker: Worker, step: int) -> None:
+    """Held-out duration error of the EMA model's predictor vs upstream's byte-ratio rule."""
+    from flowtts.evaluation.heldout import heldout_duration_mape
+
+    errors = heldout_duration_mape(worker.recipe.ema.ema_model, worker.vocab, worker.settings.data)
+    if errors:
+        run.log_metrics(step, errors)
+        run.flush()
 
 
 def _log_sample(run, worker: Worker, step: int) -> None:

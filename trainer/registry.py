@@ -13,8 +13,9 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from flowtts.checkpoint import export_f5_checkpoint, load_state_strict, read_official_state, save_checkpoint
-from flowtts.config import FlowTTSConfig
+from flowtts.config import FlowTTSConfig, MelConfig
 from flowtts.model import CFM, build_model
+from flowtts.text import Vocab
 from flowtts.tracking import (
     CHECKPOINT_ARTIFACT,
     OFFICIAL_ARTIFACT,
@@ -72,26 +73,34 @@ def runtime_requirements() -> list[str]:
 
 def register_model(state_folder: str | Path, *, tracking_uri: str, run_id: str, registered_model: str,
                    alias: str, tags: dict[str, str], vocoder: str | Path | None = None) -> Registration:
-    """Export the EMA weights (our folder + official ``.safetensors``), log them as a pyfunc model in the
-    training run, register a new version with ``tags`` and point ``alias`` at it."""
+    """Register the EMA weights of a training-state folder (see ``register_cfm``)."""
     model, config, step = ema_model_from_state(state_folder)
-    vocab = load_state_vocab(state_folder)
+    info = {"step": step, "mlflow_run_id": run_id, "config_name": config.name,
+            "train": config.train.model_dump(mode="json"), **tags}
+    return register_cfm(model, load_state_vocab(state_folder), config.mel, info, tracking_uri=tracking_uri,
+                        run_id=run_id, registered_model=registered_model, alias=alias, tags=tags, vocoder=vocoder)
+
+
+def register_cfm(model: CFM, vocab: Vocab, mel: MelConfig, info: dict, *, tracking_uri: str, run_id: str,
+                 registered_model: str, alias: str, tags: dict[str, str],
+                 vocoder: str | Path | None = None) -> Registration:
+    """Export the weights (our folder with ``info`` + official ``.safetensors``), log them as a pyfunc model
+    in the run, register a new version with ``tags`` and point ``alias`` at it."""
+    step = int(info.get("step", 0))
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_checkpoint(model, Path(tmp) / CHECKPOINT_ARTIFACT, vocab, mel=config.mel,
-                                 info={"step": step, "mlflow_run_id": run_id, "config_name": config.name,
-                                       "train": config.train.model_dump(mode="json"), **tags})
+        folder = save_checkpoint(model, Path(tmp) / CHECKPOINT_ARTIFACT, vocab, mel=mel, info=info)
         official = Path(tmp) / OFFICIAL_FILE
         export_f5_checkpoint(model, official, step=step)
         artifacts = {CHECKPOINT_ARTIFACT: str(folder), OFFICIAL_ARTIFACT: str(official)}
         if vocoder is not None and Path(vocoder).is_dir():
             artifacts[VOCODER_ARTIFACT] = str(vocoder)
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(name=MODEL_NAME_IN_RUN, python_model=FlowTTSPyfunc(),
-                                           artifacts=artifacts, signature=pyfunc_signature(),
-                                           pip_requirements=runtime_requirements(), tags=tags)
-    version = mlflow.register_model(info.model_uri, registered_model, tags=tags)
+            logged = mlflow.pyfunc.log_model(name=MODEL_NAME_IN_RUN, python_model=FlowTTSPyfunc(),
+                                             artifacts=artifacts, signature=pyfunc_signature(),
+                                             pip_requirements=runtime_requirements(), tags=tags)
+    version = mlflow.register_model(logged.model_uri, registered_model, tags=tags)
     client.set_registered_model_alias(registered_model, alias, version.version)
     registration = Registration(name=registered_model, version=str(version.version), alias=alias,
                                 run_id=run_id, step=step)

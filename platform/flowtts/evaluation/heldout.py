@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowtts.evaluation.metrics import compare_mels
+from flowtts.evaluation.metrics import compare_mels, mape
 from flowtts.model import CFM
 from flowtts.shards import HELDOUT_DIR, TRAIN_DIR, decode_mel, read_table
 from flowtts.synthesis.duration import byte_ratio_frames, predicted_frames
@@ -91,11 +91,44 @@ def prompt_ids(vocab: Vocab, item: EvalItem) -> tuple[list[int], list[int]]:
 
 def estimated_frames(model: CFM, vocab: Vocab, item: EvalItem) -> int:
     """Generated frames by the model's duration predictor, else by upstream's byte-ratio rule."""
-    ref_ids, text_ids = prompt_ids(vocab, item)
     if model.duration_predictor is not None:
+        ref_ids, text_ids = prompt_ids(vocab, item)
         return predicted_frames(model.duration_predictor, ref_ids, item.ref_mel, [text_ids], 1.0)[0]
+    return byte_ratio_estimate(vocab, item)
+
+
+def byte_ratio_estimate(vocab: Vocab, item: EvalItem) -> int:
+    ref_ids, _ = prompt_ids(vocab, item)
     ref_frames = item.ref_mel.shape[0]
     return byte_ratio_frames(ref_frames, vocab.decode(ref_ids), item.text, 1.0) - ref_frames
+
+
+@torch.no_grad()
+def duration_mape(model: CFM, vocab: Vocab, items: list[EvalItem]) -> dict[str, float]:
+    """Mean absolute percentage error (%) of the frame count of each item's text: upstream's byte-ratio
+    rule, and the model's duration predictor when it has one."""
+    truth = [item.mel.shape[0] for item in items]
+    errors = {"byte_ratio": mape([byte_ratio_estimate(vocab, item) for item in items], truth)}
+    if model.duration_predictor is not None:
+        errors["predictor"] = mape([estimated_frames(model, vocab, item) for item in items], truth)
+    return errors
+
+
+def heldout_duration_mape(model: CFM, vocab: Vocab, dataset: str | Path) -> dict[str, float]:
+    """``duration_mape_byte_ratio`` and ``duration_mape_predictor`` on the dataset's held-out clips; empty
+    (with a log line) when it has no usable held-out split."""
+    if not (Path(dataset) / HELDOUT_DIR).is_dir():
+        logger.info("no held-out split in %s: duration error not measured", dataset)
+        return {}
+    try:
+        items = build_eval_items(dataset)
+    except ValueError as exc:
+        logger.warning("duration error not measured: %s", exc)
+        return {}
+    errors = duration_mape(model.eval(), vocab, items)
+    logger.info("held-out duration MAPE over %d clips: %s", len(items),
+                ", ".join(f"{rule} {value:.1f} %" for rule, value in errors.items()))
+    return {f"duration_mape_{rule}": value for rule, value in errors.items()}
 
 
 def synthesise_mels(model: CFM, vocab: Vocab, items: list[EvalItem], gen_frames: list[int], *, nfe: int,

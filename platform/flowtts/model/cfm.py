@@ -11,7 +11,7 @@ from torch import nn
 
 from flowtts.config import ModelConfig
 from flowtts.model.backbones import BACKBONES, Backbone, TextCache
-from flowtts.model.duration import DurationPredictor
+from flowtts.model.duration import DurationBatch, DurationPredictor
 from flowtts.model.modules import lens_to_mask
 
 # Empirically Pruned Step Sampling grids (in 1/32 units) for small step counts.
@@ -31,6 +31,7 @@ class FlowLoss:
     pred: torch.Tensor  # [b, n, mel] predicted flow
     span_mask: torch.Tensor  # [b, n] frames the loss was taken over
     cond: torch.Tensor  # [b, n, mel] the audio condition (span zeroed)
+    duration_loss: torch.Tensor | None = None  # the duration predictor's loss, when it was given examples
 
 
 @dataclass
@@ -77,8 +78,12 @@ class CFM(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def forward(self, mel: torch.Tensor, text: torch.Tensor, lens: torch.Tensor | None = None) -> FlowLoss:
-        """Training loss. mel: [b, n, mel] (zero-padded), text: [b, nt] ids padded with -1, lens: [b]."""
+    def forward(self, mel: torch.Tensor, text: torch.Tensor, lens: torch.Tensor | None = None,
+                duration: DurationBatch | None = None) -> FlowLoss:
+        """Training loss. mel: [b, n, mel] (zero-padded), text: [b, nt] ids padded with -1, lens: [b].
+
+        With ``duration`` examples (and a duration predictor) the predictor's loss is computed in the same
+        call, so one DDP forward covers every parameter when both are trained together."""
         b, n, _ = mel.shape
         if lens is None:
             lens = torch.full((b,), n, device=mel.device, dtype=torch.long)
@@ -97,7 +102,12 @@ class CFM(nn.Module):
         pred = self.transformer(x=xt, cond=cond, text=text, time=t, mask=mask,
                                 drop_audio_cond=drop_audio_cond, drop_text=drop_text)
         loss = F.mse_loss(pred.float(), flow.float(), reduction="none")[infill].mean()
-        return FlowLoss(loss=loss, pred=pred, span_mask=infill, cond=cond)
+        if duration is None:
+            return FlowLoss(loss=loss, pred=pred, span_mask=infill, cond=cond)
+        if self.duration_predictor is None:
+            raise ValueError("duration examples were given but the model has no duration predictor")
+        return FlowLoss(loss=loss, pred=pred, span_mask=infill, cond=cond,
+                        duration_loss=self.duration_predictor.loss(duration))
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, text: torch.Tensor, duration: int | torch.Tensor,

@@ -9,12 +9,29 @@ predictor already behaves like a character-ratio rule.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from flowtts.config import DurationPredictorConfig
 from flowtts.model.modules import ConvNeXtV2Block, precompute_freqs_cis
+
+
+@dataclass
+class DurationBatch:
+    """Training examples of the predictor: generate ``text`` in the voice of a reference clip."""
+
+    text: torch.Tensor  # [b, nt] ids of the text to speak, padded with -1
+    ref_text: torch.Tensor  # [b, nr] ids of the reference prompt, padded with -1
+    ref_mel: torch.Tensor  # [b, n, mel] the reference clip, zero-padded
+    ref_lens: torch.Tensor  # [b] reference frames
+    frames: torch.Tensor  # [b] true frames of ``text``
+
+    def to(self, device: torch.device | str) -> DurationBatch:
+        return DurationBatch(*(t.to(device) for t in (self.text, self.ref_text, self.ref_mel, self.ref_lens,
+                                                       self.frames)))
 
 
 class TextEncoder(nn.Module):
@@ -67,22 +84,7 @@ class DurationPredictor(nn.Module):
         return prior + self.head(features).squeeze(-1)
 
 
-def duration_loss(pred_log_frames: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """L1 on log duration."""
-    return F.l1_loss(pred_log_frames, frames.clamp(min=1).float().log())
-
-
-def reference_pairs(speakers: list[str]) -> list[int]:
-    """For each item, the index of another item to use as its reference: the next item of the same
-    speaker (cyclically) when there is one, else the next item in the batch."""
-    order = {}
-    for i, s in enumerate(speakers):
-        order.setdefault(s, []).append(i)
-    pairs = []
-    for i, s in enumerate(speakers):
-        same = order[s]
-        if len(same) > 1:
-            pairs.append(same[(same.index(i) + 1) % len(same)])
-        else:
-            pairs.append((i + 1) % len(speakers))
-    return pairs
+    def loss(self, batch: DurationBatch) -> torch.Tensor:
+        """L1 on log duration."""
+        predicted = self(batch.text, batch.ref_text, batch.ref_mel, batch.ref_lens)
+        return F.l1_loss(predicted, batch.frames.clamp(min=1).float().log())

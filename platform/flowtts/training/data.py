@@ -98,13 +98,14 @@ class TrainingData:
     def __init__(self, table: pa.Table, vocab: Vocab):
         self.vocab = vocab
         self.texts: list[str] = table.column("text").to_pylist()
+        self.speakers: list[str] = table.column("speaker").to_pylist()
         self.lengths: list[int] = table.column("n_frames").to_pylist()
         self._mels = table.column("mel").combine_chunks()
         self.token_ids = [_encode(vocab, text, row) for row, text in enumerate(self.texts)]
 
     @classmethod
     def from_folder(cls, dataset: str | Path, vocab: Vocab, split: str = TRAIN_DIR) -> TrainingData:
-        return cls(read_table(dataset, split, columns=["text", "n_frames", "mel"]), vocab)
+        return cls(read_table(dataset, split, columns=["text", "speaker", "n_frames", "mel"]), vocab)
 
     def __len__(self) -> int:
         return len(self.lengths)

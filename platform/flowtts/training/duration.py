@@ -2,8 +2,9 @@
 
 Each example asks: given clip B as the voice reference (its text, frame count and mel), how many
 frames does clip A's text take? A and B are different clips of the same speaker, as at inference,
-where the reference is another recording of the voice. Only the predictor's weights are trained, so
-this works for an already trained or imported CFM (official checkpoints have no predictor).
+where the reference is another recording of the voice. The predictor trains either together with the
+CFM (its loss is added to the flow loss, ``train.duration_loss_weight``) or alone, for an already
+trained or imported CFM (official checkpoints have none): ``train_duration_predictor``.
 """
 
 from __future__ import annotations
@@ -11,59 +12,54 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 
 from flowtts.config import DurationPredictorConfig
 from flowtts.model import CFM, build_model
-from flowtts.model.duration import duration_loss
-from flowtts.shards import TRAIN_DIR, decode_mel, read_table
+from flowtts.model.duration import DurationBatch
 from flowtts.synthesis.reference import encode_prompt, prompt_text, reference_text
-from flowtts.text import Vocab, normalize_text, pad_token_ids
+from flowtts.text import normalize_text, pad_token_ids
+from flowtts.training.data import TrainingData
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Clip:
-    text_ids: list[int]  # the clip's text, as the text to generate
-    prompt_ids: list[int]  # the clip's text, as a reference prompt (upstream's ". " ending)
-    mel: torch.Tensor  # [n, 100]
-    speaker: str
+class DurationExamples:
+    """Random same-speaker (target, reference) pairs over the rows of one split."""
 
+    def __init__(self, data: TrainingData):
+        groups = defaultdict(list)
+        for row, speaker in enumerate(data.speakers):
+            groups[speaker].append(row)
+        self.groups = [rows for rows in groups.values() if len(rows) > 1]
+        if not self.groups:
+            raise ValueError("no speaker has two clips: the duration predictor needs same-speaker pairs")
+        self.data = data
+        self.prompt_ids = [encode_prompt(data.vocab, prompt_text(reference_text(text, normalize_text)),
+                                         unknown="space") for text in data.texts]
 
-def load_clips(dataset: str | Path, vocab: Vocab, split: str = TRAIN_DIR) -> list[Clip]:
-    clips = []
-    for row in read_table(dataset, split, columns=["text", "speaker", "n_frames", "mel"]).to_pylist():
-        prompt = prompt_text(reference_text(row["text"], normalize_text))
-        clips.append(Clip(text_ids=vocab.encode(row["text"], unknown="space"),
-                          prompt_ids=encode_prompt(vocab, prompt, unknown="space"),
-                          mel=decode_mel(row["mel"], row["n_frames"]), speaker=row["speaker"]))
-    return clips
+    def sample(self, size: int, rng: random.Random | None = None) -> DurationBatch:
+        """``size`` pairs: a random clip of a speaker with two or more clips, and another clip of theirs.
+        Draws from ``random`` unless given ``rng`` (the training loop checkpoints ``random``'s state)."""
+        rng = rng or random
+        pairs = []
+        for _ in range(size):
+            rows = rng.choice(self.groups)
+            pairs.append(tuple(rng.sample(rows, 2)))
+        return self.batch(pairs)
 
-
-def same_speaker_pairs(clips: list[Clip]) -> list[tuple[int, int]]:
-    """All (target, reference) index pairs of different clips by the same speaker."""
-    by_speaker = defaultdict(list)
-    for i, clip in enumerate(clips):
-        by_speaker[clip.speaker].append(i)
-    return [(a, b) for group in by_speaker.values() for a in group for b in group if a != b]
-
-
-def pair_batch(clips: list[Clip], pairs: list[tuple[int, int]], device: torch.device):
-    """Tensors for the predictor and the target frame counts of a list of pairs."""
-    targets = [clips[a] for a, _ in pairs]
-    refs = [clips[b] for _, b in pairs]
-    ref_mel = torch.nn.utils.rnn.pad_sequence([r.mel for r in refs], batch_first=True)
-    return (
-        pad_token_ids([t.text_ids for t in targets]).to(device),
-        pad_token_ids([r.prompt_ids for r in refs]).to(device),
-        ref_mel.to(device),
-        torch.tensor([r.mel.shape[0] for r in refs], device=device),
-        torch.tensor([t.mel.shape[0] for t in targets], device=device),
-    )
+    def batch(self, pairs: Sequence[tuple[int, int]]) -> DurationBatch:
+        """Examples for (target row, reference row) pairs."""
+        ref_mels = [self.data.mel(ref) for _, ref in pairs]
+        return DurationBatch(
+            text=pad_token_ids([self.data.token_ids[target] for target, _ in pairs]),
+            ref_text=pad_token_ids([self.prompt_ids[ref] for _, ref in pairs]),
+            ref_mel=torch.nn.utils.rnn.pad_sequence(ref_mels, batch_first=True),
+            ref_lens=torch.tensor([mel.shape[0] for mel in ref_mels]),
+            frames=torch.tensor([self.data.lengths[target] for target, _ in pairs]),
+        )
 
 
 def with_duration_predictor(model: CFM, config: DurationPredictorConfig | None = None) -> CFM:
@@ -75,23 +71,18 @@ def with_duration_predictor(model: CFM, config: DurationPredictorConfig | None =
     return grown.to(model.device)
 
 
-def train_duration_predictor(model: CFM, clips: list[Clip], *, steps: int = 1000, batch_size: int = 32,
+def train_duration_predictor(model: CFM, examples: DurationExamples, *, steps: int = 1000, batch_size: int = 32,
                              lr: float = 1e-3, seed: int = 0) -> list[float]:
-    """Fit ``model.duration_predictor`` (the CFM stays frozen); returns the loss of every step."""
+    """Fit ``model.duration_predictor`` alone (the CFM stays frozen); returns the loss of every step."""
     if model.duration_predictor is None:
         raise ValueError("the model has no duration predictor: wrap it with with_duration_predictor first")
-    pairs = same_speaker_pairs(clips)
-    if not pairs:
-        raise ValueError("no speaker has two clips: the duration predictor needs same-speaker pairs")
     predictor = model.duration_predictor.train()
     optimizer = torch.optim.AdamW(predictor.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = random.Random(seed)
     losses = []
     for step in range(steps):
-        text, ref_text, ref_mel, ref_lens, frames = pair_batch(clips, rng.sample(pairs, min(batch_size, len(pairs))),
-                                                                model.device)
-        loss = duration_loss(predictor(text, ref_text, ref_mel, ref_lens), frames)
+        loss = predictor.loss(examples.sample(batch_size, rng).to(model.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(predictor.parameters(), 1.0)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from flowtts.model.duration import DurationBatch
 from flowtts.training.data import Batch
 from flowtts.training.recipe import Recipe
 
@@ -20,6 +21,7 @@ class StepResult:
     lr: float  # the learning rate this update used
     frames: int  # real (unpadded) mel frames this rank trained on
     skipped: bool  # True when the gradient was not finite and the update was skipped
+    duration_loss: float | None = None  # mean duration-predictor loss, when trained jointly
 
 
 def autocast_for(device: torch.device):
@@ -30,25 +32,35 @@ def autocast_for(device: torch.device):
 
 
 def train_step(model: torch.nn.Module, recipe: Recipe, micro_batches: Sequence[Batch], *,
-               max_grad_norm: float, device: torch.device) -> StepResult:
+               max_grad_norm: float, device: torch.device,
+               duration_batches: Sequence[DurationBatch] | None = None,
+               duration_loss_weight: float = 1.0) -> StepResult:
     """Accumulate gradients over ``micro_batches`` (DDP syncs only on the last), then update once.
 
-    ``model`` is the CFM or its DDP wrapper; the EMA in ``recipe`` tracks the unwrapped module.
+    ``model`` is the CFM or its DDP wrapper; the EMA in ``recipe`` tracks the unwrapped module. With
+    ``duration_batches`` (one per micro-batch) the duration predictor trains in the same update: its
+    loss, times ``duration_loss_weight``, is added to the flow loss.
     """
     if not micro_batches:
         raise ValueError("train_step needs at least one micro-batch")
+    if duration_batches is not None and len(duration_batches) != len(micro_batches):
+        raise ValueError(f"{len(duration_batches)} duration batches for {len(micro_batches)} micro-batches")
     model.train()
     recipe.optimizer.zero_grad(set_to_none=True)
-    total_loss = 0.0
+    total_loss, total_duration_loss = 0.0, 0.0
     for i, batch in enumerate(micro_batches):
         batch = batch.to(device)
+        duration = duration_batches[i].to(device) if duration_batches is not None else None
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast_for(device):
-                loss = model(batch.mel, batch.text, batch.lens).loss
+                out = model(batch.mel, batch.text, batch.lens, duration)
+            loss = out.loss if duration is None else out.loss + duration_loss_weight * out.duration_loss
             (loss / len(micro_batches)).backward()
-        total_loss += float(loss.detach())
+        total_loss += float(out.loss.detach())
+        if duration is not None:
+            total_duration_loss += float(out.duration_loss.detach())
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
     lr = recipe.optimizer.param_groups[0]["lr"]
     skipped = not math.isfinite(grad_norm)
@@ -59,4 +71,5 @@ def train_step(model: torch.nn.Module, recipe: Recipe, micro_batches: Sequence[B
         recipe.ema.update()
     recipe.scheduler.step()
     return StepResult(loss=total_loss / len(micro_batches), grad_norm=grad_norm, lr=lr,
-                      frames=sum(b.frames for b in micro_batches), skipped=skipped)
+                      frames=sum(b.frames for b in micro_batches), skipped=skipped,
+                      duration_loss=None if duration_batches is None else total_duration_loss / len(micro_batches))

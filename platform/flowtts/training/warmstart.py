@@ -16,6 +16,7 @@ from flowtts.checkpoint import CheckpointError, extend_vocab, load_bundle, load_
 from flowtts.config import FlowTTSConfig
 from flowtts.model import CFM
 from flowtts.text import Vocab, normalize_text
+from flowtts.training.duration import with_duration_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,13 @@ def load_pretrained(config: FlowTTSConfig, path: Path, init_vocab: str | Path | 
         if vocab is None:
             raise CheckpointError(f"{path} has no vocab.txt; pass --init-vocab")
         expected = config.model.with_vocab_size(len(vocab))
-        if bundle.model.config != expected:
+        model = bundle.model
+        if expected.duration_predictor is not None:  # a predictor to train from scratch when it has none
+            model = with_duration_predictor(model, expected.duration_predictor)
+        if model.config != expected:
             raise CheckpointError(f"{path} was trained with a different architecture: "
-                                  f"{_differences(bundle.model.config.model_dump(), expected.model_dump())}")
-        return bundle.model, vocab
+                                  f"{_differences(model.config.model_dump(), expected.model_dump())}")
+        return model, vocab
     if path.is_file() and path.suffix in OFFICIAL_SUFFIXES:
         if init_vocab is None:
             raise CheckpointError(f"official checkpoint {path} needs its vocab.txt (--init-vocab FILE)")

@@ -1,0 +1,65 @@
+"""Train the duration predictor alone, on Ray Train, for a trained or imported model; register the result.
+
+    python jobs/train_duration.py --model models:/flowtts@production --data DATASET_DIR [--steps 1000]
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python jobs/train_duration.py --model models:/flowtts@production --data /shared/ds --storage /shared/runs
+
+``--model`` is a registered model URI or a checkpoint folder of ours (an official checkpoint imported with
+``flowtts.checkpoint.load_f5_checkpoint`` and saved with ``save_checkpoint``). The CFM weights stay as
+they are; a predictor is added when the model has none (else the existing one keeps training). The
+held-out duration error of the predictor and of upstream's byte-ratio rule is logged to MLflow, and the
+model is registered as a new version with alias ``--alias``. Prints one JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from trainer.duration import DurationJob, run_duration_training
+from trainer.launch import connect_ray
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder")
+    parser.add_argument("--data", type=Path, required=True, help="dataset folder written by preprocess.py")
+    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=32, help="clip pairs per step (default 32)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", help="run name (default: duration-timestamp)")
+    parser.add_argument("--storage", type=Path,
+                        default=Path(os.environ.get("FLOWTTS_STORAGE", "outputs/ray_train")),
+                        help="Ray Train storage folder (default: $FLOWTTS_STORAGE or ./outputs/ray_train)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="Ray CPUs of the worker (default 1)")
+    parser.add_argument("--gpu", action="store_true", help="train on one GPU")
+    parser.add_argument("--experiment", default="flowtts", help="MLflow experiment (default flowtts)")
+    parser.add_argument("--registered-model", default="flowtts", help="MLflow registered model name")
+    parser.add_argument("--alias", default="candidate", help="alias set on the new model version")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with RAY_ADDRESS)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    job = DurationJob(model=args.model, data=args.data, steps=args.steps, batch_size=args.batch_size,
+                      learning_rate=args.learning_rate, seed=args.seed, name=args.name, storage=args.storage,
+                      cpus_per_worker=args.cpus_per_worker, gpu=args.gpu, experiment=args.experiment,
+                      registered_model=args.registered_model, alias=args.alias)
+    connect_ray(args.cpus_per_worker, args.num_cpus)
+    outcome = run_duration_training(job)
+    print(json.dumps({"metrics": outcome.metrics, "mlflow_run_id": outcome.mlflow_run_id,
+                      "tracking_uri": outcome.tracking_uri, "model_uri": outcome.registration.model_uri,
+                      "model_version": outcome.registration.version}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
