@@ -94,6 +94,7 @@ def test_preprocess_train_evaluate_promote_and_serve(platform):
     logs = head.submit("python", "jobs/train.py", "--config", "tiny", "--data", str(data), "--name", "e2e",
                        "--storage", str(root / "ray_train"), "--max-steps", str(STEPS), "--checkpoint-every",
                        str(STEPS), "--log-every", "1", "--sample-steps", "2", "--registered-model", MODEL,
+                       "--duration-predictor",
                        "--set", "train.batch_size_per_gpu=1500", "--set", "train.log_samples_per_updates=2",
                        cwd=REPO)
     summary = json.loads(re.findall(r'^\{"name": "e2e".*\}$', logs, flags=re.M)[-1])
@@ -103,8 +104,9 @@ def test_preprocess_train_evaluate_promote_and_serve(platform):
     assert run["info"]["status"] == "FINISHED"
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["train.batch_size_per_gpu"] == "1500"
-    history = rest(tracking_uri, "metrics/get-history", run_id=summary["mlflow_run_id"], metric_key="loss")
-    assert sorted(m["step"] for m in history["metrics"]) == list(range(1, STEPS + 1))
+    for key in ("loss", "duration_loss"):
+        history = rest(tracking_uri, "metrics/get-history", run_id=summary["mlflow_run_id"], metric_key=key)
+        assert sorted(m["step"] for m in history["metrics"]) == list(range(1, STEPS + 1)), key
     samples = rest(tracking_uri, "artifacts/list", run_id=summary["mlflow_run_id"], path="samples")
     assert "samples/step_0000002.wav" in {f["path"] for f in samples["files"]}
     version = rest(tracking_uri, "registered-models/alias", name=MODEL, alias="candidate")["model_version"]
@@ -140,6 +142,7 @@ def test_preprocess_train_evaluate_promote_and_serve(platform):
     response = requests.post(f"{url}/v1/tts", json=body, timeout=300)
     assert response.status_code == 200, response.text
     assert response.headers["X-Model-Version"] == f"{MODEL}/1"
+    assert response.headers["X-Duration-Rule"] == "predictor"  # the model trained one jointly
     audio, rate = sf.read(io.BytesIO(response.content))
     assert rate == 24000 and audio.shape[0] > 24000 // 2 and abs(audio).max() > 0
 

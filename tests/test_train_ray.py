@@ -14,12 +14,18 @@ from pathlib import Path
 import mlflow
 import pytest
 import ray
+import torch
 from _shards import write_dataset
 from conftest import DEV_CORPUS, REPO, SAMPLE_CORPUS
 from local_services import LocalRayHead, service_env
 from mlflow.tracking import MlflowClient
 
-from flowtts.training import read_train_state
+from flowtts.checkpoint import load_bundle, save_checkpoint
+from flowtts.config import DurationPredictorConfig, load_config
+from flowtts.model import build_model
+from flowtts.tracking import download_model
+from flowtts.training import dataset_vocab, read_train_state
+from trainer.duration import DurationJob, run_duration_training
 from trainer.launch import FAIL_AT_STEP_ENV, TrainJob, run_training
 from trainer.settings import FAIL_MARKER
 
@@ -85,7 +91,8 @@ def loss_steps(client: MlflowClient, run_id: str) -> list[int]:
 
 
 def test_run_tracks_checkpoints_registers_and_synthesises(dataset, tmp_path, local_ray, embedded_mlflow):
-    overrides = {**TINY_OVERRIDES, "train.log_samples_per_updates": 2}
+    """2 DDP workers training the CFM and a duration predictor together."""
+    overrides = {**TINY_OVERRIDES, "train.log_samples_per_updates": 2, "model.duration_predictor": {"dim": 32}}
     outcome = run_training(job(dataset, tmp_path, "basic", max_steps=4, overrides=overrides))
 
     assert outcome.step == 4 and outcome.checkpoint.endswith("checkpoint_00000004")
@@ -100,8 +107,10 @@ def test_run_tracks_checkpoints_registers_and_synthesises(dataset, tmp_path, loc
     run = client.get_run(outcome.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.learning_rate"] == "0.001"
     assert loss_steps(client, outcome.mlflow_run_id) == [1, 2, 3, 4]
-    for key in ("lr", "grad_norm", "frames_per_sec", "data_wait_share", "sample_mel_l1", "padding_waste"):
+    for key in ("lr", "grad_norm", "frames_per_sec", "data_wait_share", "sample_mel_l1", "padding_waste",
+                "duration_mape_byte_ratio", "duration_mape_predictor"):
         assert key in run.data.metrics, key
+    assert sorted(m.step for m in client.get_metric_history(outcome.mlflow_run_id, "duration_loss")) == [1, 2, 3, 4]
     samples = {a.path for a in client.list_artifacts(outcome.mlflow_run_id, "samples")}
     assert {"samples/step_0000002.wav", "samples/step_0000004.wav", "samples/step_0000004_mel.png",
             "samples/reference.wav"} <= samples
@@ -116,11 +125,36 @@ def test_run_tracks_checkpoints_registers_and_synthesises(dataset, tmp_path, loc
 
     mlflow.set_tracking_uri(outcome.tracking_uri)
     synthesizer = Synthesizer.from_pretrained(registration.model_uri)
-    assert synthesizer.model_info["step"] == 4
+    assert synthesizer.model_info["step"] == 4 and synthesizer.model.duration_predictor is not None
     (ref_file, ref_text), (_, text) = corpus_entries(2)  # texts the trained vocab covers
     reference = synthesizer.prepare_reference(ref_file, ref_text)
     result = synthesizer.synthesize(text, reference, SynthesisOptions(seed=1, nfe=2))
     assert result.sample_rate == 24000 and result.audio.size > 2400 and abs(result.audio).max() > 0
+    assert result.duration_rule == "predictor"
+
+
+def test_duration_predictor_trains_alone_for_an_existing_model(dataset, tmp_path, local_ray, embedded_mlflow):
+    """A model without a predictor (as an imported official one) gets one on Ray Train; the CFM is untouched."""
+    vocab = dataset_vocab(dataset)
+    config = load_config("tiny").model.with_vocab_size(len(vocab)).model_copy(update={"depth": 2})
+    base = build_model(config)
+    folder = save_checkpoint(base, tmp_path / "base", vocab, info={"step": 7})
+    outcome = run_duration_training(DurationJob(model=str(folder), data=dataset, steps=30, batch_size=8,
+                                                storage=tmp_path / "runs", name="dur", cpus_per_worker=0.5,
+                                                registered_model="flowtts-dur",
+                                                predictor=DurationPredictorConfig(dim=32)))
+    assert outcome.registration.model_uri == "models:/flowtts-dur@candidate"
+    assert outcome.metrics["duration_mape_predictor"] >= 0 and outcome.metrics["duration_mape_byte_ratio"] > 0
+    client = MlflowClient(outcome.tracking_uri)
+    assert len(client.get_metric_history(outcome.mlflow_run_id, "duration_loss")) == 30
+    version = client.get_model_version_by_alias("flowtts-dur", "candidate")
+    assert version.tags["base_model"] == str(folder) and "duration_mape_predictor" in version.tags
+
+    mlflow.set_tracking_uri(outcome.tracking_uri)
+    trained = load_bundle(download_model("models:/flowtts-dur@candidate"))
+    assert trained.model.duration_predictor is not None and trained.info["duration_predictor_steps"] == 30
+    for key, value in base.state_dict().items():
+        assert torch.equal(value, trained.model.state_dict()[key]), key
 
 
 def test_worker_failure_restarts_and_resubmission_resumes(dataset, tmp_path, local_ray, embedded_mlflow,

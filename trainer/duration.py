@@ -86,9 +86,10 @@ def duration_loop(config: dict) -> None:
     run = RunLogger(config["tracking_uri"], config["run_id"])
     for step, loss in enumerate(losses, start=1):
         run.log_metrics(step, {"duration_loss": loss})
-    metrics = {"duration_loss": losses[-1], **heldout_duration_mape(model, bundle.vocab, job.data)}
-    run.log_metrics(job.steps, metrics)
+    errors = heldout_duration_mape(model, bundle.vocab, job.data)
+    run.log_metrics(job.steps, errors)
     run.flush()
+    metrics = {"duration_loss": losses[-1], **errors}
     with tempfile.TemporaryDirectory() as tmp:
         info = {**bundle.info, "base_model": job.model, "duration_predictor_steps": job.steps,
                 "mlflow_run_id": config["run_id"]}
