@@ -5,7 +5,8 @@
 It runs the same training step as ``jobs/train.py`` (``flowtts.training``: frame-budget batches, AdamW
 with warmup and decay, gradient clipping, EMA, bf16 autocast on CUDA) in a single process without Ray,
 so it also runs on a bare GPU machine. It writes the EMA weights in our checkpoint format (``--half``
-stores them as float16), ``loss.csv`` (step, seconds, loss, lr, frames/s) and ``summary.json``.
+stores them as float16), ``loss.csv`` (step, seconds, loss, lr, frames/s), ``loss_curve.png`` and
+``summary.json``.
 Evaluate the result with ``jobs/evaluate.py --model DIR/checkpoint --data DATASET``.
 """
 
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from plot_loss import plot_loss_curve
 
 from flowtts.checkpoint import save_checkpoint
 from flowtts.config import load_config
@@ -74,6 +76,7 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    plot_loss_curve(args.out / "loss.csv", args.out / "loss_curve.png")
     ema = recipe.ema.ema_model.eval()
     if args.half:
         ema = ema.half()
