@@ -99,7 +99,8 @@ def duration_loop(config: dict) -> None:
 
 def run_duration_training(job: DurationJob) -> DurationOutcome:
     storage = job.storage.resolve()
-    job = job.model_copy(update={"data": job.data.resolve(), "storage": storage,
+    model = job.model if job.model.startswith("models:/") else str(Path(job.model).resolve())  # workers' cwd differs
+    job = job.model_copy(update={"model": model, "data": job.data.resolve(), "storage": storage,
                                  "name": job.name or f"duration-{time.strftime('%Y%m%d-%H%M%S')}"})
     tags = {"base_model": job.model}
     tracking_uri, run_id = open_run(storage / job.name, storage=storage, experiment=job.experiment,
