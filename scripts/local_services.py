@@ -80,7 +80,11 @@ class LocalRayHead:
              f"--metrics-export-port={metrics}", f"--temp-dir={self.temp_dir}"],
             env=self.env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT,
         )
-        wait_until_answers(f"{self.address}/api/jobs/", self.process, timeout_s)
+        try:
+            wait_until_answers(f"{self.address}/api/jobs/", self.process, timeout_s)
+        except BaseException:
+            self.stop()  # nothing of a head that never answered is left behind
+            raise
         return self.address
 
     def submit(self, *entrypoint: str, cwd: Path, echo: bool = False, attempts: int = 3,
@@ -172,7 +176,11 @@ class LocalMlflowServer:
              "--port", str(port), "--workers", "1"],
             env=env, cwd=self.root, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
         )
-        wait_until_answers(f"{self.uri}/health", self.process, timeout_s)
+        try:
+            wait_until_answers(f"{self.uri}/health", self.process, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
         return self.uri
 
     def stop(self) -> None:
