@@ -138,7 +138,7 @@ def test_joint_step_trains_the_predictor_and_the_cfm_together(dataset):
     results = [train_step(model, recipe, [batch], max_grad_norm=1.0, device=torch.device("cpu"),
                           duration_batches=[durations]) for _ in range(30)]
     assert all(r.duration_loss is not None for r in results)
-    assert duration_loss() < 0.8 * start, (start, duration_loss())  # measured: 0.048 -> 0.033
+    assert duration_loss() < 0.5 * start, (start, duration_loss())  # measured: 0.048 -> 0.018
     changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"transformer", "duration_predictor"}
     plain = train_step(model, recipe, [batch], max_grad_norm=1.0, device=torch.device("cpu"))

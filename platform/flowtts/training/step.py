@@ -17,7 +17,7 @@ from flowtts.training.recipe import Recipe
 @dataclass(frozen=True)
 class StepResult:
     loss: float  # mean over the micro-batches of this rank
-    grad_norm: float  # total gradient norm before clipping (identical on every DDP rank)
+    grad_norm: float  # the CFM's gradient norm before clipping (identical on every DDP rank)
     lr: float  # the learning rate this update used
     frames: int  # real (unpadded) mel frames this rank trained on
     skipped: bool  # True when the gradient was not finite and the update was skipped
@@ -61,9 +61,9 @@ def train_step(model: torch.nn.Module, recipe: Recipe, micro_batches: Sequence[B
         total_loss += float(out.loss.detach())
         if duration is not None:
             total_duration_loss += float(out.duration_loss.detach())
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
+    grad_norm, predictor_norm = clip_gradients(model, max_grad_norm)
     lr = recipe.optimizer.param_groups[0]["lr"]
-    skipped = not math.isfinite(grad_norm)
+    skipped = not (math.isfinite(grad_norm) and math.isfinite(predictor_norm))
     if skipped:
         recipe.optimizer.zero_grad(set_to_none=True)
     else:
@@ -73,3 +73,15 @@ def train_step(model: torch.nn.Module, recipe: Recipe, micro_batches: Sequence[B
     return StepResult(loss=total_loss / len(micro_batches), grad_norm=grad_norm, lr=lr,
                       frames=sum(b.frames for b in micro_batches), skipped=skipped,
                       duration_loss=None if duration_batches is None else total_duration_loss / len(micro_batches))
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> tuple[float, float]:
+    """Clip the CFM's gradients and the duration predictor's separately (so the CFM's large early gradients
+    do not starve the predictor); returns both norms before clipping (0.0 for a model without predictor)."""
+    predictor = getattr(model, "module", model).duration_predictor
+    if predictor is None:
+        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)), 0.0
+    own = {id(p) for p in predictor.parameters()}
+    cfm_params = [p for p in model.parameters() if id(p) not in own]
+    return (float(torch.nn.utils.clip_grad_norm_(cfm_params, max_norm)),
+            float(torch.nn.utils.clip_grad_norm_(predictor.parameters(), max_norm)))
