@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import ray.train
 import ray.train.torch
 import torch
@@ -25,6 +26,7 @@ from ray.train.torch import TorchTrainer
 
 from flowtts.checkpoint import load_bundle, save_checkpoint
 from flowtts.config import DurationPredictorConfig
+from flowtts.evaluation.gate import resolve_model
 from flowtts.evaluation.heldout import heldout_duration_mape
 from flowtts.training import TrainingData
 from flowtts.training.duration import DurationExamples, train_duration_predictor, with_duration_predictor
@@ -68,14 +70,10 @@ class DurationOutcome:
 def duration_loop(config: dict) -> None:
     """The Ray Train worker (one): fit, measure, log, report the checkpoint."""
     setup_worker_logging()
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
     job = DurationJob.model_validate(config["job"])
-    import mlflow
-
-    from flowtts.evaluation.gate import resolve_model  # downloads registry models on this node
-
+    torch.set_num_threads(max(1, int(job.cpus_per_worker)))
     mlflow.set_tracking_uri(config["tracking_uri"])
-    bundle = load_bundle(resolve_model(job.model).folder)
+    bundle = load_bundle(resolve_model(job.model).folder)  # a registry model is downloaded on this node
     model = with_duration_predictor(bundle.model, job.predictor).to(ray.train.torch.get_device())
     examples = DurationExamples(TrainingData.from_folder(job.data, bundle.vocab))
     started = time.perf_counter()
@@ -109,8 +107,7 @@ def run_duration_training(job: DurationJob) -> DurationOutcome:
     resources = {"CPU": job.cpus_per_worker, **({"GPU": 1} if job.gpu else {})}
     trainer = TorchTrainer(
         duration_loop,
-        train_loop_config={"job": job.model_dump(mode="json"), "cpus_per_worker": job.cpus_per_worker,
-                           "tracking_uri": tracking_uri, "run_id": run_id},
+        train_loop_config={"job": job.model_dump(mode="json"), "tracking_uri": tracking_uri, "run_id": run_id},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=job.gpu, resources_per_worker=resources),
         run_config=RunConfig(name=job.name, storage_path=str(storage)),
     )
