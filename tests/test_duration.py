@@ -3,6 +3,7 @@ never leaks into official checkpoints; synthesis uses it and says so."""
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -121,13 +122,18 @@ def test_synthesis_plan_names_the_rule(dataset):
 
 
 def test_joint_step_trains_the_predictor_and_the_cfm_together(dataset):
-    """One train_step with duration examples updates both parts; the duration loss falls on its examples."""
+    """train_step with duration examples updates both parts, and the predictor learns its examples: targets
+    twice as long as the character-ratio prior expects (log 2 = 0.69 off) are learned within 30 updates."""
     pairs_of = examples(dataset)
     data = pairs_of.data
     model = tiny_model(data.vocab)
-    recipe = build_recipe(model, load_config("tiny").with_overrides({"train.num_warmup_updates": 1}).train)
+    random.seed(0)
+    torch.manual_seed(0)
+    train = load_config("tiny").with_overrides({"train.num_warmup_updates": 1, "train.learning_rate": 3e-3}).train
+    recipe = build_recipe(model, train)
     batch = collate([data.mel(r)[:100] for r in (0, 1)], [data.token_ids[r] for r in (0, 1)], [0, 1])
     durations = pairs_of.batch([(0, 2), (1, 3), (2, 4), (3, 5)])
+    durations.frames = durations.frames * 2
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
     def duration_loss() -> float:
@@ -138,7 +144,7 @@ def test_joint_step_trains_the_predictor_and_the_cfm_together(dataset):
     results = [train_step(model, recipe, [batch], max_grad_norm=1.0, device=torch.device("cpu"),
                           duration_batches=[durations]) for _ in range(30)]
     assert all(r.duration_loss is not None for r in results)
-    assert duration_loss() < 0.5 * start, (start, duration_loss())  # measured: 0.048 -> 0.018
+    assert start > 0.6 and duration_loss() < 0.5 * start, (start, duration_loss())  # seeds 0-3: 0.05-0.24
     changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"transformer", "duration_predictor"}
     plain = train_step(model, recipe, [batch], max_grad_norm=1.0, device=torch.device("cpu"))
