@@ -71,11 +71,11 @@ def serve_config(folder: Path, port: int) -> Path:
 def wait_healthy(url: str, timeout_s: float = 300) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            response = requests.get(f"{url}/healthz", timeout=10)
+        try:  # while the replicas start, the proxy may refuse, hold (the model warms up) or answer 503
+            response = requests.get(f"{url}/healthz", timeout=60)
             if response.status_code == 200:
                 return response.json()
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             pass
         time.sleep(2)
     raise TimeoutError(f"{url}/healthz did not answer 200 within {timeout_s} s")
