@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
-from trainer.launch import TrainJob, connect_ray, run_training
+from trainer.launch import TrainJob, add_run_options, connect_ray, run_training
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -43,9 +42,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. train.learning_rate=1e-4 (repeatable)")
     parser.add_argument("--name", help="run name; the same name resumes the run (default: preset-timestamp)")
-    parser.add_argument("--storage", type=Path,
-                        default=Path(os.environ.get("FLOWTTS_STORAGE", "outputs/ray_train")),
-                        help="Ray Train storage folder (default: $FLOWTTS_STORAGE or ./outputs/ray_train)")
     parser.add_argument("--workers", type=int, default=1, help="DDP workers (default 1)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL, bf16 autocast")
     parser.add_argument("--cpus-per-worker", type=float, default=0.5,
@@ -66,11 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocoder", help="Vocos folder for samples and the registered model "
                                           "(default: Griffin-Lim)")
     parser.add_argument("--max-failures", type=int, default=2, help="worker-failure restarts (default 2)")
-    parser.add_argument("--experiment", default="flowtts", help="MLflow experiment (default flowtts)")
-    parser.add_argument("--registered-model", default="flowtts", help="MLflow registered model name")
-    parser.add_argument("--alias", default="candidate", help="alias set on the new model version")
-    parser.add_argument("--num-cpus", type=int,
-                        help="CPUs of the local Ray instance (ignored with RAY_ADDRESS)")
+    add_run_options(parser)
     return parser.parse_args(argv)
 
 

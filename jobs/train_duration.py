@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from trainer.duration import DurationJob, run_duration_training
-from trainer.launch import connect_ray
+from trainer.launch import add_run_options, connect_ray
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,15 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", help="run name (default: duration-timestamp)")
-    parser.add_argument("--storage", type=Path,
-                        default=Path(os.environ.get("FLOWTTS_STORAGE", "outputs/ray_train")),
-                        help="Ray Train storage folder (default: $FLOWTTS_STORAGE or ./outputs/ray_train)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="Ray CPUs of the worker (default 1)")
     parser.add_argument("--gpu", action="store_true", help="train on one GPU")
-    parser.add_argument("--experiment", default="flowtts", help="MLflow experiment (default flowtts)")
-    parser.add_argument("--registered-model", default="flowtts", help="MLflow registered model name")
-    parser.add_argument("--alias", default="candidate", help="alias set on the new model version")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with RAY_ADDRESS)")
+    add_run_options(parser)
     return parser.parse_args(argv)
 
 

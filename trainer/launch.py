@@ -8,6 +8,7 @@ checkpoints and every worker starts from the latest one; the MLflow run id is ke
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -156,11 +158,20 @@ def run_training(job: TrainJob, *, register: bool = True) -> TrainOutcome:
                         registration=registration)
 
 
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every training job shares: where it runs, where it is tracked and registered."""
+    parser.add_argument("--storage", type=Path,
+                        default=Path(os.environ.get("FLOWTTS_STORAGE", "outputs/ray_train")),
+                        help="Ray Train storage folder (default: $FLOWTTS_STORAGE or ./outputs/ray_train)")
+    parser.add_argument("--experiment", default="flowtts", help="MLflow experiment (default flowtts)")
+    parser.add_argument("--registered-model", default="flowtts", help="MLflow registered model name")
+    parser.add_argument("--alias", default="candidate", help="alias set on the new model version")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with RAY_ADDRESS)")
+
+
 def connect_ray(cpus_needed: float, num_cpus: int | None = None) -> None:
     """Attach to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), else start a private local Ray
     with ``num_cpus`` (default: this machine's), at least ``cpus_needed``."""
-    import ray
-
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
