@@ -15,11 +15,10 @@ import base64
 import json
 import shutil
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-from local_services import LocalRayHead, service_env
+from local_services import LocalRayHead, service_env, wait_until_answers
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "samples" / "vi-demo"
@@ -36,19 +35,6 @@ def environment(out: Path) -> dict[str, str]:
 
 def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
-
-
-def wait_healthy(url: str, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(3)
-    raise TimeoutError(f"{url}/healthz did not answer 200 within {timeout_s} s")
 
 
 def speak(url: str, out: Path) -> Path:
@@ -97,7 +83,7 @@ def main() -> int:
                     "--out", str(out / "evaluation"), cwd=REPO, echo=True)
         step("deploying models:/flowtts@production with serve deploy")
         head.serve_deploy(REPO / "serve" / "config.yaml")
-        wait_healthy(url)
+        wait_until_answers(f"{url}/healthz", timeout_s=600)
         step("speaking")
         wav = speak(url, out)
         step("done")

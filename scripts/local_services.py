@@ -35,15 +35,17 @@ def service_env(**changes: str) -> dict[str, str]:
     return env
 
 
-def wait_until_answers(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+def wait_until_answers(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> bytes:
+    """Poll ``url`` until it answers 200 and return the body. Refused, held (timed out) and non-200 answers
+    are waited out, as while a server starts; a ``process`` that exits first is an error."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before {url} answered")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=5) as response:
+        with contextlib.suppress(OSError):  # connection refused, timeout, HTTPError
+            with urllib.request.urlopen(url, timeout=10) as response:
                 if response.status == 200:
-                    return
+                    return response.read()
         time.sleep(1)
     raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
 
@@ -81,7 +83,7 @@ class LocalRayHead:
             env=self.env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT,
         )
         try:
-            wait_until_answers(f"{self.address}/api/jobs/", self.process, timeout_s)
+            wait_until_answers(f"{self.address}/api/jobs/", timeout_s, self.process)
         except BaseException:
             self.stop()  # nothing of a head that never answered is left behind
             raise
@@ -177,7 +179,7 @@ class LocalMlflowServer:
             env=env, cwd=self.root, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
         )
         try:
-            wait_until_answers(f"{self.uri}/health", self.process, timeout_s)
+            wait_until_answers(f"{self.uri}/health", timeout_s, self.process)
         except BaseException:
             self.stop()
             raise

@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ import requests
 import soundfile as sf
 import yaml
 from conftest import REPO, SAMPLE_CORPUS
-from local_services import LocalMlflowServer, LocalRayHead, free_ports, service_env
+from local_services import LocalMlflowServer, LocalRayHead, free_ports, service_env, wait_until_answers
 
 pytestmark = pytest.mark.integration
 
@@ -66,19 +65,6 @@ def serve_config(folder: Path, port: int) -> Path:
     path = folder / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def wait_healthy(url: str, timeout_s: float = 300) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:  # while the replicas start, the proxy may refuse, hold (the model warms up) or answer 503
-            response = requests.get(f"{url}/healthz", timeout=60)
-            if response.status_code == 200:
-                return response.json()
-        except (requests.ConnectionError, requests.Timeout):
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"{url}/healthz did not answer 200 within {timeout_s} s")
 
 
 def test_preprocess_train_evaluate_promote_and_serve(platform):
@@ -130,7 +116,7 @@ def test_preprocess_train_evaluate_promote_and_serve(platform):
     (port,) = free_ports(1)
     head.serve_deploy(serve_config(root, port))
     url = f"http://127.0.0.1:{port}"
-    assert wait_healthy(url)["model_version"] == f"{MODEL}/1"
+    assert json.loads(wait_until_answers(f"{url}/healthz", timeout_s=300))["model_version"] == f"{MODEL}/1"
     card = requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]
     assert (card["name"], card["version"], card["alias"], card["run_id"]) == (
         MODEL, "1", "production", summary["mlflow_run_id"])
