@@ -49,6 +49,7 @@ from flowtts.training.state import VOCAB_FILE
 from trainer.settings import FAIL_MARKER, TrainSettings
 
 logger = logging.getLogger("trainer")
+FAIL_AFTER_POLLS_S = 6.0  # test hook: three of the Ray Train controller's polls
 
 
 def setup_worker_logging() -> None:
@@ -205,6 +206,10 @@ class Worker:
         if marker.exists():
             return
         marker.write_text(f"rank {self.rank} exited after step {step}\n", encoding="utf-8")
+        # Ray Train's controller takes reported checkpoints when it polls the workers (every 2 s by default);
+        # a rank that dies before that poll takes its last report with it, and the restart would find no
+        # checkpoint. A real crash can do that too; the hook waits so that it tests resuming, not the race.
+        time.sleep(FAIL_AFTER_POLLS_S)
         logger.error("test hook: rank %d exits after step %d", self.rank, step)
         os._exit(1)
 
