@@ -29,32 +29,9 @@ from pathlib import Path
 import numpy as np
 import requests
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "samples" / "vi-demo"
-VOCOS_PUBLISHED = {  # charactr/vocos-mel-24khz
-    "feature_extractor": {
-        "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
-        "init_args": {
-            "sample_rate": 24000,
-            "n_fft": 1024,
-            "hop_length": 256,
-            "n_mels": 100,
-            "padding": "center",
-        },
-    },
-    "backbone": {
-        "class_path": "vocos.models.VocosBackbone",
-        "init_args": {"input_channels": 100, "dim": 512, "intermediate_dim": 1536, "num_layers": 8},
-    },
-    "head": {
-        "class_path": "vocos.heads.ISTFTHead",
-        "init_args": {"dim": 512, "n_fft": 1024, "hop_length": 256, "padding": "center"},
-    },
-}
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
@@ -100,17 +77,12 @@ def random_model(preset: str, seed: int):
 
 def build_assets(root: Path, preset: str, seed: int) -> tuple[Path, Path]:
     """The model saved as a checkpoint folder, and a random-weight Vocos folder."""
-    from vocos import Vocos
-
     from flowtts.checkpoint import save_checkpoint
+    from flowtts.synthesis import init_vocos_folder
 
     model, vocab = random_model(preset, seed)
     checkpoint = save_checkpoint(model, root / "checkpoint", vocab, info={"preset": preset, "weights": "random"})
-    vocoder = root / "vocos"
-    vocoder.mkdir()
-    (vocoder / "config.yaml").write_text(yaml.safe_dump(VOCOS_PUBLISHED))
-    torch.save(Vocos.from_hparams(str(vocoder / "config.yaml")).state_dict(), vocoder / "pytorch_model.bin")
-    return checkpoint, vocoder
+    return checkpoint, init_vocos_folder(root / "vocos")
 
 
 def bench_texts() -> list[str]:

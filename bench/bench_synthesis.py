@@ -32,18 +32,10 @@ import torch
 
 from flowtts.config import load_config
 from flowtts.model import build_model
-from flowtts.synthesis import SynthesisOptions, Synthesizer, VocosVocoder
+from flowtts.synthesis import SynthesisOptions, Synthesizer, VocosVocoder, init_vocos_folder
 from flowtts.text import Vocab
 
 DEV_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "vi-espeak-dev"
-VOCOS_YAML = (
-    "feature_extractor: {class_path: vocos.feature_extractors.MelSpectrogramFeatures,\n"
-    "  init_args: {sample_rate: 24000, n_fft: 1024, hop_length: 256, n_mels: 100, padding: center}}\n"
-    "backbone: {class_path: vocos.models.VocosBackbone,\n"
-    "  init_args: {input_channels: 100, dim: 512, intermediate_dim: 1536, num_layers: 8}}\n"
-    "head: {class_path: vocos.heads.ISTFTHead,\n"
-    "  init_args: {dim: 512, n_fft: 1024, hop_length: 256, padding: center}}\n"
-)
 EXTRA_SENTENCES = [
     "Ngày 15/8/2024, nhiệt độ tại TP.HCM lên tới 36°C, độ ẩm 75%.",
     "Giá xăng tăng 1.250 đồng mỗi lít từ 15 giờ chiều nay.",
@@ -72,11 +64,7 @@ def latin_vocab() -> Vocab:
 
 
 def random_vocos(folder: Path, device: str) -> VocosVocoder:
-    from vocos import Vocos
-
-    (folder / "config.yaml").write_text(VOCOS_YAML)
-    torch.save(Vocos.from_hparams(str(folder / "config.yaml")).state_dict(), folder / "pytorch_model.bin")
-    return VocosVocoder.from_folder(folder, device=device)
+    return VocosVocoder.from_folder(init_vocos_folder(folder), device=device)
 
 
 def corpus_rows(corpus: Path) -> list[tuple[Path, str]]:

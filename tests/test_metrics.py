@@ -111,6 +111,17 @@ def test_time_stretch_is_small_and_unrelated_is_large():
     assert mel_l1(ref, stretched) < 0.1 * mel_l1(ref, unrelated)
 
 
+def test_mel_l1_aligns_equal_lengths_too():
+    # A same-length rendition that runs 10 frames late: frame-by-frame L1 counts the shift as error, the
+    # aligned L1 (the default, as for renditions of another length) only the ends DTW cannot match.
+    ref = smooth_mel(300, seed=17)
+    late = np.concatenate([np.repeat(ref[:1], 10, axis=0), ref[:-10]])
+    aligned, frame_by_frame = mel_l1(ref, late), mel_l1(ref, late, align=False)
+    assert aligned < 0.1 * frame_by_frame, (aligned, frame_by_frame)
+    with pytest.raises(ValueError, match="equal lengths"):
+        mel_l1(ref, late[:-1], align=False)
+
+
 def test_mcd_grows_with_the_distortion():
     ref = smooth_mel(300, seed=15)
     rng = np.random.default_rng(16)

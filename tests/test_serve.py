@@ -22,12 +22,12 @@ import pytest
 import requests
 import soundfile as sf
 import torch
-import yaml
 from _registry import register_checkpoints
 
 from flowtts.checkpoint import save_checkpoint
 from flowtts.config import ModelConfig
 from flowtts.model import build_model
+from flowtts.synthesis import init_vocos_folder
 from flowtts.text import Vocab, normalize_vietnamese
 from serve.app import ServeSettings, build_application
 from serve.audio_formats import decode_stream_wav
@@ -97,31 +97,6 @@ def save_tiny_model(folder: Path, seed: int) -> Path:
     return save_checkpoint(build_model(config), folder, vocab, info={"preset": "serve-test", "seed": seed})
 
 
-def save_tiny_vocos(folder: Path) -> Path:
-    from vocos import Vocos
-
-    mel = {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100, "padding": "center"}
-    config = {
-        "feature_extractor": {
-            "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
-            "init_args": mel,
-        },
-        "backbone": {
-            "class_path": "vocos.models.VocosBackbone",
-            "init_args": {"input_channels": 100, "dim": 32, "intermediate_dim": 64, "num_layers": 1},
-        },
-        "head": {
-            "class_path": "vocos.heads.ISTFTHead",
-            "init_args": {"dim": 32, "n_fft": 1024, "hop_length": 256, "padding": "center"},
-        },
-    }
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    torch.manual_seed(0)
-    torch.save(Vocos.from_hparams(str(folder / "config.yaml")).state_dict(), folder / "pytorch_model.bin")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
@@ -138,7 +113,7 @@ def assets(tmp_path_factory):
     return {
         "root": root,
         "tracking_uri": tracking,
-        "vocoder": save_tiny_vocos(root / "vocos"),
+        "vocoder": init_vocos_folder(root / "vocos", dim=32, intermediate_dim=64, num_layers=1),
         "local_model": versions[0],
     }
 

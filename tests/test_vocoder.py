@@ -9,30 +9,20 @@ import pytest
 import torch
 
 from flowtts.audio import log_mel_spectrogram
-from flowtts.synthesis import GriffinLimVocoder, VocoderError, VocosVocoder, load_vocoder
+from flowtts.synthesis import GriffinLimVocoder, VocoderError, VocosVocoder, init_vocos_folder, load_vocoder
 from flowtts.synthesis import vocoder as vocoder_module
-
-VOCOS_YAML = (
-    "feature_extractor: {class_path: vocos.feature_extractors.MelSpectrogramFeatures,\n"
-    "  init_args: {sample_rate: 24000, n_fft: 1024, hop_length: 256, n_mels: 100, padding: center}}\n"
-    "backbone: {class_path: vocos.models.VocosBackbone,\n"
-    "  init_args: {input_channels: 100, dim: 512, intermediate_dim: 1536, num_layers: 8}}\n"
-    "head: {class_path: vocos.heads.ISTFTHead,\n"
-    "  init_args: {dim: 512, n_fft: 1024, hop_length: 256, padding: center}}\n"
-)
 
 
 @pytest.fixture(scope="module")
 def published_vocos(tmp_path_factory):
-    """A randomly initialised Vocos with the published mel-24khz architecture, saved as published."""
+    """A randomly initialised Vocos with the published mel-24khz architecture, saved as published, and the
+    same network drawn again from the same seed."""
     from vocos import Vocos
 
-    folder = tmp_path_factory.mktemp("vocos-mel-24khz")
-    (folder / "config.yaml").write_text(VOCOS_YAML)
-    torch.manual_seed(0)
-    model = Vocos.from_hparams(str(folder / "config.yaml"))
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    return folder, model
+    folder = init_vocos_folder(tmp_path_factory.mktemp("vocos-mel-24khz"), seed=3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        return folder, Vocos.from_hparams(str(folder / "config.yaml"))
 
 
 def test_vocos_loads_from_folder_and_decodes(published_vocos):
@@ -47,14 +37,15 @@ def test_vocos_loads_from_folder_and_decodes(published_vocos):
 
 def test_vocos_folder_problems_are_named(published_vocos, tmp_path):
     folder, _ = published_vocos
-    (tmp_path / "config.yaml").write_text(VOCOS_YAML)
+    published_yaml = (folder / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(published_yaml)
     with pytest.raises(VocoderError, match="pytorch_model.bin"):
         VocosVocoder.from_folder(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes((folder / "pytorch_model.bin").read_bytes())
-    (tmp_path / "config.yaml").write_text(VOCOS_YAML.replace("n_mels: 100", "n_mels: 80"))
+    (tmp_path / "config.yaml").write_text(published_yaml.replace("n_mels: 100", "n_mels: 80"))
     with pytest.raises(VocoderError, match="n_mels=80"):
         VocosVocoder.from_folder(tmp_path)
-    (tmp_path / "config.yaml").write_text(VOCOS_YAML.replace("vocos.models.VocosBackbone", "os.system"))
+    (tmp_path / "config.yaml").write_text(published_yaml.replace("vocos.models.VocosBackbone", "os.system"))
     with pytest.raises(VocoderError, match="os.system"):
         VocosVocoder.from_folder(tmp_path)
     with pytest.raises(VocoderError, match="neither a folder"):

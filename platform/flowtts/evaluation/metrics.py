@@ -165,20 +165,21 @@ def mcd_dtw(ref_log_mel: Any, gen_log_mel: Any, order: int = 13) -> float:
 def mel_l1(ref_log_mel: Any, gen_log_mel: Any, align: bool = True) -> float:
     """Mean absolute difference between two log-mels (natural-log units).
 
-    Equal lengths are compared frame by frame. When the lengths differ and ``align`` is true, frames are
-    paired along the DTW path of the Euclidean log-mel frame distance and the mean is taken over all
-    paired elements; with ``align=False`` a length mismatch raises ValueError.
+    With ``align`` (the default) frames are paired along the DTW path of the Euclidean log-mel frame
+    distance, whatever the two lengths, so a same-length but shifted rendition is judged like one of
+    another length; the mean is taken over all paired elements. ``align=False`` compares frame by frame
+    and needs equal lengths (ValueError otherwise).
     """
     ref, gen = _as_pair(ref_log_mel, gen_log_mel)
-    if ref.shape[0] == gen.shape[0]:
-        return float(np.abs(ref - gen).mean())
-    if not align:
+    if align:
+        pi, pj = dtw_path(_pairwise_euclidean(ref, gen))
+        return float(np.abs(ref[pi] - gen[pj]).mean())
+    if ref.shape[0] != gen.shape[0]:
         raise ValueError(
             f"mel_l1 with align=False needs equal lengths: ref has {ref.shape[0]} frames, "
             f"gen has {gen.shape[0]} frames"
         )
-    pi, pj = dtw_path(_pairwise_euclidean(ref, gen))
-    return float(np.abs(ref[pi] - gen[pj]).mean())
+    return float(np.abs(ref - gen).mean())
 
 
 def duration_error(ref_frames: int, gen_frames: int) -> float:

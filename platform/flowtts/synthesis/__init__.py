@@ -25,6 +25,7 @@ from flowtts.synthesis.vocoder import (
     Vocoder,
     VocoderError,
     VocosVocoder,
+    init_vocos_folder,
     load_vocoder,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "cross_fade",
     "encode_audio",
     "fixed_frames",
+    "init_vocos_folder",
     "load_vocoder",
     "max_chunk_bytes",
     "output_format",

@@ -154,6 +154,43 @@ def hf_vocos_folder(repo_id: str, *, allow_download: bool = False) -> Path | Non
     return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
 
 
+def init_vocos_folder(
+    folder: str | Path,
+    *,
+    mel: MelConfig = DEFAULT_MEL,
+    dim: int = 512,
+    intermediate_dim: int = 1536,
+    num_layers: int = 8,
+    seed: int = 0,
+) -> Path:
+    """Write a randomly initialised Vocos for ``mel`` in the published folder layout and return the folder.
+
+    The defaults are the ``charactr/vocos-mel-24khz`` architecture. This is the starting point for
+    training a vocoder, and what tests and benchmarks load when the published weights are not at hand.
+    The weights are drawn from ``seed`` without touching the caller's random state.
+    """
+    from vocos import Vocos
+
+    features = {"sample_rate": mel.target_sample_rate, "n_fft": mel.n_fft, "hop_length": mel.hop_length,
+                "n_mels": mel.n_mel_channels, "padding": "center"}
+    config = {
+        "feature_extractor": {"class_path": ALLOWED_CLASSES["feature_extractor"], "init_args": features},
+        "backbone": {"class_path": ALLOWED_CLASSES["backbone"], "init_args": {
+            "input_channels": mel.n_mel_channels, "dim": dim, "intermediate_dim": intermediate_dim,
+            "num_layers": num_layers}},
+        "head": {"class_path": ALLOWED_CLASSES["head"], "init_args": {
+            "dim": dim, "n_fft": mel.n_fft, "hop_length": mel.hop_length, "padding": "center"}},
+    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vocos = Vocos.from_hparams(str(folder / CONFIG_FILE))
+    torch.save(vocos.state_dict(), folder / WEIGHTS_FILE)
+    return folder
+
+
 def check_vocos_config(config: dict, mel: MelConfig, *, source: Path) -> None:
     """Only the known Vocos classes, with our sample rate, FFT, hop and mel count."""
     for part, class_path in ALLOWED_CLASSES.items():
