@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, so nothing else picks the torch build; the lock keeps every other version fixed.
 	$(PY) -m pip install -q -c requirements.lock torch==2.11.0 torchaudio==2.11.0
-	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev,eval-models]"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -2,11 +2,16 @@
 
     python jobs/evaluate.py --model models:/flowtts@candidate --data DATASET [--promote production]
         [--margin 0.0] [--max-items N] [--nfe 16] [--seed 0] [--vocoder DIR] [--out DIR]
+        [--asr-model DIR_OR_REPO] [--speaker-model DIR_OR_REPO] [--allow-download]
 
 ``--model`` is a registered model URI or a checkpoint folder in our format. With a registered model,
 metrics and the report are logged to the MLflow run of that model version (tracking URI from
 ``MLFLOW_TRACKING_URI``). ``--promote ALIAS`` moves the alias to the candidate only when it beats the
 alias's current version on held-out MCD-DTW by ``--margin`` dB, and tags both versions with the decision.
+``--asr-model`` (a CTC model, e.g. nguyenvulebinh/wav2vec2-base-vietnamese-250h) and ``--speaker-model``
+(a WavLM x-vector model, e.g. microsoft/wavlm-base-plus-sv) add ASR word error rate and speaker
+similarity; they need ``pip install -e ".[eval-models]"`` and a local folder or a cached repo id
+(``--allow-download`` lets them download). They are reported, not used by the gate.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 from pathlib import Path
 
 from flowtts.evaluation.gate import evaluate, log_to_mlflow, promote_if_better, resolve_model
+from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.report import summary_table
 
 
@@ -31,15 +37,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocoder", help="Vocos folder for the example audio (default Griffin-Lim)")
     parser.add_argument("--out", type=Path, help="report folder (default: a temporary folder)")
+    parser.add_argument("--asr-model", help="CTC ASR model folder or cached HF repo id: adds word error rate")
+    parser.add_argument("--speaker-model", help="WavLM x-vector model folder or cached HF repo id: adds "
+                                                "speaker similarity")
+    parser.add_argument("--allow-download", action="store_true", help="let those models download from the hub")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    judges = Judges.load(asr_model=args.asr_model, speaker_model=args.speaker_model, vocoder=args.vocoder,
+                         allow_download=args.allow_download)
     candidate = resolve_model(args.model)
     result = evaluate(candidate, args.data, max_items=args.max_items, nfe=args.nfe, seed=args.seed,
-                      vocoder=args.vocoder, out_dir=args.out)
+                      vocoder=args.vocoder, out_dir=args.out, judges=judges)
     print(summary_table(result.summary))
     log_to_mlflow(candidate, result)
     if args.promote:

@@ -1,8 +1,9 @@
-"""Objective mel metrics: MCD-DTW, DTW itself, aligned mel L1, duration error, MAPE."""
+"""Objective metrics: MCD-DTW, DTW itself, aligned mel L1, duration error, MAPE, word error rate."""
 
 from __future__ import annotations
 
 import time
+import unicodedata
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from flowtts.evaluation import (
     mcd_dtw,
     mel_cepstrum,
     mel_l1,
+    word_error_rate,
 )
 
 N_MELS = 100
@@ -295,3 +297,18 @@ def test_bad_shapes_raise(ref, gen, pattern):
             fn(ref, gen)
     with pytest.raises(ValueError, match=r"\(3, 4, 5\)"):
         mel_cepstrum(np.zeros((3, 4, 5)))
+
+
+# --------------------------------------------------------------------------------------- word error rate
+
+
+def test_word_error_rate_counts_edits_per_reference_word():
+    assert word_error_rate("Xin chào, Việt Nam!", "xin chào việt nam") == 0.0  # case and punctuation ignored
+    assert word_error_rate("một hai ba bốn", "một hai bốn") == 0.25  # one deletion
+    assert word_error_rate("một hai ba bốn", "một hai bảy bốn") == 0.25  # one substitution
+    assert word_error_rate("một hai", "không một hai ba") == 1.0  # two insertions
+    assert word_error_rate("một", "") == 1.0
+    # NFC and NFD spellings of the same word are the same word
+    assert word_error_rate("Việt", unicodedata.normalize("NFD", "Việt")) == 0.0
+    with pytest.raises(ValueError, match="at least one word"):
+        word_error_rate(" ... ", "một")

@@ -9,6 +9,7 @@ from flowtts.evaluation.metrics import (
     mcd_dtw,
     mel_cepstrum,
     mel_l1,
+    word_error_rate,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "mcd_dtw",
     "mel_cepstrum",
     "mel_l1",
+    "word_error_rate",
 ]

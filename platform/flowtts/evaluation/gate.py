@@ -22,6 +22,7 @@ from flowtts.evaluation.heldout import (
     score_other_sentence,
     summarise,
 )
+from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.report import write_report
 from flowtts.model import build_model
 
@@ -68,15 +69,16 @@ def resolve_model(uri: str) -> ModelRef:
 
 
 def evaluate(candidate: ModelRef, dataset: Path, *, max_items: int | None = None, nfe: int = 16, seed: int = 0,
-             vocoder: str | None = None, out_dir: Path | None = None) -> Evaluation:
-    """Score the candidate and both baselines on the same held-out items; write the report."""
+             vocoder: str | None = None, out_dir: Path | None = None, judges: Judges | None = None) -> Evaluation:
+    """Score the candidate and both baselines on the same held-out items (with the judged metrics too when
+    ``judges`` are given); write the report."""
     bundle = load_bundle(candidate.folder)
     items = build_eval_items(dataset, max_items=max_items, seed=seed)
     logger.info("evaluating %s on %d held-out items (NFE %d)", candidate.uri, len(items), nfe)
-    scores, mels = score_model("model", bundle.model, bundle.vocab, items, nfe=nfe, seed=seed)
+    scores, mels = score_model("model", bundle.model, bundle.vocab, items, nfe=nfe, seed=seed, judges=judges)
     untrained_scores, _ = score_model("untrained", untrained_like(bundle, seed), bundle.vocab, items, nfe=nfe,
-                                      seed=seed)
-    scores += untrained_scores + score_other_sentence(items)
+                                      seed=seed, judges=judges)
+    scores += untrained_scores + score_other_sentence(items, judges)
     summary = summarise(scores)
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="flowtts-eval-"))
     report = write_report(out_dir, candidate.uri, summary, as_rows(scores), items, mels["truth"], vocoder=vocoder)

@@ -6,7 +6,8 @@ duration (the model's duration predictor when it has one, else upstream's byte-r
 generated mel is compared with the recording's mel (MCD-DTW, log-mel L1, duration error). Two
 baselines are measured on the same items: an untrained model of the same architecture, and the
 ground truth of a different sentence by the same speaker (the reference clip itself).
-Everything runs on mels from the shards: no vocoder is involved in the metrics.
+The mel metrics run on mels from the shards, with no vocoder involved; the optional model-based ones
+(:mod:`flowtts.evaluation.judges`: ASR word error rate, speaker similarity) hear vocoded audio.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.metrics import compare_mels, mape
 from flowtts.model import CFM
 from flowtts.shards import HELDOUT_DIR, TRAIN_DIR, decode_mel, read_table
@@ -29,6 +31,7 @@ from flowtts.text import Vocab, normalize_text, pad_token_ids
 
 logger = logging.getLogger(__name__)
 DURATION_MODES = ("truth", "estimate")
+METRICS = ("mcd_dtw", "mel_l1", "duration_error", "wer", "speaker_sim")
 
 
 @dataclass
@@ -52,6 +55,8 @@ class ItemScore:
     duration_error: float
     frames: int
     target_frames: int
+    wer: float | None = None  # with an ASR judge
+    speaker_sim: float | None = None  # with a speaker judge; higher is better
 
 
 def build_eval_items(dataset: str | Path, *, max_items: int | None = None, seed: int = 0) -> list[EvalItem]:
@@ -149,7 +154,7 @@ def synthesise_mels(model: CFM, vocab: Vocab, items: list[EvalItem], gen_frames:
 
 
 def score_model(system: str, model: CFM, vocab: Vocab, items: list[EvalItem], *, nfe: int = 16,
-                seed: int = 0) -> tuple[list[ItemScore], dict[str, list[torch.Tensor]]]:
+                seed: int = 0, judges: Judges | None = None) -> tuple[list[ItemScore], dict[str, list[torch.Tensor]]]:
     """Scores of one model under both duration modes, plus the generated mels by mode."""
     scores, mels = [], {}
     for mode in DURATION_MODES:
@@ -158,31 +163,35 @@ def score_model(system: str, model: CFM, vocab: Vocab, items: list[EvalItem], *,
         else:
             frames = [estimated_frames(model, vocab, it) for it in items]
         mels[mode] = synthesise_mels(model, vocab, items, frames, nfe=nfe, seed=seed)
-        scores += [_score(system, mode, it, gen) for it, gen in zip(items, mels[mode], strict=True)]
+        scores += [_score(system, mode, it, gen, judges) for it, gen in zip(items, mels[mode], strict=True)]
     return scores, mels
 
 
-def score_other_sentence(items: list[EvalItem]) -> list[ItemScore]:
+def score_other_sentence(items: list[EvalItem], judges: Judges | None = None) -> list[ItemScore]:
     """Baseline: the real recording of a different sentence by the same speaker."""
-    return [_score("other_sentence", "truth", it, it.ref_mel) for it in items]
+    return [_score("other_sentence", "truth", it, it.ref_mel, judges) for it in items]
 
 
-def _score(system: str, mode: str, item: EvalItem, gen: torch.Tensor) -> ItemScore:
+def _score(system: str, mode: str, item: EvalItem, gen: torch.Tensor, judges: Judges | None) -> ItemScore:
     metrics = compare_mels(item.mel, gen)
+    judged = judges.score(item.text, item.mel, gen) if judges is not None else {}
     return ItemScore(system=system, duration_mode=mode, audio_file=item.audio_file, mcd_dtw=metrics.mcd_dtw,
                      mel_l1=metrics.mel_l1, duration_error=metrics.duration_error, frames=int(gen.shape[0]),
-                     target_frames=int(item.mel.shape[0]))
+                     target_frames=int(item.mel.shape[0]), **judged)
 
 
 def summarise(scores: list[ItemScore]) -> dict[str, float]:
-    """Mean of each metric per (system, duration mode): keys like ``model/truth/mcd_dtw``."""
+    """Mean of each metric per (system, duration mode): keys like ``model/truth/mcd_dtw``; the judged
+    metrics (``wer``, ``speaker_sim``) where they were measured."""
     groups = defaultdict(list)
     for s in scores:
         groups[(s.system, s.duration_mode)].append(s)
     summary = {}
     for (system, mode), group in sorted(groups.items()):
-        for metric in ("mcd_dtw", "mel_l1", "duration_error"):
-            summary[f"{system}/{mode}/{metric}"] = float(np.mean([getattr(s, metric) for s in group]))
+        for metric in METRICS:
+            values = [getattr(s, metric) for s in group if getattr(s, metric) is not None]
+            if values:
+                summary[f"{system}/{mode}/{metric}"] = float(np.mean(values))
     return summary
 
 

@@ -1,4 +1,5 @@
-"""Objective metrics between a reference and a generated log-mel spectrogram.
+"""Objective metrics between a reference and a generated log-mel spectrogram, and the word error rate
+of a transcript.
 
 Conventions: a log-mel here is the project's natural-log magnitude mel spectrogram (100 bins, 24 kHz,
 hop 256) laid out time-major, ``[frames, n_mels]``. Every function accepts numpy arrays or torch tensors
@@ -17,6 +18,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,7 @@ __all__ = [
     "mcd_dtw",
     "mel_cepstrum",
     "mel_l1",
+    "word_error_rate",
 ]
 
 # 10 / ln(10) * sqrt(2): the usual MCD scale from natural-log cepstra to dB.
@@ -202,6 +206,28 @@ def mape(predicted: Sequence[float], actual: Sequence[float]) -> float:
     if np.any(a == 0):
         raise ValueError("mape is undefined where actual is 0")
     return float(100.0 * np.mean(np.abs(p - a) / np.abs(a)))
+
+
+_NOT_WORD = re.compile(r"[^\w]+")
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased NFC words of a text, punctuation dropped: what a word error rate compares."""
+    return _NOT_WORD.sub(" ", unicodedata.normalize("NFC", text).lower()).split()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """(substitutions + deletions + insertions) / reference words, over :func:`_words`; may exceed 1."""
+    ref, hyp = _words(reference), _words(hypothesis)
+    if not ref:
+        raise ValueError(f"word error rate needs a reference with at least one word, got {reference!r}")
+    previous = list(range(len(hyp) + 1))  # edit distances of ref[:0] to every prefix of hyp
+    for i, ref_word in enumerate(ref, start=1):
+        current = [i]
+        for j, hyp_word in enumerate(hyp, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word)))
+        previous = current
+    return previous[-1] / len(ref)
 
 
 @dataclass(frozen=True)

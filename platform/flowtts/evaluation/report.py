@@ -17,13 +17,25 @@ SYSTEMS = {
 }
 
 
+# metric -> (column title, format); the judged ones appear only when measured.
+COLUMNS = {
+    "mcd_dtw": ("MCD-DTW (dB)", "{:.2f}"),
+    "mel_l1": ("log-mel L1", "{:.3f}"),
+    "duration_error": ("duration error", "{:.1%}"),
+    "wer": ("ASR WER", "{:.1%}"),
+    "speaker_sim": ("speaker similarity (higher is better)", "{:.3f}"),
+}
+
+
 def summary_table(summary: dict[str, float]) -> str:
     rows = sorted({key.rsplit("/", 1)[0] for key in summary})
-    lines = ["| system | duration | MCD-DTW (dB) | log-mel L1 | duration error |", "|---|---|---|---|---|"]
+    metrics = [m for m in COLUMNS if any(key.endswith(f"/{m}") for key in summary)]
+    lines = ["| system | duration | " + " | ".join(COLUMNS[m][0] for m in metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
     for row in rows:
         system, mode = row.split("/")
-        values = [summary[f"{row}/{m}"] for m in ("mcd_dtw", "mel_l1", "duration_error")]
-        lines.append(f"| {system} | {mode} | {values[0]:.2f} | {values[1]:.3f} | {values[2]:.1%} |")
+        cells = [COLUMNS[m][1].format(summary[f"{row}/{m}"]) if f"{row}/{m}" in summary else "-" for m in metrics]
+        lines.append(f"| {system} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -36,7 +48,8 @@ def write_report(out_dir: Path, model_uri: str, summary: dict[str, float], rows:
     lines = [
         f"# Held-out evaluation of `{model_uri}`", "",
         f"{len(items)} held-out clips, each synthesised with another clip of the same speaker as reference.",
-        "Lower is better for every column. Systems: " + "; ".join(f"**{k}**: {v}" for k, v in SYSTEMS.items()),
+        "Lower is better for every column but speaker similarity. Systems: "
+        + "; ".join(f"**{k}**: {v}" for k, v in SYSTEMS.items()),
         "", summary_table(summary), "", "## Examples (ground-truth duration)", "",
     ]
     decoder = _vocoder(vocoder)

@@ -1,0 +1,121 @@
+"""The optional model-based metrics: an ASR word error rate and a speaker similarity, from judge models in
+the Hugging Face layout. Tiny randomly initialised judges are written to local folders (nothing is
+downloaded); one ASR judge is rigged to hear a fixed word, so its word error rate is known."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _shards import write_dataset
+from conftest import SAMPLE_CORPUS
+
+from flowtts.checkpoint import save_checkpoint
+from flowtts.config import ModelConfig
+from flowtts.evaluation.gate import evaluate, resolve_model
+from flowtts.evaluation.heldout import build_eval_items, score_other_sentence, summarise
+from flowtts.evaluation.judges import AsrJudge, JudgeError, Judges, SpeakerJudge, resolve_pretrained
+from flowtts.evaluation.report import summary_table
+from flowtts.model import build_model
+from flowtts.synthesis import GriffinLimVocoder
+from flowtts.training import dataset_vocab
+
+transformers = pytest.importorskip("transformers")
+
+ENCODER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 48,
+           "conv_dim": (16, 16, 16), "conv_stride": (5, 4, 4), "conv_kernel": (10, 8, 8),
+           "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2}
+LETTERS = "abcdeghiklmnopqrstuvxyđ"
+
+
+def feature_extractor():
+    return transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=True)
+
+
+@pytest.fixture(scope="module")
+def speaker_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wavlm-xvector")
+    torch.manual_seed(0)
+    config = transformers.WavLMConfig(**ENCODER, tdnn_dim=(16, 16), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1),
+                                      xvector_output_dim=8, num_buckets=16, max_bucket_distance=64)
+    transformers.WavLMForXVector(config).save_pretrained(folder)
+    feature_extractor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def asr_model(tmp_path_factory):
+    """A CTC model whose output layer always prefers the letter "a": every clip is heard as the word "a"."""
+    folder = tmp_path_factory.mktemp("ctc-asr")
+    vocab = {"<pad>": 0, "|": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(LETTERS)}}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
+                                                  word_delimiter_token="|")
+    transformers.Wav2Vec2Processor(feature_extractor=feature_extractor(), tokenizer=tokenizer).save_pretrained(folder)
+    torch.manual_seed(0)
+    model = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**ENCODER, vocab_size=len(vocab), pad_token_id=0))
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[vocab["a"]] = 1.0
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("judge-data"), SAMPLE_CORPUS, count=6, heldout=2)
+
+
+def test_pretrained_sources_are_a_folder_or_a_cached_repo_id(speaker_model, tmp_path, monkeypatch):
+    assert resolve_pretrained(speaker_model) == speaker_model
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(JudgeError, match="nobody-here/no-such-asr is not in the Hugging Face cache"):
+        resolve_pretrained("nobody-here/no-such-asr")
+    with pytest.raises(JudgeError, match="neither a folder nor a Hugging Face repo id"):
+        resolve_pretrained(str(tmp_path / "missing" / "folder"))
+
+
+def test_speaker_similarity_is_one_for_the_same_clip_and_lower_for_another(speaker_model):
+    judge = SpeakerJudge(speaker_model)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(16000, generator=generator)
+    b = torch.sin(torch.arange(12000) * 0.05) + 0.1 * torch.randn(12000, generator=generator)
+    assert judge.similarity(a, a) == pytest.approx(1.0, abs=1e-5)
+    assert judge.similarity(a, b) == pytest.approx(judge.similarity(b, a), abs=1e-5)
+    assert judge.similarity(a, b) < 0.999
+
+
+def test_asr_transcript_is_scored_against_the_text(asr_model):
+    judge = AsrJudge(asr_model)
+    assert judge.transcribe(torch.randn(16000)) == "a"
+    judges = Judges(vocoder=GriffinLimVocoder(), asr=judge)
+    mel = torch.randn(90, 100) - 4.0
+    assert judges.score("A!", mel, mel) == {"wer": 0.0}
+    assert judges.score("a b c d", mel, mel) == {"wer": 0.75}
+
+
+def test_evaluation_reports_the_judged_metrics_for_every_system(dataset, asr_model, speaker_model, tmp_path):
+    vocab = dataset_vocab(dataset)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="DiT", dim=64, depth=1, heads=2, dim_head=32, ff_mult=2, text_dim=32,
+                                    conv_layers=1, text_num_embeds=len(vocab)))
+    folder = save_checkpoint(model, tmp_path / "checkpoint", vocab)
+    judges = Judges.load(asr_model=str(asr_model), speaker_model=str(speaker_model), vocoder=None)
+    summary = evaluate(resolve_model(str(folder)), dataset, nfe=2, out_dir=tmp_path / "eval", judges=judges).summary
+    systems = [("model", "truth"), ("model", "estimate"), ("untrained", "truth"), ("other_sentence", "truth")]
+    for system, mode in systems:
+        assert 0.0 <= summary[f"{system}/{mode}/wer"] <= 1.0  # "a" against whole sentences: no insertions
+        assert -1.0 <= summary[f"{system}/{mode}/speaker_sim"] <= 1.0
+    table = summary_table(summary)
+    assert "ASR WER" in table and "speaker similarity" in table
+    assert "ASR WER" in (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")
+
+
+def test_without_judges_the_report_has_only_the_mel_metrics(dataset):
+    assert Judges.load(asr_model=None, speaker_model=None, vocoder=None) is None
+    summary = summarise(score_other_sentence(build_eval_items(dataset)))
+    assert sorted(summary) == ["other_sentence/truth/duration_error", "other_sentence/truth/mcd_dtw",
+                               "other_sentence/truth/mel_l1"]
+    assert "WER" not in summary_table(summary)
