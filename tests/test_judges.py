@@ -92,8 +92,8 @@ def test_asr_transcript_is_scored_against_the_text(asr_model):
     assert judge.transcribe(torch.randn(16000)) == "a"
     judges = Judges(vocoder=GriffinLimVocoder(), asr=judge)
     mel = torch.randn(90, 100) - 4.0
-    assert judges.score("A!", mel, mel) == {"wer": 0.0}
-    assert judges.score("a b c d", mel, mel) == {"wer": 0.75}
+    assert judges.score("clip-1", "A!", mel, mel) == {"wer": 0.0}
+    assert judges.score("clip-2", "a b c d", mel, mel) == {"wer": 0.75}
 
 
 def test_evaluation_reports_the_judged_metrics_for_every_system(dataset, asr_model, speaker_model, tmp_path):

@@ -174,7 +174,7 @@ def score_other_sentence(items: list[EvalItem], judges: Judges | None = None) ->
 
 def _score(system: str, mode: str, item: EvalItem, gen: torch.Tensor, judges: Judges | None) -> ItemScore:
     metrics = compare_mels(item.mel, gen)
-    judged = judges.score(item.text, item.mel, gen) if judges is not None else {}
+    judged = judges.score(item.audio_file, item.text, item.mel, gen) if judges is not None else {}
     return ItemScore(system=system, duration_mode=mode, audio_file=item.audio_file, mcd_dtw=metrics.mcd_dtw,
                      mel_l1=metrics.mel_l1, duration_error=metrics.duration_error, frames=int(gen.shape[0]),
                      target_frames=int(item.mel.shape[0]), **judged)

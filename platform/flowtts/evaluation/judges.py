@@ -18,20 +18,18 @@ Griffin-Lim fallback the ASR figures are pessimistic for every system alike.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torchaudio
 
 from flowtts.evaluation.metrics import word_error_rate
-from flowtts.synthesis.vocoder import Vocoder
+from flowtts.synthesis.vocoder import REPO_ID, Vocoder
 
 logger = logging.getLogger(__name__)
 
 JUDGE_SAMPLE_RATE = 16000
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 class JudgeError(ValueError):
@@ -44,7 +42,7 @@ def resolve_pretrained(source: str | Path, *, allow_download: bool = False) -> P
     folder = Path(source).expanduser()
     if folder.is_dir():
         return folder
-    if not _REPO_ID.match(str(source)):
+    if not REPO_ID.match(str(source)):
         raise JudgeError(f"judge model {str(source)!r} is neither a folder nor a Hugging Face repo id")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -92,11 +90,17 @@ class SpeakerJudge:
                                                      "AutoModelForAudioXVector")
 
     @torch.no_grad()
+    def embed(self, audio: torch.Tensor) -> torch.Tensor:
+        """The x-vector of one clip."""
+        inputs = self.features(audio.numpy(), sampling_rate=JUDGE_SAMPLE_RATE, return_tensors="pt")
+        return self.model(**inputs.to(self.device)).embeddings[0].cpu()
+
     def similarity(self, a: torch.Tensor, b: torch.Tensor) -> float:
-        inputs = self.features([a.numpy(), b.numpy()], sampling_rate=JUDGE_SAMPLE_RATE, return_tensors="pt",
-                               padding=True, return_attention_mask=True)
-        embeddings = self.model(**inputs.to(self.device)).embeddings
-        return float(torch.nn.functional.cosine_similarity(embeddings[0], embeddings[1], dim=0))
+        return cosine(self.embed(a), self.embed(b))
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
 @dataclass
@@ -106,6 +110,8 @@ class Judges:
     vocoder: Vocoder
     asr: AsrJudge | None = None
     speaker: SpeakerJudge | None = None
+    # x-vector of each recording, by clip: every system is compared with the same recordings
+    _voice_prints: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, *, asr_model: str | None, speaker_model: str | None, vocoder: str | None,
@@ -127,8 +133,9 @@ class Judges:
         wave = self.vocoder.decode(mel.T.unsqueeze(0).to(torch.float32))[0].cpu()
         return torchaudio.functional.resample(wave, self.vocoder.sample_rate, JUDGE_SAMPLE_RATE)
 
-    def score(self, text: str, recording: torch.Tensor, generated: torch.Tensor) -> dict[str, float]:
-        """``wer`` of the generated speech against ``text``, ``speaker_sim`` of it with the recording."""
+    def score(self, clip: str, text: str, recording: torch.Tensor, generated: torch.Tensor) -> dict[str, float]:
+        """``wer`` of the generated speech against ``text``, ``speaker_sim`` of it with the recording of
+        ``clip`` (vocoded and embedded once per clip)."""
         heard = self.audio(generated)
         scores = {}
         if self.asr is not None:
@@ -136,5 +143,7 @@ class Judges:
             scores["wer"] = word_error_rate(text, transcript)
             logger.debug("asr %r -> %r (wer %.2f)", text, transcript, scores["wer"])
         if self.speaker is not None:
-            scores["speaker_sim"] = self.speaker.similarity(heard, self.audio(recording))
+            if clip not in self._voice_prints:
+                self._voice_prints[clip] = self.speaker.embed(self.audio(recording))
+            scores["speaker_sim"] = cosine(self.speaker.embed(heard), self._voice_prints[clip])
         return scores

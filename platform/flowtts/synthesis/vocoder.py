@@ -31,7 +31,8 @@ ALLOWED_CLASSES = {
     "backbone": "vocos.models.VocosBackbone",
     "head": "vocos.heads.ISTFTHead",
 }
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# A Hugging Face repo id ("owner/name"); the judge models of the evaluation use it too.
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 class VocoderError(ValueError):
@@ -132,7 +133,7 @@ def load_vocoder(
     folder = Path(path_or_repo).expanduser()
     if folder.is_dir():
         return VocosVocoder.from_folder(folder, mel=mel, device=device)
-    if not _REPO_ID.match(str(path_or_repo)):
+    if not REPO_ID.match(str(path_or_repo)):
         raise VocoderError(f"vocoder {str(path_or_repo)!r} is neither a folder nor a Hugging Face repo id")
     cached = hf_vocos_folder(str(path_or_repo), allow_download=allow_download)
     if cached is None:
