@@ -20,5 +20,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+LINT_DIRS := platform data_pipelines jobs serve trainer tests bench scripts
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check platform data_pipelines jobs serve tests bench scripts
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+	$(VENV)/bin/ruff format --check $(LINT_DIRS)

@@ -47,9 +47,24 @@ PROMPT_FRAMES, TOTAL_FRAMES, TEXT_TOKENS = 282, 750, 128
 HOP_SECONDS = 256 / 24000
 GENERATED_SECONDS = (TOTAL_FRAMES - PROMPT_FRAMES) * HOP_SECONDS
 OFFICIAL_SCRIPT = Path(__file__).with_name("official_sampling.py")
-UPSTREAM_DIT_ARGS = ("dim", "depth", "heads", "dim_head", "dropout", "ff_mult", "mel_dim", "text_num_embeds",
-                     "text_dim", "text_mask_padding", "qk_norm", "conv_layers", "pe_attn_head",
-                     "attn_mask_enabled", "long_skip_connection", "checkpoint_activations")
+UPSTREAM_DIT_ARGS = (
+    "dim",
+    "depth",
+    "heads",
+    "dim_head",
+    "dropout",
+    "ff_mult",
+    "mel_dim",
+    "text_num_embeds",
+    "text_dim",
+    "text_mask_padding",
+    "qk_norm",
+    "conv_layers",
+    "pe_attn_head",
+    "attn_mask_enabled",
+    "long_skip_connection",
+    "checkpoint_activations",
+)
 
 
 @dataclass
@@ -83,8 +98,12 @@ def forward_flops(config: ModelConfig, frames: int, sequences: int) -> float:
     """One DiT forward over ``sequences`` sequences of ``frames`` frames (text embedding excluded)."""
     dim, inner = config.dim, config.heads * config.dim_head
     text_dim = config.text_dim or config.mel_dim
-    per_frame = (config.depth * (4 * dim * inner + 2 * config.ff_mult * dim * dim)
-                 + (2 * config.mel_dim + text_dim) * dim + 2 * 31 * dim * dim / 16 + dim * config.mel_dim)
+    per_frame = (
+        config.depth * (4 * dim * inner + 2 * config.ff_mult * dim * dim)
+        + (2 * config.mel_dim + text_dim) * dim
+        + 2 * 31 * dim * dim / 16
+        + dim * config.mel_dim
+    )
     attention = config.depth * 4 * frames * frames * inner
     return sequences * (2 * per_frame * frames + attention)
 
@@ -132,9 +151,16 @@ def sample_call(model: CFM, inputs: dict[str, torch.Tensor], steps: int) -> Call
     batch = inputs["cond"].shape[0]
 
     def call() -> torch.Tensor:
-        return model.sample(cond=inputs["cond"], text=inputs["text"], duration=TOTAL_FRAMES,
-                            lens=torch.full((batch,), PROMPT_FRAMES), steps=steps, cfg_strength=2.0,
-                            sway_sampling_coef=-1.0, seed=0).mel  # one int seed, as the official API takes
+        return model.sample(
+            cond=inputs["cond"],
+            text=inputs["text"],
+            duration=TOTAL_FRAMES,
+            lens=torch.full((batch,), PROMPT_FRAMES),
+            steps=steps,
+            cfg_strength=2.0,
+            sway_sampling_coef=-1.0,
+            seed=0,
+        ).mel  # one int seed, as the official API takes
 
     return call
 
@@ -159,8 +185,9 @@ def timed_with_cpu(fn: Callable[[], object], reps: int, warmup: int = 1) -> tupl
 # ---------------------------------------------------------------- the official package (separate venv)
 
 
-def run_official(python: str, model: CFM, inputs: dict[str, torch.Tensor], case: Case,
-                 threads: int) -> tuple[dict, torch.Tensor]:
+def run_official(
+    python: str, model: CFM, inputs: dict[str, torch.Tensor], case: Case, threads: int
+) -> tuple[dict, torch.Tensor]:
     """Time the same call in the official f5-tts (its own interpreter); returns its report and its mel."""
     config = model.config
     arch = {name: getattr(config, name) for name in UPSTREAM_DIT_ARGS}
@@ -169,9 +196,22 @@ def run_official(python: str, model: CFM, inputs: dict[str, torch.Tensor], case:
         export_f5_checkpoint(model, work / "model.safetensors")
         save_file(inputs, str(work / "inputs.safetensors"))
         (work / "arch.json").write_text(json.dumps(arch))
-        command = [python, str(OFFICIAL_SCRIPT), "--work", str(work), "--steps", str(case.steps),
-                   "--reps", str(case.reps), "--threads", str(threads), "--prompt-frames", str(PROMPT_FRAMES),
-                   "--total-frames", str(TOTAL_FRAMES)]
+        command = [
+            python,
+            str(OFFICIAL_SCRIPT),
+            "--work",
+            str(work),
+            "--steps",
+            str(case.steps),
+            "--reps",
+            str(case.reps),
+            "--threads",
+            str(threads),
+            "--prompt-frames",
+            str(PROMPT_FRAMES),
+            "--total-frames",
+            str(TOTAL_FRAMES),
+        ]
         subprocess.run(command, check=True)
         report = json.loads((work / "times.json").read_text())
         return report, load_file(str(work / "mel.safetensors"))["mel"]
@@ -188,8 +228,17 @@ def run_case(case: Case, peak: float, threads: int, official_python: str | None)
     median = statistics.median(seconds)
     per_nfe = flops_per_nfe(model.config, case.batch)
     mfu = per_nfe * case.steps / median / peak
-    result = Result(case.preset, case.batch, case.steps, median, (max(seconds) - min(seconds)) / median,
-                    median / (case.batch * GENERATED_SECONDS), cores, per_nfe / 1e9, mfu)
+    result = Result(
+        case.preset,
+        case.batch,
+        case.steps,
+        median,
+        (max(seconds) - min(seconds)) / median,
+        median / (case.batch * GENERATED_SECONDS),
+        cores,
+        per_nfe / 1e9,
+        mfu,
+    )
     if official_python:
         report, official_mel = run_official(official_python, model, inputs, case, threads)
         result.official_seconds, result.official_cores = report["median"], report["cores"]
@@ -225,8 +274,10 @@ def profile_tiny(steps: int = 32, rows: int = 15) -> None:
     events = prof.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
     top_level = sum(e.self_cpu_time_total for e in events) / 1e6
-    print(f"profiled wall {wall:.2f} s; operator self time {top_level:.2f} s; ops called "
-          f"{sum(e.count for e in events)} times ({sum(e.count for e in events) / steps:.0f} per NFE)")
+    print(
+        f"profiled wall {wall:.2f} s; operator self time {top_level:.2f} s; ops called "
+        f"{sum(e.count for e in events)} times ({sum(e.count for e in events) / steps:.0f} per NFE)"
+    )
 
 
 def cases(quick: bool, reps: int, batches: list[int], nfes: list[int]) -> list[Case]:
@@ -237,8 +288,7 @@ def cases(quick: bool, reps: int, batches: list[int], nfes: list[int]) -> list[C
     return [*tiny, *base]
 
 
-def markdown(results: list[Result], peak: float, forward: dict[str, tuple[float, float]],
-             threads: int) -> str:
+def markdown(results: list[Result], peak: float, forward: dict[str, tuple[float, float]], threads: int) -> str:
     lines = [
         f"torch {torch.__version__}, {threads} threads, fp32 matmul 2048^3: {peak / 1e9:.0f} GFLOP/s",
         "",
@@ -250,17 +300,18 @@ def markdown(results: list[Result], peak: float, forward: dict[str, tuple[float,
         official = "-" if r.official_seconds is None else f"{r.official_seconds:.2f} ({r.official_cores:.2f})"
         speedup = "-" if r.official_seconds is None else f"{r.official_seconds / r.seconds:.2f}x"
         diff = "-" if r.official_max_diff is None else f"{r.official_max_diff:.1e}"
-        lines.append(f"| {r.preset}, batch {r.batch}, NFE {r.steps} | {r.seconds:.2f} | {r.spread:.0%} | "
-                     f"{r.cores:.2f} | {r.rtf:.2f} | {r.gflop_per_nfe:.1f} | {r.mfu:.0%} | {official} | "
-                     f"{speedup} | {diff} |")
+        lines.append(
+            f"| {r.preset}, batch {r.batch}, NFE {r.steps} | {r.seconds:.2f} | {r.spread:.0%} | "
+            f"{r.cores:.2f} | {r.rtf:.2f} | {r.gflop_per_nfe:.1f} | {r.mfu:.0%} | {official} | "
+            f"{speedup} | {diff} |"
+        )
     lines += ["", "| DiT forward (packed CFG, batch 1, 750 frames) | s | MFU |", "|---|---|---|"]
     lines += [f"| {preset} | {seconds:.3f} | {mfu:.0%} |" for preset, (seconds, mfu) in forward.items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="F5TTS_v1_Base only at batch 1, NFE 16, 2 reps")
     parser.add_argument("--reps", type=int, default=5, help="timed calls per case after one warm-up")
     parser.add_argument("--threads", type=int, default=2)
@@ -277,8 +328,9 @@ def main(argv: list[str] | None = None) -> None:
         profile_tiny()
         return
     peak = matmul_flops_per_second()
-    selected = [c for c in cases(args.quick, args.reps, args.batch, args.nfe)
-                if not (args.only_tiny and c.preset != "tiny")]
+    selected = [
+        c for c in cases(args.quick, args.reps, args.batch, args.nfe) if not (args.only_tiny and c.preset != "tiny")
+    ]
     results = []
     for case in selected:
         results.append(run_case(case, peak, args.threads, args.official_python))
@@ -289,9 +341,17 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(results, peak, forward, args.threads))
     print(f"\nmatmul peak re-measured at the end: {peak_after / 1e9:.0f} GFLOP/s (noise check)")
     if args.json:
-        args.json.write_text(json.dumps({"peak_flops": peak, "peak_flops_after": peak_after,
-                                         "results": [asdict(r) for r in results],
-                                         "forward": forward}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "peak_flops": peak,
+                    "peak_flops_after": peak_after,
+                    "results": [asdict(r) for r in results],
+                    "forward": forward,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "samples" / "vi-demo"
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")

@@ -27,8 +27,7 @@ WARMUP_STEPS = 2
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--presets", nargs="+", default=["tiny", "F5TTS_v1_Small"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -41,10 +40,18 @@ def parse_args() -> argparse.Namespace:
 
 def measure(args: argparse.Namespace, storage: Path, preset: str, workers: int) -> dict[str, float]:
     steps = args.steps if preset == "tiny" else args.large_steps
-    job = TrainJob(config=preset, data=args.data, storage=storage, name=f"bench-{preset}-{workers}w",
-                   workers=workers, cpus_per_worker=args.cpus / workers, max_steps=steps,
-                   checkpoint_every=steps, log_every=1,
-                   overrides={"train.batch_size_per_gpu": args.frames, "train.log_samples_per_updates": 0})
+    job = TrainJob(
+        config=preset,
+        data=args.data,
+        storage=storage,
+        name=f"bench-{preset}-{workers}w",
+        workers=workers,
+        cpus_per_worker=args.cpus / workers,
+        max_steps=steps,
+        checkpoint_every=steps,
+        log_every=1,
+        overrides={"train.batch_size_per_gpu": args.frames, "train.log_samples_per_updates": 0},
+    )
     outcome = run_training(job, register=False)
     client = MlflowClient(outcome.tracking_uri)
 
@@ -52,8 +59,7 @@ def measure(args: argparse.Namespace, storage: Path, preset: str, workers: int) 
         history = sorted(client.get_metric_history(outcome.mlflow_run_id, key), key=lambda m: m.step)
         return statistics.median(m.value for m in history[WARMUP_STEPS:] or history)
 
-    return {"frames_per_sec": median("frames_per_sec"), "data_wait_share": median("data_wait_share"),
-            "steps": steps}
+    return {"frames_per_sec": median("frames_per_sec"), "data_wait_share": median("data_wait_share"), "steps": steps}
 
 
 def main() -> None:
@@ -69,13 +75,17 @@ def main() -> None:
                 rows.append((preset, workers, result))
                 print(f"{preset} {workers} worker(s): {result}", flush=True)
     ray.shutdown()
-    print(f"\nframe budget {args.frames} per worker and step, {args.cpus} CPUs, medians after "
-          f"{WARMUP_STEPS} warm-up steps\n")
+    print(
+        f"\nframe budget {args.frames} per worker and step, {args.cpus} CPUs, medians after "
+        f"{WARMUP_STEPS} warm-up steps\n"
+    )
     print("| preset | workers | CPUs/worker | steps | frames/s | data wait (share of step time) |")
     print("|---|---|---|---|---|---|")
     for preset, workers, result in rows:
-        print(f"| {preset} | {workers} | {args.cpus / workers:g} | {result['steps']} | "
-              f"{result['frames_per_sec']:.0f} | {result['data_wait_share']:.2%} |")
+        print(
+            f"| {preset} | {workers} | {args.cpus / workers:g} | {result['steps']} | "
+            f"{result['frames_per_sec']:.0f} | {result['data_wait_share']:.2%} |"
+        )
 
 
 if __name__ == "__main__":

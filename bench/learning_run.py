@@ -58,10 +58,14 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    config = load_config(args.config).with_overrides({
-        "train.learning_rate": args.lr, "train.batch_size_per_gpu": args.frames,
-        "train.max_updates": args.max_updates, "train.num_warmup_updates": args.warmup,
-    })
+    config = load_config(args.config).with_overrides(
+        {
+            "train.learning_rate": args.lr,
+            "train.batch_size_per_gpu": args.frames,
+            "train.max_updates": args.max_updates,
+            "train.num_warmup_updates": args.warmup,
+        }
+    )
     start = prepare_start(config, dataset_texts(args.data), dataset_vocab(args.data), init_from=args.init_from)
     config, vocab = start.config, start.vocab
     data = TrainingData.from_folder(args.data, vocab)
@@ -83,14 +87,29 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         step += 1
-        rows.append({"step": step, "seconds": round(time.perf_counter() - started, 2), "loss": result.loss,
-                     "lr": result.lr, "frames_per_s": result.frames / (time.perf_counter() - tick)})
+        rows.append(
+            {
+                "step": step,
+                "seconds": round(time.perf_counter() - started, 2),
+                "loss": result.loss,
+                "lr": result.lr,
+                "frames_per_s": result.frames / (time.perf_counter() - tick),
+            }
+        )
         if step % 100 == 0:
-            print(f"step {step} epoch {position.epoch} loss {result.loss:.4f} "
-                  f"{rows[-1]['frames_per_s']:.0f} frames/s", flush=True)
+            print(
+                f"step {step} epoch {position.epoch} loss {result.loss:.4f} {rows[-1]['frames_per_s']:.0f} frames/s",
+                flush=True,
+            )
         if items and step % args.eval_every == 0:
-            probes.append({"step": step, "seconds": rows[-1]["seconds"], "baseline_mcd_dtw": baseline,
-                           "mcd_dtw": heldout_mcd(recipe.ema.ema_model, vocab, items, args.eval_nfe)})
+            probes.append(
+                {
+                    "step": step,
+                    "seconds": rows[-1]["seconds"],
+                    "baseline_mcd_dtw": baseline,
+                    "mcd_dtw": heldout_mcd(recipe.ema.ema_model, vocab, items, args.eval_nfe),
+                }
+            )
             print(f"step {step} held-out MCD-DTW {probes[-1]['mcd_dtw']:.2f} dB", flush=True)
     write_csv(args.out / "loss.csv", rows)
     if probes:
@@ -99,15 +118,24 @@ def main() -> None:
     ema = recipe.ema.ema_model.eval()
     if args.half:
         ema = ema.half()
-    save_checkpoint(ema, args.out / "checkpoint", vocab, mel=config.mel,
-                    info={"steps": step, "epochs": position.epoch, "config": config.name,
-                          "init_from": str(args.init_from)})
+    save_checkpoint(
+        ema,
+        args.out / "checkpoint",
+        vocab,
+        mel=config.mel,
+        info={"steps": step, "epochs": position.epoch, "config": config.name, "init_from": str(args.init_from)},
+    )
     tail = rows[-50:]
-    summary = {"steps": step, "epochs": position.epoch, "seconds": rows[-1]["seconds"], "device": str(device),
-               "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "first_loss": sum(r["loss"] for r in rows[:50]) / len(rows[:50]),
-               "last_loss": sum(r["loss"] for r in tail) / len(tail),
-               "median_frames_per_s": sorted(r["frames_per_s"] for r in rows)[len(rows) // 2]}
+    summary = {
+        "steps": step,
+        "epochs": position.epoch,
+        "seconds": rows[-1]["seconds"],
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "first_loss": sum(r["loss"] for r in rows[:50]) / len(rows[:50]),
+        "last_loss": sum(r["loss"] for r in tail) / len(tail),
+        "median_frames_per_s": sorted(r["frames_per_s"] for r in rows)[len(rows) // 2],
+    }
     if probes:
         summary |= {"heldout_mcd_dtw": probes[-1]["mcd_dtw"], "baseline_mcd_dtw": baseline}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -33,17 +33,32 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     arch = json.loads((args.work / "arch.json").read_text())
-    model = CFM(transformer=DiT(**arch), mel_spec_kwargs=dict(n_fft=1024, hop_length=256, win_length=1024,
-                                                              n_mel_channels=100, target_sample_rate=24000,
-                                                              mel_spec_type="vocos"))
+    model = CFM(
+        transformer=DiT(**arch),
+        mel_spec_kwargs=dict(
+            n_fft=1024,
+            hop_length=256,
+            win_length=1024,
+            n_mel_channels=100,
+            target_sample_rate=24000,
+            mel_spec_type="vocos",
+        ),
+    )
     model = load_checkpoint(model, str(args.work / "model.safetensors"), "cpu", dtype=torch.float32).eval()
     inputs = load_file(str(args.work / "inputs.safetensors"))
     batch = inputs["cond"].shape[0]
 
     def call() -> torch.Tensor:
-        mel, _ = model.sample(cond=inputs["cond"], text=inputs["text"], duration=args.total_frames,
-                              lens=torch.full((batch,), args.prompt_frames), steps=args.steps,
-                              cfg_strength=2.0, sway_sampling_coef=-1.0, seed=0)
+        mel, _ = model.sample(
+            cond=inputs["cond"],
+            text=inputs["text"],
+            duration=args.total_frames,
+            lens=torch.full((batch,), args.prompt_frames),
+            steps=args.steps,
+            cfg_strength=2.0,
+            sway_sampling_coef=-1.0,
+            seed=0,
+        )
         return mel
 
     call()  # warm-up

@@ -28,8 +28,10 @@ def plot_loss_curve(csv_path: Path, png_path: Path, window: int = 50, heldout_cs
     probes = read_rows(heldout_csv) if heldout_csv is not None and heldout_csv.exists() else []
     steps = [int(r["step"]) for r in rows]
     losses = [float(r["loss"]) for r in rows]
-    mean = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-            for i in range(len(losses))]
+    mean = [
+        sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+        for i in range(len(losses))
+    ]
     fig, axes = plt.subplots(2 if probes else 1, 1, figsize=(7, 6 if probes else 3.5), sharex=True, squeeze=False)
     ax = axes[0, 0]
     ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.6, label="loss per update")
@@ -42,8 +44,9 @@ def plot_loss_curve(csv_path: Path, png_path: Path, window: int = 50, heldout_cs
         ax = axes[1, 0]
         probe_steps = [int(r["step"]) for r in probes]
         ax.plot(probe_steps, [float(r["mcd_dtw"]) for r in probes], "o-", color="tab:red", label="model")
-        ax.axhline(float(probes[0]["baseline_mcd_dtw"]), color="gray", linestyle="--",
-                   label="recording of another sentence")
+        ax.axhline(
+            float(probes[0]["baseline_mcd_dtw"]), color="gray", linestyle="--", label="recording of another sentence"
+        )
         ax.set_ylabel("held-out MCD-DTW (dB)")
         ax.grid(True, alpha=0.3)
         ax.legend()

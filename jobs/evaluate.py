@@ -38,8 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocoder", help="Vocos folder for the example audio (default Griffin-Lim)")
     parser.add_argument("--out", type=Path, help="report folder (default: a temporary folder)")
     parser.add_argument("--asr-model", help="CTC ASR model folder or cached HF repo id: adds word error rate")
-    parser.add_argument("--speaker-model", help="WavLM x-vector model folder or cached HF repo id: adds "
-                                                "speaker similarity")
+    parser.add_argument(
+        "--speaker-model", help="WavLM x-vector model folder or cached HF repo id: adds speaker similarity"
+    )
     parser.add_argument("--allow-download", action="store_true", help="let those models download from the hub")
     return parser.parse_args(argv)
 
@@ -47,16 +48,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    judges = Judges.load(asr_model=args.asr_model, speaker_model=args.speaker_model, vocoder=args.vocoder,
-                         allow_download=args.allow_download)
+    judges = Judges.load(
+        asr_model=args.asr_model,
+        speaker_model=args.speaker_model,
+        vocoder=args.vocoder,
+        allow_download=args.allow_download,
+    )
     candidate = resolve_model(args.model)
-    result = evaluate(candidate, args.data, max_items=args.max_items, nfe=args.nfe, seed=args.seed,
-                      vocoder=args.vocoder, out_dir=args.out, judges=judges)
+    result = evaluate(
+        candidate,
+        args.data,
+        max_items=args.max_items,
+        nfe=args.nfe,
+        seed=args.seed,
+        vocoder=args.vocoder,
+        out_dir=args.out,
+        judges=judges,
+    )
     print(summary_table(result.summary))
     log_to_mlflow(candidate, result)
     if args.promote:
-        decision = promote_if_better(candidate, result, args.data, alias=args.promote, margin=args.margin,
-                                     nfe=args.nfe, seed=args.seed, max_items=args.max_items)
+        decision = promote_if_better(
+            candidate,
+            result,
+            args.data,
+            alias=args.promote,
+            margin=args.margin,
+            nfe=args.nfe,
+            seed=args.seed,
+            max_items=args.max_items,
+        )
         print(f"{args.promote}: {decision['decision']} ({decision['reason']})")
     print(f"report: {result.report}")
     return 0

@@ -40,17 +40,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    job = DurationJob(model=args.model, data=args.data, steps=args.steps, batch_size=args.batch_size,
-                      learning_rate=args.learning_rate, seed=args.seed, name=args.name, storage=args.storage,
-                      cpus_per_worker=args.cpus_per_worker, gpu=args.gpu, experiment=args.experiment,
-                      registered_model=args.registered_model, alias=args.alias)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    job = DurationJob(
+        model=args.model,
+        data=args.data,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        name=args.name,
+        storage=args.storage,
+        cpus_per_worker=args.cpus_per_worker,
+        gpu=args.gpu,
+        experiment=args.experiment,
+        registered_model=args.registered_model,
+        alias=args.alias,
+    )
     connect_ray(args.cpus_per_worker, args.num_cpus)
     outcome = run_duration_training(job)
-    print(json.dumps({"metrics": outcome.metrics, "mlflow_run_id": outcome.mlflow_run_id,
-                      "tracking_uri": outcome.tracking_uri, "model_uri": outcome.registration.model_uri,
-                      "model_version": outcome.registration.version}), flush=True)
+    print(
+        json.dumps(
+            {
+                "metrics": outcome.metrics,
+                "mlflow_run_id": outcome.mlflow_run_id,
+                "tracking_uri": outcome.tracking_uri,
+                "model_uri": outcome.registration.model_uri,
+                "model_version": outcome.registration.version,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -40,16 +40,24 @@ def step(title: str) -> None:
 def speak(url: str, out: Path) -> Path:
     metadata = (CORPUS / "metadata.csv").read_text(encoding="utf-8").splitlines()
     ref_file, ref_text = metadata[1].split("|", 1)
-    body = {"text": "Xin chào, đây là giọng nói do mô hình vừa được huấn luyện tạo ra.", "seed": 7,
-            "ref_audio": base64.b64encode((CORPUS / ref_file).read_bytes()).decode(), "ref_text": ref_text,
-            "nfe": 16, "response_format": "wav"}
-    request = urllib.request.Request(f"{url}/v1/tts", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    body = {
+        "text": "Xin chào, đây là giọng nói do mô hình vừa được huấn luyện tạo ra.",
+        "seed": 7,
+        "ref_audio": base64.b64encode((CORPUS / ref_file).read_bytes()).decode(),
+        "ref_text": ref_text,
+        "nfe": 16,
+        "response_format": "wav",
+    }
+    request = urllib.request.Request(
+        f"{url}/v1/tts", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=600) as response:
         wav = out / "demo.wav"
         wav.write_bytes(response.read())
-        print(f"model version {response.headers.get('X-Model-Version')}, seed {response.headers.get('X-Seed')}, "
-              f"duration rule {response.headers.get('X-Duration-Rule')}")
+        print(
+            f"model version {response.headers.get('X-Model-Version')}, seed {response.headers.get('X-Seed')}, "
+            f"duration rule {response.headers.get('X-Duration-Rule')}"
+        )
     return wav
 
 
@@ -70,17 +78,59 @@ def main() -> int:
         address = head.start()
         print(f"Ray jobs API: {address}")
         step("preprocessing the sample corpus (ray job submit)")
-        head.submit("python", "jobs/preprocess.py", "--corpus", str(CORPUS), "--out", str(out / "data"),
-                    "--holdout-fraction", "0.1", cwd=REPO, echo=True)
+        head.submit(
+            "python",
+            "jobs/preprocess.py",
+            "--corpus",
+            str(CORPUS),
+            "--out",
+            str(out / "data"),
+            "--holdout-fraction",
+            "0.1",
+            cwd=REPO,
+            echo=True,
+        )
         step(f"training the tiny preset for {args.steps} steps (ray job submit)")
-        head.submit("python", "jobs/train.py", "--config", "tiny", "--data", str(out / "data"), "--name", "demo",
-                    "--max-steps", str(args.steps), "--storage", str(out / "ray_train"), "--sample-steps", "8",
-                    "--cpus-per-worker", str(head.num_cpus), "--duration-predictor",
-                    cwd=REPO, echo=True)
+        head.submit(
+            "python",
+            "jobs/train.py",
+            "--config",
+            "tiny",
+            "--data",
+            str(out / "data"),
+            "--name",
+            "demo",
+            "--max-steps",
+            str(args.steps),
+            "--storage",
+            str(out / "ray_train"),
+            "--sample-steps",
+            "8",
+            "--cpus-per-worker",
+            str(head.num_cpus),
+            "--duration-predictor",
+            cwd=REPO,
+            echo=True,
+        )
         step("evaluating on held-out clips; the gate promotes the candidate to production (ray job submit)")
-        head.submit("python", "jobs/evaluate.py", "--model", "models:/flowtts@candidate", "--data",
-                    str(out / "data"), "--promote", "production", "--max-items", "4", "--nfe", "8",
-                    "--out", str(out / "evaluation"), cwd=REPO, echo=True)
+        head.submit(
+            "python",
+            "jobs/evaluate.py",
+            "--model",
+            "models:/flowtts@candidate",
+            "--data",
+            str(out / "data"),
+            "--promote",
+            "production",
+            "--max-items",
+            "4",
+            "--nfe",
+            "8",
+            "--out",
+            str(out / "evaluation"),
+            cwd=REPO,
+            echo=True,
+        )
         step("deploying models:/flowtts@production with serve deploy")
         head.serve_deploy(REPO / "serve" / "config.yaml")
         wait_until_answers(f"{url}/healthz", timeout_s=600)

@@ -75,12 +75,27 @@ class LocalRayHead:
         self.address = f"http://127.0.0.1:{dashboard}"
         output = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(
-            [RAY, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--disable-usage-stats",
-             f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-             f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
-             f"--metrics-export-port={metrics}", f"--temp-dir={self.temp_dir}"],
-            env=self.env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT,
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                f"--num-cpus={self.num_cpus}",
+                "--disable-usage-stats",
+                f"--port={gcs}",
+                f"--dashboard-port={dashboard}",
+                "--dashboard-host=127.0.0.1",
+                f"--ray-client-server-port={client}",
+                f"--dashboard-agent-listen-port={agent}",
+                f"--dashboard-agent-grpc-port={agent_grpc}",
+                f"--runtime-env-agent-port={runtime_env}",
+                f"--metrics-export-port={metrics}",
+                f"--temp-dir={self.temp_dir}",
+            ],
+            env=self.env,
+            start_new_session=True,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_until_answers(f"{self.address}/api/jobs/", timeout_s, self.process)
@@ -89,8 +104,9 @@ class LocalRayHead:
             raise
         return self.address
 
-    def submit(self, *entrypoint: str, cwd: Path, echo: bool = False, attempts: int = 3,
-               timeout_s: float = 1200) -> str:
+    def submit(
+        self, *entrypoint: str, cwd: Path, echo: bool = False, attempts: int = 3, timeout_s: float = 1200
+    ) -> str:
         """``ray job submit --working-dir CWD -- ENTRYPOINT``, then wait for success; returns the job's logs
         (also printed as they come when ``echo``).
 
@@ -117,8 +133,12 @@ class LocalRayHead:
 
     def serve_deploy(self, config: Path) -> None:
         """``serve deploy CONFIG`` to this head (replicas get the head's environment)."""
-        subprocess.run([str(BIN / "serve"), "deploy", str(config), "--address", self.address], env=self.env,
-                       check=True, timeout=300)
+        subprocess.run(
+            [str(BIN / "serve"), "deploy", str(config), "--address", self.address],
+            env=self.env,
+            check=True,
+            timeout=300,
+        )
 
     def _finished_state(self, job_id: str) -> str | None:
         """'succeeded', 'failed' or 'was stopped' once the job is over, else None (as `ray job status` says)."""
@@ -128,8 +148,14 @@ class LocalRayHead:
     def _follow(self, command: str, *args: str, cwd: Path | None = None, echo: bool = False) -> str:
         """Output of ``ray job COMMAND --address ADDRESS ARGS`` (stdout and stderr), printed as it comes when
         ``echo``."""
-        with subprocess.Popen([RAY, "job", command, "--address", self.address, *args], env=self.env, cwd=cwd,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        with subprocess.Popen(
+            [RAY, "job", command, "--address", self.address, *args],
+            env=self.env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as process:
             lines = []
             for line in process.stdout:
                 lines.append(line)
@@ -173,10 +199,25 @@ class LocalMlflowServer:
         env = {**self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: 2 processes, not 10
         log = open(self.root / "mlflow_server.log", "ab")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(
-            [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "mlartifacts"), "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1"],
-            env=env, cwd=self.root, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+            [
+                MLFLOW,
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "mlartifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            cwd=self.root,
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_until_answers(f"{self.uri}/health", timeout_s, self.process)

@@ -111,9 +111,7 @@ def tool_version(cmd: list[str]) -> str:
 def dpkg_version(pkg: str) -> str | None:
     if shutil.which("dpkg-query") is None:
         return None
-    res = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True
-    )
+    res = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True)
     return res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else None
 
 
@@ -137,14 +135,36 @@ def espeak_cmd(voice: str, pitch: int, speed: int, raw: Path, text: str) -> list
 
 def sox_cmd(raw: Path, out: Path) -> list[str]:
     return [
-        "sox", "-D", "-R", str(raw),
-        "-b", "16", "-e", "signed-integer", str(out),
-        "silence", "1", "0.01", "0.1%", "reverse",
-        "silence", "1", "0.01", "0.1%", "reverse",
-        "pad", "0.1", "0.1",
-        "gain", "-3",
-        "rate", "-v", str(SAMPLE_RATE),
-        "gain", "-n", "-1",
+        "sox",
+        "-D",
+        "-R",
+        str(raw),
+        "-b",
+        "16",
+        "-e",
+        "signed-integer",
+        str(out),
+        "silence",
+        "1",
+        "0.01",
+        "0.1%",
+        "reverse",
+        "silence",
+        "1",
+        "0.01",
+        "0.1%",
+        "reverse",
+        "pad",
+        "0.1",
+        "0.1",
+        "gain",
+        "-3",
+        "rate",
+        "-v",
+        str(SAMPLE_RATE),
+        "gain",
+        "-n",
+        "-1",
     ]
 
 

@@ -18,7 +18,12 @@ def register_checkpoints(tracking_uri: str, artifacts: Path, folders: list[Path]
     versions = []
     for folder in folders:
         with mlflow.start_run(experiment_id=experiment):
-            info = mlflow.pyfunc.log_model(name="flowtts", python_model=FlowTTSPyfunc(), pip_requirements=["flowtts"],
-                                           artifacts={"checkpoint": str(folder)}, registered_model_name=name)
+            info = mlflow.pyfunc.log_model(
+                name="flowtts",
+                python_model=FlowTTSPyfunc(),
+                pip_requirements=["flowtts"],
+                artifacts={"checkpoint": str(folder)},
+                registered_model_name=name,
+            )
         versions.append(str(info.registered_model_version))
     return versions

@@ -28,15 +28,25 @@ def corpus_rows(corpus: Path, count: int) -> list[dict]:
     """The first ``count`` clips of a CSV + wavs corpus as shard rows (mel computed here); speakers from
     ``speakers.csv`` when the corpus has one, else all ``spk``."""
     entries = read_rows(corpus / "metadata.csv")[:count]
-    speakers = ({row["audio_file"]: row["speaker"] for row in read_rows(corpus / "speakers.csv")}
-                if (corpus / "speakers.csv").is_file() else {})
+    speakers = (
+        {row["audio_file"]: row["speaker"] for row in read_rows(corpus / "speakers.csv")}
+        if (corpus / "speakers.csv").is_file()
+        else {}
+    )
     rows = []
     for entry in entries:
         wav = load_audio(corpus / entry["audio_file"])
         mel = log_mel_spectrogram(wav)[0].T  # [frames, 100]
-        rows.append({"audio_file": entry["audio_file"], "text": normalize_text(entry["text"]),
-                     "speaker": speakers.get(entry["audio_file"], "spk"), "duration": wav.shape[0] / 24000,
-                     "n_frames": mel.shape[0], "mel": encode_mel(mel)})
+        rows.append(
+            {
+                "audio_file": entry["audio_file"],
+                "text": normalize_text(entry["text"]),
+                "speaker": speakers.get(entry["audio_file"], "spk"),
+                "duration": wav.shape[0] / 24000,
+                "n_frames": mel.shape[0],
+                "mel": encode_mel(mel),
+            }
+        )
     return rows
 
 

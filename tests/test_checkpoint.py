@@ -31,8 +31,16 @@ TOKENS = [" ", *"abcdefghijklmnopqrs"]  # 20 tokens, id 0 = space
 
 def small_config(backbone: str = "DiT", **overrides) -> ModelConfig:
     text = {"text_dim": 32, "conv_layers": 1} if backbone == "DiT" else {}
-    values = {"backbone": backbone, "dim": 64, "depth": 2, "heads": 2, "dim_head": 32,
-              "text_num_embeds": len(TOKENS), **text, **overrides}
+    values = {
+        "backbone": backbone,
+        "dim": 64,
+        "depth": 2,
+        "heads": 2,
+        "dim_head": 32,
+        "text_num_embeds": len(TOKENS),
+        **text,
+        **overrides,
+    }
     return ModelConfig(**values)
 
 
@@ -58,8 +66,9 @@ def forward(model: CFM, text: torch.Tensor) -> torch.Tensor:
     x = torch.randn(2, 24, 100, generator=generator)
     cond = torch.randn(2, 24, 100, generator=generator)
     with torch.no_grad():
-        return model.transformer(x=x, cond=cond, text=text, time=torch.tensor([0.2, 0.8]),
-                                 mask=lens_to_mask(torch.tensor([24, 17])))
+        return model.transformer(
+            x=x, cond=cond, text=text, time=torch.tensor([0.2, 0.8]), mask=lens_to_mask(torch.tensor([24, 17]))
+        )
 
 
 # ---------------------------------------------------------------- our format
@@ -176,8 +185,11 @@ def test_strict_loading_names_missing_and_unexpected_keys(tmp_path):
 def test_strict_loading_names_shape_mismatches(tmp_path):
     state = exported_state(random_model(), tmp_path)
     state["ema_model.transformer.proj_out.weight"] = torch.zeros(100, 32)
-    with pytest.raises(CheckpointError, match=r"shape mismatch for transformer\.proj_out\.weight: "
-                                              r"checkpoint \(100, 32\) vs model \(100, 64\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape mismatch for transformer\.proj_out\.weight: "
+        r"checkpoint \(100, 32\) vs model \(100, 64\)",
+    ):
         load_modified(state, tmp_path)
 
 
@@ -201,12 +213,18 @@ def test_legacy_mel_keys_and_ema_bookkeeping_are_dropped(tmp_path):
 def test_trainer_checkpoint_loads_online_or_ema_weights(tmp_path):
     ema, online = random_model(seed=1), random_model(seed=2)
     path = tmp_path / "model_last.pt"
-    torch.save({
-        "model_state_dict": online.state_dict(),
-        "ema_model_state_dict": {"initted": torch.tensor(True), "step": torch.tensor(7),
-                                 **{f"ema_model.{k}": v for k, v in ema.state_dict().items()}},
-        "update": 7,
-    }, path)
+    torch.save(
+        {
+            "model_state_dict": online.state_dict(),
+            "ema_model_state_dict": {
+                "initted": torch.tensor(True),
+                "step": torch.tensor(7),
+                **{f"ema_model.{k}": v for k, v in ema.state_dict().items()},
+            },
+            "update": 7,
+        },
+        path,
+    )
     config = small_config().model_dump()
     assert_same_state(load_f5_checkpoint(path, config), ema)
     assert_same_state(load_f5_checkpoint(path, config, use_ema=False), online)
@@ -225,8 +243,13 @@ class PickledPayload:
 def test_pt_files_are_never_unpickled_beyond_tensors(tmp_path):
     marker = tmp_path / "payload-ran"
     path = tmp_path / "hostile.pt"
-    torch.save({"ema_model_state_dict": {"ema_model.transformer.proj_out.bias": torch.zeros(100)},
-                "payload": PickledPayload(marker)}, path)
+    torch.save(
+        {
+            "ema_model_state_dict": {"ema_model.transformer.proj_out.bias": torch.zeros(100)},
+            "payload": PickledPayload(marker),
+        },
+        path,
+    )
     with pytest.raises(pickle.UnpicklingError):
         read_official_state(path)
     assert not marker.exists()
@@ -252,7 +275,7 @@ def test_extend_vocab_keeps_old_rows_and_outputs(tmp_path):
     rows = grown.transformer.text_embed.text_embed.weight.detach()
     assert rows.shape == (len(TOKENS) + 1 + 300, 32)
     assert torch.equal(rows[: len(TOKENS) + 1], old_rows)
-    new_rows = rows[len(TOKENS) + 1:]
+    new_rows = rows[len(TOKENS) + 1 :]
     assert abs(float(new_rows.mean())) < 0.05 and abs(float(new_rows.std()) - 1.0) < 0.05
 
     text = torch.tensor([[1, 2, 3, 0, 4, 5, 19, -1], [7, 8, 9, 10, 11, 12, 13, 14]])

@@ -16,7 +16,13 @@ from flowtts.config import FlowTTSConfig, ModelConfig, load_config, preset_names
 from flowtts.model import build_model
 
 PRESETS = [
-    "E2TTS_Base", "E2TTS_Small", "F5TTS_Base", "F5TTS_Small", "F5TTS_v1_Base", "F5TTS_v1_Small", "tiny",
+    "E2TTS_Base",
+    "E2TTS_Small",
+    "F5TTS_Base",
+    "F5TTS_Small",
+    "F5TTS_v1_Base",
+    "F5TTS_v1_Small",
+    "tiny",
 ]
 
 
@@ -34,10 +40,16 @@ def test_each_preset_loads_by_name_and_builds(name):
     assert type(model.transformer).__name__ == config.model.backbone
 
 
-@pytest.mark.parametrize(("name", "v0"), [
-    ("F5TTS_Base", True), ("F5TTS_Small", True), ("F5TTS_v1_Base", False), ("F5TTS_v1_Small", False),
-    ("E2TTS_Base", True),
-])
+@pytest.mark.parametrize(
+    ("name", "v0"),
+    [
+        ("F5TTS_Base", True),
+        ("F5TTS_Small", True),
+        ("F5TTS_v1_Base", False),
+        ("F5TTS_v1_Small", False),
+        ("E2TTS_Base", True),
+    ],
+)
 def test_presets_carry_their_generation_flags(name, v0):
     model = load_config(name).model
     assert (model.pe_attn_head == 1) is v0
@@ -71,21 +83,27 @@ def test_fixture_upstream_config_json_validates(dit_fixture):
     assert ModelConfig.from_upstream(config) is config
 
 
-@pytest.mark.parametrize(("model", "data"), [
-    (ModelConfig, {"dim": 64, "depth": 2, "heads": 2, "dimm": 3}),
-    (FlowTTSConfig, {"model": {"dim": 64, "depth": 2, "heads": 2}, "trainer": {}}),
-    (FlowTTSConfig, {"model": {"dim": 64, "depth": 2, "heads": 2}, "train": {"lr": 0.1}}),
-])
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        (ModelConfig, {"dim": 64, "depth": 2, "heads": 2, "dimm": 3}),
+        (FlowTTSConfig, {"model": {"dim": 64, "depth": 2, "heads": 2}, "trainer": {}}),
+        (FlowTTSConfig, {"model": {"dim": 64, "depth": 2, "heads": 2}, "train": {"lr": 0.1}}),
+    ],
+)
 def test_extra_keys_are_rejected_by_name(model, data):
     with pytest.raises(ValidationError, match=r"(dimm|trainer|lr)\n\s+Extra inputs are not permitted"):
         model.model_validate(data)
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"backbone": "UNetT", "depth": 3}, "UNetT needs an even depth, got depth=3"),
-    ({"pe_attn_head": 5}, r"pe_attn_head=5 must be in 1..heads \(4\)"),
-    ({"backbone": "Conformer"}, "backbone"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"backbone": "UNetT", "depth": 3}, "UNetT needs an even depth, got depth=3"),
+        ({"pe_attn_head": 5}, r"pe_attn_head=5 must be in 1..heads \(4\)"),
+        ({"backbone": "Conformer"}, "backbone"),
+    ],
+)
 def test_invalid_model_values_are_named(values, message):
     with pytest.raises(ValidationError, match=message):
         ModelConfig(**{"dim": 64, "depth": 2, "heads": 4, **values})
@@ -102,10 +120,13 @@ def test_overrides_apply_dotted_keys_and_revalidate():
         base.with_overrides({"model.depth": "deep"})
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("train.learnig_rate", "unknown config key 'train.learnig_rate'"),
-    ("optimizer.lr", "unknown config section 'optimizer'"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.learnig_rate", "unknown config key 'train.learnig_rate'"),
+        ("optimizer.lr", "unknown config section 'optimizer'"),
+    ],
+)
 def test_unknown_override_keys_raise(override, message):
     with pytest.raises(KeyError, match=message):
         load_config("tiny").with_overrides({override: 1})
@@ -115,8 +136,7 @@ def test_unknown_override_keys_raise(override, message):
 
 
 def run_python(code: str) -> str:
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 

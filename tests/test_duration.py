@@ -39,13 +39,17 @@ def examples(dataset: Path) -> DurationExamples:
 
 def all_pairs(data: TrainingData) -> list[tuple[int, int]]:
     """Every (target, reference) pair of different clips by the same speaker."""
-    return [(a, b) for a in range(len(data)) for b in range(len(data))
-            if a != b and data.speakers[a] == data.speakers[b]]
+    return [
+        (a, b) for a in range(len(data)) for b in range(len(data)) if a != b and data.speakers[a] == data.speakers[b]
+    ]
 
 
 def tiny_model(vocab: Vocab, predictor: DurationPredictorConfig | None = SMALL):
-    config = load_config("tiny").model.with_vocab_size(len(vocab)).model_copy(
-        update={"duration_predictor": predictor, "depth": 2})
+    config = (
+        load_config("tiny")
+        .model.with_vocab_size(len(vocab))
+        .model_copy(update={"duration_predictor": predictor, "depth": 2})
+    )
     torch.manual_seed(0)
     return build_model(config)
 
@@ -59,10 +63,14 @@ def test_predictor_learns_durations_better_than_the_byte_ratio_rule(dataset):
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     pairs = all_pairs(data)
     truth = [data.lengths[a] for a, _ in pairs]
-    ratio = [byte_ratio_frames(data.lengths[b], vocab.decode(pairs_of.prompt_ids[b]), data.texts[a], 1.0)
-             - data.lengths[b] for a, b in pairs]
-    learned = [predicted_frames(model.duration_predictor, pairs_of.prompt_ids[b], data.mel(b), [data.token_ids[a]],
-                                1.0)[0] for a, b in pairs]
+    ratio = [
+        byte_ratio_frames(data.lengths[b], vocab.decode(pairs_of.prompt_ids[b]), data.texts[a], 1.0) - data.lengths[b]
+        for a, b in pairs
+    ]
+    learned = [
+        predicted_frames(model.duration_predictor, pairs_of.prompt_ids[b], data.mel(b), [data.token_ids[a]], 1.0)[0]
+        for a, b in pairs
+    ]
     assert mape(learned, truth) < 0.6 * mape(ratio, truth), (mape(learned, truth), mape(ratio, truth))
 
 
@@ -74,8 +82,9 @@ def test_untrained_predictor_starts_at_the_character_ratio(dataset):
     got = predicted_frames(model.duration_predictor, ref_ids, ref_mel, [target_ids], 1.0)[0]
     want = ref_mel.shape[0] * len(target_ids) / len(ref_ids)
     assert got == pytest.approx(want, abs=1)
-    assert predicted_frames(model.duration_predictor, ref_ids, ref_mel, [target_ids], 2.0)[0] == \
-        pytest.approx(want / 2, abs=1)
+    assert predicted_frames(model.duration_predictor, ref_ids, ref_mel, [target_ids], 2.0)[0] == pytest.approx(
+        want / 2, abs=1
+    )
 
 
 def test_predictor_round_trips_and_stays_out_of_official_files(dataset, tmp_path):
@@ -141,8 +150,10 @@ def test_joint_step_trains_the_predictor_and_the_cfm_together(dataset):
             return model.duration_predictor.eval().loss(durations).item()
 
     start = duration_loss()
-    results = [train_step(model, recipe, [batch], max_grad_norm=1.0, device=torch.device("cpu"),
-                          duration_batches=[durations]) for _ in range(30)]
+    results = [
+        train_step(model, recipe, [batch], max_grad_norm=1.0, device=torch.device("cpu"), duration_batches=[durations])
+        for _ in range(30)
+    ]
     assert all(r.duration_loss is not None for r in results)
     assert start > 0.6 and duration_loss() < 0.5 * start, (start, duration_loss())  # seeds 0-3: 0.05-0.24
     changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}

@@ -32,8 +32,19 @@ def dataset(tmp_path_factory):
 
 def small_model(vocab_size: int, seed: int):
     torch.manual_seed(seed)
-    return build_model(ModelConfig(backbone="DiT", dim=64, depth=2, heads=2, dim_head=32, ff_mult=2, text_dim=32,
-                                   conv_layers=1, text_num_embeds=vocab_size))
+    return build_model(
+        ModelConfig(
+            backbone="DiT",
+            dim=64,
+            depth=2,
+            heads=2,
+            dim_head=32,
+            ff_mult=2,
+            text_dim=32,
+            conv_layers=1,
+            text_num_embeds=vocab_size,
+        )
+    )
 
 
 def trained_model(dataset, updates: int):
@@ -41,8 +52,7 @@ def trained_model(dataset, updates: int):
     data = TrainingData.from_folder(dataset, dataset_vocab(dataset))
     model = small_model(len(data.vocab), seed=0)
     random.seed(0)  # the CFM's per-batch condition drops
-    train = load_config("tiny").with_overrides({"train.num_warmup_updates": 5,
-                                                "train.max_updates": updates}).train
+    train = load_config("tiny").with_overrides({"train.num_warmup_updates": 5, "train.max_updates": updates}).train
     recipe = build_recipe(model, train)
     halves = [list(range(0, len(data), 2)), list(range(1, len(data), 2))]
     batches = [collate([data.mel(r)[:200] for r in rows], [data.token_ids[r] for r in rows], rows) for rows in halves]
@@ -124,12 +134,18 @@ def test_report_and_metrics_are_logged_to_the_model_versions_run(dataset, regist
     run = registry.get_run(candidate.run_id)
     for system in ("model", "untrained", "other_sentence"):
         assert run.data.metrics[f"eval/{system}/truth/mcd_dtw"] == pytest.approx(
-            evaluation.summary[f"{system}/truth/mcd_dtw"])
+            evaluation.summary[f"{system}/truth/mcd_dtw"]
+        )
     logged = {a.path for a in registry.list_artifacts(candidate.run_id, "evaluation")}
-    assert {"evaluation/report.md", "evaluation/scores.json", "evaluation/item00.wav",
-            "evaluation/item00.png"} <= logged
-    local = mlflow.artifacts.download_artifacts(run_id=candidate.run_id, artifact_path="evaluation/scores.json",
-                                                dst_path=str(tmp_path / "download"))
+    assert {
+        "evaluation/report.md",
+        "evaluation/scores.json",
+        "evaluation/item00.wav",
+        "evaluation/item00.png",
+    } <= logged
+    local = mlflow.artifacts.download_artifacts(
+        run_id=candidate.run_id, artifact_path="evaluation/scores.json", dst_path=str(tmp_path / "download")
+    )
     scores = json.loads(open(local).read())
     assert len(scores["items"]) == 2 * 5  # 2 held-out clips x (2 models x 2 duration modes + 1 baseline)
     report = (evaluation.report).read_text()

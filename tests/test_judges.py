@@ -23,9 +23,17 @@ from flowtts.training import dataset_vocab
 
 transformers = pytest.importorskip("transformers")
 
-ENCODER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 48,
-           "conv_dim": (16, 16, 16), "conv_stride": (5, 4, 4), "conv_kernel": (10, 8, 8),
-           "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2}
+ENCODER = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 48,
+    "conv_dim": (16, 16, 16),
+    "conv_stride": (5, 4, 4),
+    "conv_kernel": (10, 8, 8),
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 2,
+}
 LETTERS = "abcdeghiklmnopqrstuvxyđ"
 
 
@@ -37,8 +45,15 @@ def feature_extractor():
 def speaker_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wavlm-xvector")
     torch.manual_seed(0)
-    config = transformers.WavLMConfig(**ENCODER, tdnn_dim=(16, 16), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1),
-                                      xvector_output_dim=8, num_buckets=16, max_bucket_distance=64)
+    config = transformers.WavLMConfig(
+        **ENCODER,
+        tdnn_dim=(16, 16),
+        tdnn_kernel=(3, 1),
+        tdnn_dilation=(1, 1),
+        xvector_output_dim=8,
+        num_buckets=16,
+        max_bucket_distance=64,
+    )
     transformers.WavLMForXVector(config).save_pretrained(folder)
     feature_extractor().save_pretrained(folder)
     return folder
@@ -50,8 +65,9 @@ def asr_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ctc-asr")
     vocab = {"<pad>": 0, "|": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(LETTERS)}}
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
-                                                  word_delimiter_token="|")
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(
+        str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|"
+    )
     transformers.Wav2Vec2Processor(feature_extractor=feature_extractor(), tokenizer=tokenizer).save_pretrained(folder)
     torch.manual_seed(0)
     model = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**ENCODER, vocab_size=len(vocab), pad_token_id=0))
@@ -99,8 +115,19 @@ def test_asr_transcript_is_scored_against_the_text(asr_model):
 def test_evaluation_reports_the_judged_metrics_for_every_system(dataset, asr_model, speaker_model, tmp_path):
     vocab = dataset_vocab(dataset)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="DiT", dim=64, depth=1, heads=2, dim_head=32, ff_mult=2, text_dim=32,
-                                    conv_layers=1, text_num_embeds=len(vocab)))
+    model = build_model(
+        ModelConfig(
+            backbone="DiT",
+            dim=64,
+            depth=1,
+            heads=2,
+            dim_head=32,
+            ff_mult=2,
+            text_dim=32,
+            conv_layers=1,
+            text_num_embeds=len(vocab),
+        )
+    )
     folder = save_checkpoint(model, tmp_path / "checkpoint", vocab)
     judges = Judges.load(asr_model=str(asr_model), speaker_model=str(speaker_model), vocoder=None)
     summary = evaluate(resolve_model(str(folder)), dataset, nfe=2, out_dir=tmp_path / "eval", judges=judges).summary
@@ -116,6 +143,9 @@ def test_evaluation_reports_the_judged_metrics_for_every_system(dataset, asr_mod
 def test_without_judges_the_report_has_only_the_mel_metrics(dataset):
     assert Judges.load(asr_model=None, speaker_model=None, vocoder=None) is None
     summary = summarise(score_other_sentence(build_eval_items(dataset)))
-    assert sorted(summary) == ["other_sentence/truth/duration_error", "other_sentence/truth/mcd_dtw",
-                               "other_sentence/truth/mel_l1"]
+    assert sorted(summary) == [
+        "other_sentence/truth/duration_error",
+        "other_sentence/truth/mcd_dtw",
+        "other_sentence/truth/mel_l1",
+    ]
     assert "WER" not in summary_table(summary)

@@ -25,8 +25,16 @@ MEL = 100
 def small_config(backbone: str = "DiT", **overrides) -> ModelConfig:
     """A few-thousand-parameter model of each backbone with its upstream-style text settings."""
     text = {"text_dim": 32, "conv_layers": 1} if backbone == "DiT" else {"text_dim": None, "conv_layers": 0}
-    values = {"backbone": backbone, "dim": 64, "depth": 2, "heads": 2, "dim_head": 32,
-              "text_num_embeds": VOCAB, **text, **overrides}
+    values = {
+        "backbone": backbone,
+        "dim": 64,
+        "depth": 2,
+        "heads": 2,
+        "dim_head": 32,
+        "text_num_embeds": VOCAB,
+        **text,
+        **overrides,
+    }
     return ModelConfig(**values)
 
 
@@ -59,11 +67,14 @@ def random_batch(lengths: list[int], text_lengths: list[int], seed: int = 1):
     return x, cond, text, time, mask
 
 
-def forward_item_alone(model: CFM, x, cond, text, time, item: int, length: int,
-                       text_length: int) -> torch.Tensor:
+def forward_item_alone(model: CFM, x, cond, text, time, item: int, length: int, text_length: int) -> torch.Tensor:
     with torch.no_grad():
-        return model.transformer(x=x[item:item + 1, :length], cond=cond[item:item + 1, :length],
-                                 text=text[item:item + 1, :text_length], time=time[item:item + 1])[0]
+        return model.transformer(
+            x=x[item : item + 1, :length],
+            cond=cond[item : item + 1, :length],
+            text=text[item : item + 1, :text_length],
+            time=time[item : item + 1],
+        )[0]
 
 
 # ---------------------------------------------------------------- shapes and masks
@@ -87,8 +98,9 @@ def test_packed_unconditional_half_drops_audio_and_text(backbone):
     x, cond, text, time, mask = random_batch([20, 14], [9, 6])
     with torch.no_grad():
         packed = model.transformer(x=x, cond=cond, text=text, time=time, mask=mask, cfg_infer=True)
-        dropped = model.transformer(x=x, cond=cond, text=text, time=time, mask=mask, drop_audio_cond=True,
-                                    drop_text=True)
+        dropped = model.transformer(
+            x=x, cond=cond, text=text, time=time, mask=mask, drop_audio_cond=True, drop_text=True
+        )
     assert torch.allclose(packed[2:], dropped, atol=1e-5)
 
 
@@ -143,8 +155,7 @@ def test_isolated_items_match_their_unpadded_outputs(flags):
     x, cond, text, time, mask = random_batch([30, 18, 24], [12, 8, 5])
     with torch.no_grad():
         batched = model.transformer(x=x, cond=cond, text=text, time=time, mask=mask, isolate_items=True)
-        packed = model.transformer(x=x, cond=cond, text=text, time=time, mask=mask, isolate_items=True,
-                                   cfg_infer=True)
+        packed = model.transformer(x=x, cond=cond, text=text, time=time, mask=mask, isolate_items=True, cfg_infer=True)
     for item, (length, text_length) in enumerate([(30, 12), (18, 8), (24, 5)]):
         alone = forward_item_alone(model, x, cond, text, time, item, length, text_length)
         assert (batched[item, :length] - alone).abs().amax() <= 1e-5
@@ -210,11 +221,19 @@ def sample_inputs(seed: int = 3):
 def sample_batch_and_alone(model: CFM, steps: int = 4, isolate_items: bool = False):
     cond, text = sample_inputs()
     prompts, durations, text_lengths, seeds = (list(col) for col in zip(*SAMPLE_ITEMS, strict=True))
-    batched = model.sample(cond=cond, text=text, duration=torch.tensor(durations), lens=torch.tensor(prompts),
-                           steps=steps, seed=seeds, isolate_items=isolate_items)
-    alone = [model.sample(cond=cond[i:i + 1, :p], text=text[i:i + 1, :t], duration=d, steps=steps,
-                          seed=s).mel[0]
-             for i, (p, d, t, s) in enumerate(SAMPLE_ITEMS)]
+    batched = model.sample(
+        cond=cond,
+        text=text,
+        duration=torch.tensor(durations),
+        lens=torch.tensor(prompts),
+        steps=steps,
+        seed=seeds,
+        isolate_items=isolate_items,
+    )
+    alone = [
+        model.sample(cond=cond[i : i + 1, :p], text=text[i : i + 1, :t], duration=d, steps=steps, seed=s).mel[0]
+        for i, (p, d, t, s) in enumerate(SAMPLE_ITEMS)
+    ]
     return cond, batched, alone
 
 
@@ -266,7 +285,7 @@ def test_duration_is_raised_to_cover_prompt_and_text():
 def test_concurrent_sampling_calls_do_not_share_state():
     model = tiny_model()
     cond, text = sample_inputs()
-    calls = [dict(cond=cond[i:i + 1], text=text[i:i + 1], duration=26, steps=3, seed=i) for i in range(3)]
+    calls = [dict(cond=cond[i : i + 1], text=text[i : i + 1], duration=26, steps=3, seed=i) for i in range(3)]
     expected = [model.sample(**call).mel for call in calls]
     results: dict[int, torch.Tensor] = {}
 
@@ -335,14 +354,18 @@ def test_gradients_reach_every_used_parameter(backbone):
     assert without_gradient == (unused if backbone == "MMDiT" else set())
 
 
-@pytest.mark.parametrize(("audio_drop", "joint_drop", "expected"), [
-    (0.0, 0.0, (False, False)),
-    (1.0, 0.0, (True, False)),
-    (0.0, 1.0, (True, True)),  # the joint drop removes the audio condition too
-])
+@pytest.mark.parametrize(
+    ("audio_drop", "joint_drop", "expected"),
+    [
+        (0.0, 0.0, (False, False)),
+        (1.0, 0.0, (True, False)),
+        (0.0, 1.0, (True, True)),  # the joint drop removes the audio condition too
+    ],
+)
 def test_condition_dropout_draws(audio_drop, joint_drop, expected):
     model = build_model(small_config(), audio_drop_prob=audio_drop, cond_drop_prob=joint_drop).train()
     seen = []
+
     def record(_module, _args, kwargs):
         seen.append((kwargs["drop_audio_cond"], kwargs["drop_text"]))
 
@@ -359,13 +382,16 @@ def meta_model(preset: str, vocab_size: int = 2545) -> CFM:
         return build_model(load_config(preset).model.with_vocab_size(vocab_size))
 
 
-@pytest.mark.parametrize(("preset", "keys", "params"), [
-    ("F5TTS_v1_Base", 364, 337_096_804),
-    ("F5TTS_Base", 364, 337_096_804),
-    ("F5TTS_v1_Small", 308, 159_228_772),
-    ("E2TTS_Base", None, 333_470_444),
-    ("E2TTS_Small", None, 157_161_708),
-])
+@pytest.mark.parametrize(
+    ("preset", "keys", "params"),
+    [
+        ("F5TTS_v1_Base", 364, 337_096_804),
+        ("F5TTS_Base", 364, 337_096_804),
+        ("F5TTS_v1_Small", 308, 159_228_772),
+        ("E2TTS_Base", None, 333_470_444),
+        ("E2TTS_Small", None, 157_161_708),
+    ],
+)
 def test_upstream_key_and_parameter_counts(preset, keys, params):
     model = meta_model(preset)
     state = model.state_dict()
@@ -376,8 +402,9 @@ def test_upstream_key_and_parameter_counts(preset, keys, params):
 
 
 def test_f5tts_v1_base_key_shapes():
-    state = {k.removeprefix("transformer."): tuple(v.shape)
-             for k, v in meta_model("F5TTS_v1_Base").state_dict().items()}
+    state = {
+        k.removeprefix("transformer."): tuple(v.shape) for k, v in meta_model("F5TTS_v1_Base").state_dict().items()
+    }
     expected = {
         "time_embed.time_mlp.0.weight": (1024, 256),
         "time_embed.time_mlp.2.weight": (1024, 1024),
@@ -416,8 +443,10 @@ def test_only_saved_buffer_is_rotary_inv_freq(backbone):
 
 def test_unett_key_names():
     depth, dim = 4, 64
-    state = {k.removeprefix("transformer."): tuple(v.shape)
-             for k, v in build_model(small_config("UNetT", depth=depth)).state_dict().items()}
+    state = {
+        k.removeprefix("transformer."): tuple(v.shape)
+        for k, v in build_model(small_config("UNetT", depth=depth)).state_dict().items()
+    }
     for i in range(depth):
         skip = f"layers.{i}.0.weight"
         assert (state.get(skip) == (dim, 2 * dim)) if i >= depth // 2 else skip not in state
@@ -432,8 +461,10 @@ def test_unett_key_names():
 
 def test_mmdit_key_names():
     depth, dim = 3, 64
-    state = {k.removeprefix("transformer."): tuple(v.shape)
-             for k, v in build_model(small_config("MMDiT", depth=depth)).state_dict().items()}
+    state = {
+        k.removeprefix("transformer."): tuple(v.shape)
+        for k, v in build_model(small_config("MMDiT", depth=depth)).state_dict().items()
+    }
     last = depth - 1
     assert state["audio_embed.linear.weight"] == (dim, 200)
     assert "audio_embed.conv_pos_embed.conv1d.0.weight" in state

@@ -35,23 +35,39 @@ def test_forward_cases(loaded):
         assert max_diff(model.transformer(**kwargs, drop_audio_cond=True), c["fwd_out_drop_audio"]) <= TOL
         out = model.transformer(**kwargs, drop_audio_cond=True, drop_text=True)
         assert max_diff(out, c["fwd_out_drop_all"]) <= TOL
-        single = model.transformer(x=c["fwd_x"][:1], cond=c["fwd_cond"][:1], text=c["fwd_text"][:1],
-                                   time=c["fwd_time"][:1])
+        single = model.transformer(
+            x=c["fwd_x"][:1], cond=c["fwd_cond"][:1], text=c["fwd_text"][:1], time=c["fwd_time"][:1]
+        )
         assert max_diff(single, c["fwd1_out"]) <= TOL
 
 
 @pytest.mark.parametrize("steps", [8, 7])
 def test_sample_single(loaded, steps):
     model, c = loaded
-    out = model.sample(cond=c["smp_cond"], text=c["fwd_text"][1:2], duration=90, steps=steps, cfg_strength=2.0,
-                       sway_sampling_coef=-1.0, seed=1234)
+    out = model.sample(
+        cond=c["smp_cond"],
+        text=c["fwd_text"][1:2],
+        duration=90,
+        steps=steps,
+        cfg_strength=2.0,
+        sway_sampling_coef=-1.0,
+        seed=1234,
+    )
     assert max_diff(out.mel, c[f"smp_out_steps{steps}"]) <= TOL
 
 
 def test_sample_batch_with_prompt_lengths(loaded):
     model, c = loaded
-    out = model.sample(cond=c["smpb_cond"], text=c["fwd_text"], duration=torch.tensor([90, 70]),
-                       lens=torch.tensor([40, 28]), steps=8, cfg_strength=2.0, sway_sampling_coef=-1.0, seed=99)
+    out = model.sample(
+        cond=c["smpb_cond"],
+        text=c["fwd_text"],
+        duration=torch.tensor([90, 70]),
+        lens=torch.tensor([40, 28]),
+        steps=8,
+        cfg_strength=2.0,
+        sway_sampling_coef=-1.0,
+        seed=99,
+    )
     assert max_diff(out.mel[0], c["smpb_out"][0]) <= TOL
     assert max_diff(out.mel[1, :70], c["smpb_out"][1, :70]) <= TOL
 

@@ -32,8 +32,11 @@ def platform(tmp_path_factory):
     root = tmp_path_factory.mktemp("platform")
     mlflow_server = LocalMlflowServer(root / "mlflow", env=service_env())
     tracking_uri = mlflow_server.start()
-    env = service_env(MLFLOW_TRACKING_URI=tracking_uri, FLOWTTS_MODEL_URI=f"models:/{MODEL}@production",
-                      FLOWTTS_VOICES_URI=str(root / "voices"))
+    env = service_env(
+        MLFLOW_TRACKING_URI=tracking_uri,
+        FLOWTTS_MODEL_URI=f"models:/{MODEL}@production",
+        FLOWTTS_VOICES_URI=str(root / "voices"),
+    )
     head = LocalRayHead(env=env, log=root / "ray_head.log")
     started = [mlflow_server.process.pid]
     try:
@@ -72,17 +75,48 @@ def test_preprocess_train_evaluate_promote_and_serve(platform):
     data = root / "data"
 
     # the shipped sample corpus preprocesses with zero rejections (2 speakers: the held-out split is stratified)
-    logs = head.submit("python", "jobs/preprocess.py", "--corpus", str(SAMPLE_CORPUS), "--out", str(data),
-                       "--holdout-fraction", "0.1", cwd=REPO)
+    logs = head.submit(
+        "python",
+        "jobs/preprocess.py",
+        "--corpus",
+        str(SAMPLE_CORPUS),
+        "--out",
+        str(data),
+        "--holdout-fraction",
+        "0.1",
+        cwd=REPO,
+    )
     assert "kept 44, held out 4, rejected 0 of 48 rows" in logs, logs[-3000:]
     assert (data / "rejected.jsonl").read_text() == ""
 
-    logs = head.submit("python", "jobs/train.py", "--config", "tiny", "--data", str(data), "--name", "e2e",
-                       "--storage", str(root / "ray_train"), "--max-steps", str(STEPS), "--checkpoint-every",
-                       str(STEPS), "--log-every", "1", "--sample-steps", "2", "--registered-model", MODEL,
-                       "--duration-predictor",
-                       "--set", "train.batch_size_per_gpu=1500", "--set", "train.log_samples_per_updates=2",
-                       cwd=REPO)
+    logs = head.submit(
+        "python",
+        "jobs/train.py",
+        "--config",
+        "tiny",
+        "--data",
+        str(data),
+        "--name",
+        "e2e",
+        "--storage",
+        str(root / "ray_train"),
+        "--max-steps",
+        str(STEPS),
+        "--checkpoint-every",
+        str(STEPS),
+        "--log-every",
+        "1",
+        "--sample-steps",
+        "2",
+        "--registered-model",
+        MODEL,
+        "--duration-predictor",
+        "--set",
+        "train.batch_size_per_gpu=1500",
+        "--set",
+        "train.log_samples_per_updates=2",
+        cwd=REPO,
+    )
     summary = json.loads(re.findall(r'^\{"name": "e2e".*\}$', logs, flags=re.M)[-1])
     assert summary["tracking_uri"] == tracking_uri and summary["model_uri"] == f"models:/{MODEL}@candidate"
 
@@ -100,14 +134,28 @@ def test_preprocess_train_evaluate_promote_and_serve(platform):
     assert version["run_id"] == summary["mlflow_run_id"]
 
     # the gate: no version has `production` yet, so the evaluated candidate is promoted
-    logs = head.submit("python", "jobs/evaluate.py", "--model", f"models:/{MODEL}@candidate", "--data", str(data),
-                       "--promote", "production", "--max-items", "2", "--nfe", "2", cwd=REPO)
+    logs = head.submit(
+        "python",
+        "jobs/evaluate.py",
+        "--model",
+        f"models:/{MODEL}@candidate",
+        "--data",
+        str(data),
+        "--promote",
+        "production",
+        "--max-items",
+        "2",
+        "--nfe",
+        "2",
+        cwd=REPO,
+    )
     assert "production: promoted" in logs, logs[-3000:]
     promoted = rest(tracking_uri, "registered-models/alias", name=MODEL, alias="production")["model_version"]
     assert promoted["version"] == "1"
     assert {t["key"]: t["value"] for t in promoted["tags"]}["promotion.production.decision"] == "promoted"
-    metrics = {m["key"] for m in rest(tracking_uri, "runs/get", run_id=summary["mlflow_run_id"])["run"]["data"]
-               ["metrics"]}
+    metrics = {
+        m["key"] for m in rest(tracking_uri, "runs/get", run_id=summary["mlflow_run_id"])["run"]["data"]["metrics"]
+    }
     assert {"eval/model/truth/mcd_dtw", "eval/untrained/truth/mcd_dtw", "eval/other_sentence/truth/mcd_dtw"} <= metrics
     report = rest(tracking_uri, "artifacts/list", run_id=summary["mlflow_run_id"], path="evaluation")
     assert "evaluation/report.md" in {f["path"] for f in report["files"]}
@@ -119,12 +167,21 @@ def test_preprocess_train_evaluate_promote_and_serve(platform):
     assert json.loads(wait_until_answers(f"{url}/healthz", timeout_s=300))["model_version"] == f"{MODEL}/1"
     card = requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]
     assert (card["name"], card["version"], card["alias"], card["run_id"]) == (
-        MODEL, "1", "production", summary["mlflow_run_id"])
+        MODEL,
+        "1",
+        "production",
+        summary["mlflow_run_id"],
+    )
 
     ref_line, text_line = (SAMPLE_CORPUS / "metadata.csv").read_text(encoding="utf-8").splitlines()[1:3]
     ref_file, ref_text = ref_line.split("|", 1)
-    body = {"text": text_line.split("|", 1)[1], "ref_text": ref_text, "seed": 3, "response_format": "wav",
-            "ref_audio": base64.b64encode((SAMPLE_CORPUS / ref_file).read_bytes()).decode()}
+    body = {
+        "text": text_line.split("|", 1)[1],
+        "ref_text": ref_text,
+        "seed": 3,
+        "response_format": "wav",
+        "ref_audio": base64.b64encode((SAMPLE_CORPUS / ref_file).read_bytes()).decode(),
+    }
     response = requests.post(f"{url}/v1/tts", json=body, timeout=300)
     assert response.status_code == 200, response.text
     assert response.headers["X-Model-Version"] == f"{MODEL}/1"

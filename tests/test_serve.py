@@ -330,9 +330,7 @@ def test_openai_sse_stream_format(base, http, voice):
         },
     )
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-    events = [
-        json.loads(line[len("data: ") :]) for line in response.text.splitlines() if line.startswith("data: ")
-    ]
+    events = [json.loads(line[len("data: ") :]) for line in response.text.splitlines() if line.startswith("data: ")]
     assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
     assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["input_tokens"] == len(TEXTS[3])
     assert sum(len(base64.b64decode(e["audio"])) for e in events[:-1]) > 0
@@ -494,9 +492,7 @@ def test_every_error_has_its_status_and_json_body_and_the_replica_keeps_serving(
 
 
 def test_api_key_is_required_except_for_health(base, voice):
-    anonymous = requests.post(
-        f"{base}/v1/tts", json={"text": TEXTS[0], "voice": voice["id"]}, timeout=TIMEOUT
-    )
+    anonymous = requests.post(f"{base}/v1/tts", json={"text": TEXTS[0], "voice": voice["id"]}, timeout=TIMEOUT)
     assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthorized"
     assert anonymous.headers["WWW-Authenticate"] == "Bearer"
     wrong = requests.get(f"{base}/v1/voices", headers={"Authorization": "Bearer nope"}, timeout=TIMEOUT)

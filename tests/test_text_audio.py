@@ -70,10 +70,13 @@ def test_vocab_file_with_crlf_line_ends_loads_the_same(tmp_path):
     assert Vocab.load(path).tokens == [" ", "a", "b"]
 
 
-@pytest.mark.parametrize(("tokens", "message"), [
-    (["a", " "], "must start with the space token"),
-    ([" ", "a", "a"], "duplicate tokens"),
-])
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        (["a", " "], "must start with the space token"),
+        ([" ", "a", "a"], "duplicate tokens"),
+    ],
+)
 def test_invalid_vocab_is_rejected(tokens, message):
     with pytest.raises(ValueError, match=message):
         Vocab(tokens)
@@ -104,14 +107,17 @@ def tone(seconds: float, rate: int, freq: float = 440.0, amplitude: float = 0.5)
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("fmt", "subtype", "tolerance"), [
-    ("WAV", "PCM_16", 1 / 2**15),
-    ("WAV", "PCM_24", 1 / 2**23),
-    ("WAV", "FLOAT", 0.0),
-    ("WAVEX", "PCM_16", 1 / 2**15),  # WAVE_FORMAT_EXTENSIBLE header
-    ("FLAC", "PCM_16", 1 / 2**15),
-    ("FLAC", "PCM_24", 1 / 2**23),
-])
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "tolerance"),
+    [
+        ("WAV", "PCM_16", 1 / 2**15),
+        ("WAV", "PCM_24", 1 / 2**23),
+        ("WAV", "FLOAT", 0.0),
+        ("WAVEX", "PCM_16", 1 / 2**15),  # WAVE_FORMAT_EXTENSIBLE header
+        ("FLAC", "PCM_16", 1 / 2**15),
+        ("FLAC", "PCM_24", 1 / 2**23),
+    ],
+)
 def test_load_audio_decodes_each_format_to_float32_mono(tmp_path, fmt, subtype, tolerance):
     wav = tone(1.0, RATE)
     path = tmp_path / f"clip.{'flac' if fmt == 'FLAC' else 'wav'}"

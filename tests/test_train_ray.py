@@ -32,8 +32,12 @@ from trainer.settings import FAIL_MARKER
 pytestmark = pytest.mark.integration
 
 VENV_BIN = Path(sys.executable).parent
-TINY_OVERRIDES = {"train.batch_size_per_gpu": 1000, "train.max_samples": 4, "train.num_warmup_updates": 2,
-                  "train.log_samples_per_updates": 0}
+TINY_OVERRIDES = {
+    "train.batch_size_per_gpu": 1000,
+    "train.max_samples": 4,
+    "train.num_warmup_updates": 2,
+    "train.log_samples_per_updates": 0,
+}
 
 
 CORPUS = DEV_CORPUS if DEV_CORPUS.exists() else SAMPLE_CORPUS
@@ -68,9 +72,21 @@ def embedded_mlflow(monkeypatch):
 
 
 def job(dataset: Path, storage: Path, name: str, max_steps: int, **changes) -> TrainJob:
-    values = dict(config="tiny", data=dataset, storage=storage, name=name, workers=2, cpus_per_worker=0.5,
-                  max_steps=max_steps, checkpoint_every=2, log_every=1, sample_steps=4, max_failures=1,
-                  overrides=TINY_OVERRIDES, registered_model="flowtts-test")
+    values = dict(
+        config="tiny",
+        data=dataset,
+        storage=storage,
+        name=name,
+        workers=2,
+        cpus_per_worker=0.5,
+        max_steps=max_steps,
+        checkpoint_every=2,
+        log_every=1,
+        sample_steps=4,
+        max_failures=1,
+        overrides=TINY_OVERRIDES,
+        registered_model="flowtts-test",
+    )
     return TrainJob(**{**values, **changes})
 
 
@@ -78,8 +94,11 @@ def attempts(tracking_uri: str, run_id: str) -> dict[int, dict]:
     """The per-attempt records rank 0 logs when it (re)starts, by start step."""
     found = {}
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="attempts",
-                                                         dst_path=tmp, tracking_uri=tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="attempts", dst_path=tmp, tracking_uri=tracking_uri
+            )
+        )
         for path in local.glob("start_step_*.json"):
             record = json.loads(path.read_text())
             found[record["start_step"]] = record
@@ -97,7 +116,9 @@ def test_run_tracks_checkpoints_registers_and_synthesises(dataset, tmp_path, loc
 
     assert outcome.step == 4 and outcome.checkpoint.endswith("checkpoint_00000004")
     assert sorted(p.name for p in (tmp_path / "basic").glob("checkpoint_0*")) == [
-        "checkpoint_00000002", "checkpoint_00000004"]
+        "checkpoint_00000002",
+        "checkpoint_00000004",
+    ]
     state = read_train_state(outcome.checkpoint)
     assert state.step == 4 and state.mlflow_run_id == outcome.mlflow_run_id
     assert {p.name for p in Path(outcome.checkpoint).glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
@@ -107,13 +128,25 @@ def test_run_tracks_checkpoints_registers_and_synthesises(dataset, tmp_path, loc
     run = client.get_run(outcome.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.learning_rate"] == "0.001"
     assert loss_steps(client, outcome.mlflow_run_id) == [1, 2, 3, 4]
-    for key in ("lr", "grad_norm", "frames_per_sec", "data_wait_share", "sample_mel_l1", "padding_waste",
-                "duration_mape_byte_ratio", "duration_mape_predictor"):
+    for key in (
+        "lr",
+        "grad_norm",
+        "frames_per_sec",
+        "data_wait_share",
+        "sample_mel_l1",
+        "padding_waste",
+        "duration_mape_byte_ratio",
+        "duration_mape_predictor",
+    ):
         assert key in run.data.metrics, key
     assert sorted(m.step for m in client.get_metric_history(outcome.mlflow_run_id, "duration_loss")) == [1, 2, 3, 4]
     samples = {a.path for a in client.list_artifacts(outcome.mlflow_run_id, "samples")}
-    assert {"samples/step_0000002.wav", "samples/step_0000004.wav", "samples/step_0000004_mel.png",
-            "samples/reference.wav"} <= samples
+    assert {
+        "samples/step_0000002.wav",
+        "samples/step_0000004.wav",
+        "samples/step_0000004_mel.png",
+        "samples/reference.wav",
+    } <= samples
 
     registration = outcome.registration
     assert registration.model_uri == "models:/flowtts-test@candidate"
@@ -139,10 +172,19 @@ def test_duration_predictor_trains_alone_for_an_existing_model(dataset, tmp_path
     config = load_config("tiny").model.with_vocab_size(len(vocab)).model_copy(update={"depth": 2})
     base = build_model(config)
     folder = save_checkpoint(base, tmp_path / "base", vocab, info={"step": 7})
-    outcome = run_duration_training(DurationJob(model=str(folder), data=dataset, steps=30, batch_size=8,
-                                                storage=tmp_path / "runs", name="dur", cpus_per_worker=0.5,
-                                                registered_model="flowtts-dur",
-                                                predictor=DurationPredictorConfig(dim=32)))
+    outcome = run_duration_training(
+        DurationJob(
+            model=str(folder),
+            data=dataset,
+            steps=30,
+            batch_size=8,
+            storage=tmp_path / "runs",
+            name="dur",
+            cpus_per_worker=0.5,
+            registered_model="flowtts-dur",
+            predictor=DurationPredictorConfig(dim=32),
+        )
+    )
     assert outcome.registration.model_uri == "models:/flowtts-dur@candidate"
     assert outcome.metrics["duration_mape_predictor"] >= 0 and outcome.metrics["duration_mape_byte_ratio"] > 0
     client = MlflowClient(outcome.tracking_uri)
@@ -157,8 +199,7 @@ def test_duration_predictor_trains_alone_for_an_existing_model(dataset, tmp_path
         assert torch.equal(value, trained.model.state_dict()[key]), key
 
 
-def test_worker_failure_restarts_and_resubmission_resumes(dataset, tmp_path, local_ray, embedded_mlflow,
-                                                           monkeypatch):
+def test_worker_failure_restarts_and_resubmission_resumes(dataset, tmp_path, local_ray, embedded_mlflow, monkeypatch):
     monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
     first = run_training(job(dataset, tmp_path, "resume", max_steps=4), register=False)
     monkeypatch.delenv(FAIL_AT_STEP_ENV)
@@ -197,10 +238,29 @@ def head_node(tmp_path):
 
 def test_ray_job_submit_trains_and_registers(dataset, tmp_path, head_node):
     storage = tmp_path / "runs"
-    output = head_node.submit("python", "jobs/train.py", "--config", "tiny", "--data", str(dataset),
-                              "--storage", str(storage), "--name", "submitted", "--workers", "2", "--max-steps", "2",
-                              "--checkpoint-every", "2", "--set", "train.batch_size_per_gpu=1000",
-                              "--set", "train.log_samples_per_updates=0", cwd=REPO)
+    output = head_node.submit(
+        "python",
+        "jobs/train.py",
+        "--config",
+        "tiny",
+        "--data",
+        str(dataset),
+        "--storage",
+        str(storage),
+        "--name",
+        "submitted",
+        "--workers",
+        "2",
+        "--max-steps",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--set",
+        "train.batch_size_per_gpu=1000",
+        "--set",
+        "train.log_samples_per_updates=0",
+        cwd=REPO,
+    )
     summary = json.loads(re.findall(r'^\{"name": "submitted".*\}$', output, flags=re.M)[-1])
     assert summary["step"] == 2 and summary["model_uri"] == "models:/flowtts@candidate"
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")

@@ -114,7 +114,7 @@ def test_epoch_plan_stream_resumes_at_any_position():
     first = [next(stream) for _ in range(plan.batches_per_epoch * 2 + 3)]
     resume_at = first[plan.batches_per_epoch + 1][0]
     resumed = plan.stream(resume_at)
-    assert [next(resumed) for _ in range(5)] == first[plan.batches_per_epoch + 1: plan.batches_per_epoch + 6]
+    assert [next(resumed) for _ in range(5)] == first[plan.batches_per_epoch + 1 : plan.batches_per_epoch + 6]
     assert plan.advance(BatchPosition(0, plan.batches_per_epoch - 1)) == BatchPosition(1, 0)
     assert plan.batch_at(resume_at) == first[plan.batches_per_epoch + 1][1]
     assert plan.padding_waste() < 0.1  # length-sorted batches pad little
@@ -130,7 +130,7 @@ def test_training_data_reads_shards_and_collates(demo_dataset):
     batch = data.batch([0, 3])
     assert batch.mel.shape == (2, max(data.lengths[0], data.lengths[3]), 100)
     short = int(batch.lens.argmin())
-    assert torch.all(batch.mel[short, batch.lens[short]:] == 0)
+    assert torch.all(batch.mel[short, batch.lens[short] :] == 0)
     assert batch.text.shape[1] == max(len(data.texts[0]), len(data.texts[3]))
     assert int((batch.text[short] == -1).sum()) == batch.text.shape[1] - len(data.texts[[0, 3][short]])
     assert vocab.decode(batch.text[0].tolist()) == data.texts[0]
@@ -163,8 +163,9 @@ def test_collate_pads_mel_with_zero_and_text_with_minus_one():
 
 
 def test_lr_schedule_warms_up_linearly_then_decays_to_zero():
-    train = load_config("tiny").train.model_copy(update={"num_warmup_updates": 10, "max_updates": 30,
-                                                         "learning_rate": 1e-3})
+    train = load_config("tiny").train.model_copy(
+        update={"num_warmup_updates": 10, "max_updates": 30, "learning_rate": 1e-3}
+    )
     model = build_model(load_config("tiny").model)
     recipe = build_recipe(model, train)
     lrs = []
@@ -213,8 +214,7 @@ def test_train_state_round_trip_gives_bit_identical_next_step(demo_dataset, tmp_
     random.seed(1)
     for _ in range(2):  # two updates of two accumulated micro-batches each
         train_step(model, recipe, batches[:2], max_grad_norm=1.0, device=CPU)
-    state = TrainState(step=2, epoch=1, batch_index=2, config=config.model_dump(mode="json"),
-                       mlflow_run_id="abc")
+    state = TrainState(step=2, epoch=1, batch_index=2, config=config.model_dump(mode="json"), mlflow_run_id="abc")
     save_train_state(tmp_path, model=model, recipe=recipe, state=state, vocab=data.vocab)
     expected = train_step(model, recipe, batches[1:], max_grad_norm=1.0, device=CPU)
     expected_weights = {k: v.clone() for k, v in model.state_dict().items()}
@@ -241,8 +241,7 @@ def test_tiny_model_overfits_a_few_clips(demo_dataset):
     data, batches = small_batches(demo_dataset)
     model, recipe = fresh(config, len(data.vocab))
     random.seed(0)
-    losses = [train_step(model, recipe, [batches[i % 2]], max_grad_norm=1.0, device=CPU).loss
-              for i in range(40)]
+    losses = [train_step(model, recipe, [batches[i % 2]], max_grad_norm=1.0, device=CPU).loss for i in range(40)]
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.5 * first, (first, last)
 
@@ -266,8 +265,13 @@ def test_warm_start_from_official_checkpoint_extends_its_vocab(dit_fixture, demo
     upstream = json.loads((dit_fixture / "config.json").read_text())
     config = FlowTTSConfig(name="fixture", model=ModelConfig.from_upstream(upstream))
     texts = dataset_texts(demo_dataset)
-    start = prepare_start(config, texts, dataset_vocab(demo_dataset),
-                          init_from=dit_fixture / "model.safetensors", init_vocab=dit_fixture / "vocab.txt")
+    start = prepare_start(
+        config,
+        texts,
+        dataset_vocab(demo_dataset),
+        init_from=dit_fixture / "model.safetensors",
+        init_vocab=dit_fixture / "vocab.txt",
+    )
     assert start.added and start.added == official_vocab.missing(normalize_text("".join(texts)))
     assert start.vocab.tokens == official_vocab.tokens + start.added  # old ids unchanged
     assert start.config.model.text_num_embeds == len(start.vocab) == start.model.config.text_num_embeds
@@ -284,8 +288,13 @@ def test_warm_start_rejects_a_missing_vocab_and_another_architecture(dit_fixture
     with pytest.raises(CheckpointError, match="--init-vocab"):
         prepare_start(load_config("tiny"), texts, data_vocab, init_from=dit_fixture / "model.safetensors")
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        prepare_start(load_config("tiny"), texts, data_vocab, init_from=dit_fixture / "model.safetensors",
-                      init_vocab=dit_fixture / "vocab.txt")
+        prepare_start(
+            load_config("tiny"),
+            texts,
+            data_vocab,
+            init_from=dit_fixture / "model.safetensors",
+            init_vocab=dit_fixture / "vocab.txt",
+        )
 
 
 def test_fresh_start_uses_the_dataset_vocab(demo_dataset):

@@ -231,8 +231,7 @@ SENTENCES = [
     ),
     (
         "Hóa đơn tháng này là 1.250.000 đồng, cao hơn tháng trước 15%.",
-        "Hóa đơn tháng này là một triệu hai trăm năm mươi nghìn đồng, "
-        "cao hơn tháng trước mười lăm phần trăm.",
+        "Hóa đơn tháng này là một triệu hai trăm năm mươi nghìn đồng, cao hơn tháng trước mười lăm phần trăm.",
     ),
     (
         "“Đi đâu đấy?” - ông cụ hỏi lúc 7h30 sáng thứ 4.",

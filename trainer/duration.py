@@ -77,10 +77,16 @@ def duration_loop(config: dict) -> None:
     model = with_duration_predictor(bundle.model, job.predictor).to(ray.train.torch.get_device())
     examples = DurationExamples(TrainingData.from_folder(job.data, bundle.vocab))
     started = time.perf_counter()
-    losses = train_duration_predictor(model, examples, steps=job.steps, batch_size=job.batch_size,
-                                      lr=job.learning_rate, seed=job.seed)
-    logger.info("duration predictor: %d steps in %.1f s, loss %.4f -> %.4f", job.steps,
-                time.perf_counter() - started, losses[0], losses[-1])
+    losses = train_duration_predictor(
+        model, examples, steps=job.steps, batch_size=job.batch_size, lr=job.learning_rate, seed=job.seed
+    )
+    logger.info(
+        "duration predictor: %d steps in %.1f s, loss %.4f -> %.4f",
+        job.steps,
+        time.perf_counter() - started,
+        losses[0],
+        losses[-1],
+    )
     run = RunLogger(config["tracking_uri"], config["run_id"])
     for step, loss in enumerate(losses, start=1):
         run.log_metrics(step, {"duration_loss": loss})
@@ -89,8 +95,12 @@ def duration_loop(config: dict) -> None:
     run.flush()
     metrics = {"duration_loss": losses[-1], **errors}
     with tempfile.TemporaryDirectory() as tmp:
-        info = {**bundle.info, "base_model": job.model, "duration_predictor_steps": job.steps,
-                "mlflow_run_id": config["run_id"]}
+        info = {
+            **bundle.info,
+            "base_model": job.model,
+            "duration_predictor_steps": job.steps,
+            "mlflow_run_id": config["run_id"],
+        }
         save_checkpoint(model.cpu(), Path(tmp) / CHECKPOINT_DIR, bundle.vocab, mel=bundle.mel, info=info)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -98,12 +108,23 @@ def duration_loop(config: dict) -> None:
 def run_duration_training(job: DurationJob) -> DurationOutcome:
     storage = job.storage.resolve()
     model = job.model if job.model.startswith("models:/") else str(Path(job.model).resolve())  # workers' cwd differs
-    job = job.model_copy(update={"model": model, "data": job.data.resolve(), "storage": storage,
-                                 "name": job.name or f"duration-{time.strftime('%Y%m%d-%H%M%S')}"})
+    job = job.model_copy(
+        update={
+            "model": model,
+            "data": job.data.resolve(),
+            "storage": storage,
+            "name": job.name or f"duration-{time.strftime('%Y%m%d-%H%M%S')}",
+        }
+    )
     tags = {"base_model": job.model}
-    tracking_uri, run_id = open_run(storage / job.name, storage=storage, experiment=job.experiment,
-                                    run_name=job.name, params={"duration_job": job.model_dump(mode="json")},
-                                    tags=tags)
+    tracking_uri, run_id = open_run(
+        storage / job.name,
+        storage=storage,
+        experiment=job.experiment,
+        run_name=job.name,
+        params={"duration_job": job.model_dump(mode="json")},
+        tags=tags,
+    )
     resources = {"CPU": job.cpus_per_worker, **({"GPU": 1} if job.gpu else {})}
     trainer = TorchTrainer(
         duration_loop,
@@ -117,9 +138,15 @@ def run_duration_training(job: DurationJob) -> DurationOutcome:
     metrics = dict(result.metrics or {})
     with result.checkpoint.as_directory() as folder:
         bundle = load_bundle(Path(folder) / CHECKPOINT_DIR)
-        registration = register_cfm(bundle.model, bundle.vocab, bundle.mel, bundle.info, tracking_uri=tracking_uri,
-                                     run_id=run_id, registered_model=job.registered_model, alias=job.alias,
-                                     tags={**tags, **{k: f"{v:.2f}" for k, v in metrics.items()
-                                                      if k.startswith("duration_mape")}})
-    return DurationOutcome(metrics=metrics, mlflow_run_id=run_id, tracking_uri=tracking_uri,
-                           registration=registration)
+        registration = register_cfm(
+            bundle.model,
+            bundle.vocab,
+            bundle.mel,
+            bundle.info,
+            tracking_uri=tracking_uri,
+            run_id=run_id,
+            registered_model=job.registered_model,
+            alias=job.alias,
+            tags={**tags, **{k: f"{v:.2f}" for k, v in metrics.items() if k.startswith("duration_mape")}},
+        )
+    return DurationOutcome(metrics=metrics, mlflow_run_id=run_id, tracking_uri=tracking_uri, registration=registration)

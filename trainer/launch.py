@@ -81,38 +81,64 @@ def prepare_run(job: TrainJob) -> TrainSettings:
     data = job.data.resolve()
     storage = job.storage.resolve()
     name = job.name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    start = prepare_start(config, dataset_texts(data), dataset_vocab(data), init_from=job.init_from,
-                          init_vocab=job.init_vocab)
+    start = prepare_start(
+        config, dataset_texts(data), dataset_vocab(data), init_from=job.init_from, init_vocab=job.init_vocab
+    )
     run_dir = storage / name
     init_weights = None
     if start.model is not None:
         init_dir = run_dir / INIT_DIR
         if not init_dir.exists():
-            save_checkpoint(start.model, init_dir, start.vocab, mel=start.config.mel,
-                            info={"init_from": str(job.init_from), "added_characters": start.added})
+            save_checkpoint(
+                start.model,
+                init_dir,
+                start.vocab,
+                mel=start.config.mel,
+                info={"init_from": str(job.init_from), "added_characters": start.added},
+            )
         init_weights = str(init_dir)
     train = start.config.train
     settings = dict(
-        config=start.config.model_dump(mode="json"), vocab=start.vocab.tokens, data=str(data), name=name,
-        storage=str(storage), seed=job.seed, max_steps=job.max_steps or train.max_updates,
-        checkpoint_every=job.checkpoint_every or train.save_per_updates, log_every=job.log_every,
-        sample_every=train.log_samples_per_updates, sample_steps=job.sample_steps, vocoder=job.vocoder,
-        init_weights=init_weights, workers=job.workers, use_gpu=job.gpu, cpus_per_worker=job.cpus_per_worker,
-        experiment=job.experiment, fail_at_step=_fail_at_step(),
+        config=start.config.model_dump(mode="json"),
+        vocab=start.vocab.tokens,
+        data=str(data),
+        name=name,
+        storage=str(storage),
+        seed=job.seed,
+        max_steps=job.max_steps or train.max_updates,
+        checkpoint_every=job.checkpoint_every or train.save_per_updates,
+        log_every=job.log_every,
+        sample_every=train.log_samples_per_updates,
+        sample_steps=job.sample_steps,
+        vocoder=job.vocoder,
+        init_weights=init_weights,
+        workers=job.workers,
+        use_gpu=job.gpu,
+        cpus_per_worker=job.cpus_per_worker,
+        experiment=job.experiment,
+        fail_at_step=_fail_at_step(),
     )
     job_params = {k: v for k, v in settings.items() if k not in {"config", "vocab", "fail_at_step"}}
     tracking_uri, run_id = open_run(
-        run_dir, storage=storage, experiment=job.experiment, run_name=name,
-        params={**start.config.model_dump(mode="json"), "job": {**job_params, "vocab_size": len(start.vocab),
-                                                                "added_characters": "".join(start.added)}},
+        run_dir,
+        storage=storage,
+        experiment=job.experiment,
+        run_name=name,
+        params={
+            **start.config.model_dump(mode="json"),
+            "job": {**job_params, "vocab_size": len(start.vocab), "added_characters": "".join(start.added)},
+        },
         tags=registry_tags(start.config.fingerprint(), data),
     )
     return TrainSettings(**settings, tracking_uri=tracking_uri, mlflow_run_id=run_id)
 
 
 def registry_tags(config_hash: str, data: Path) -> dict[str, str]:
-    tags = {"config_hash": config_hash, "data_manifest_fingerprint": manifest_fingerprint(data),
-            "git_commit": os.environ.get("FLOWTTS_GIT_COMMIT") or git_commit()}
+    tags = {
+        "config_hash": config_hash,
+        "data_manifest_fingerprint": manifest_fingerprint(data),
+        "git_commit": os.environ.get("FLOWTTS_GIT_COMMIT") or git_commit(),
+    }
     corpus = corpus_fingerprint(data)
     if corpus:
         tags["data_input_fingerprint"] = corpus
@@ -125,21 +151,31 @@ def build_trainer(settings: TrainSettings, *, max_failures: int) -> TorchTrainer
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=settings.model_dump(mode="json"),
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=settings.workers, use_gpu=settings.use_gpu, resources_per_worker=resources
+        ),
         torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
-        run_config=RunConfig(name=settings.name, storage_path=settings.storage,
-                             checkpoint_config=CheckpointConfig(num_to_keep=keep if keep > 0 else None),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+        run_config=RunConfig(
+            name=settings.name,
+            storage_path=settings.storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=keep if keep > 0 else None),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
     )
 
 
 def run_training(job: TrainJob, *, register: bool = True) -> TrainOutcome:
     """Fit (resuming when the run has checkpoints) and register the EMA weights of the last checkpoint."""
     settings = prepare_run(job)
-    logger.info("run %s: %d worker(s), up to step %d, storage %s, MLflow %s run %s", settings.name,
-                settings.workers, settings.max_steps, settings.run_dir, settings.tracking_uri,
-                settings.mlflow_run_id)
+    logger.info(
+        "run %s: %d worker(s), up to step %d, storage %s, MLflow %s run %s",
+        settings.name,
+        settings.workers,
+        settings.max_steps,
+        settings.run_dir,
+        settings.tracking_uri,
+        settings.mlflow_run_id,
+    )
     result = build_trainer(settings, max_failures=job.max_failures).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {settings.name} finished without a checkpoint in {settings.run_dir}")
@@ -148,21 +184,35 @@ def run_training(job: TrainJob, *, register: bool = True) -> TrainOutcome:
     with result.checkpoint.as_directory() as folder:
         if register:
             tags = registry_tags(settings.flowtts_config().fingerprint(), Path(settings.data))
-            registration = register_model(folder, tracking_uri=settings.tracking_uri,
-                                          run_id=settings.mlflow_run_id,
-                                          registered_model=job.registered_model, alias=job.alias,
-                                          vocoder=job.vocoder, tags=tags)
-    return TrainOutcome(name=settings.name, run_dir=settings.run_dir, checkpoint=result.checkpoint.path,
-                        step=int(metrics.get("step", 0)), metrics=metrics,
-                        mlflow_run_id=settings.mlflow_run_id, tracking_uri=settings.tracking_uri,
-                        registration=registration)
+            registration = register_model(
+                folder,
+                tracking_uri=settings.tracking_uri,
+                run_id=settings.mlflow_run_id,
+                registered_model=job.registered_model,
+                alias=job.alias,
+                vocoder=job.vocoder,
+                tags=tags,
+            )
+    return TrainOutcome(
+        name=settings.name,
+        run_dir=settings.run_dir,
+        checkpoint=result.checkpoint.path,
+        step=int(metrics.get("step", 0)),
+        metrics=metrics,
+        mlflow_run_id=settings.mlflow_run_id,
+        tracking_uri=settings.tracking_uri,
+        registration=registration,
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options every training job shares: where it runs, where it is tracked and registered."""
-    parser.add_argument("--storage", type=Path,
-                        default=Path(os.environ.get("FLOWTTS_STORAGE", "outputs/ray_train")),
-                        help="Ray Train storage folder (default: $FLOWTTS_STORAGE or ./outputs/ray_train)")
+    parser.add_argument(
+        "--storage",
+        type=Path,
+        default=Path(os.environ.get("FLOWTTS_STORAGE", "outputs/ray_train")),
+        help="Ray Train storage folder (default: $FLOWTTS_STORAGE or ./outputs/ray_train)",
+    )
     parser.add_argument("--experiment", default="flowtts", help="MLflow experiment (default flowtts)")
     parser.add_argument("--registered-model", default="flowtts", help="MLflow registered model name")
     parser.add_argument("--alias", default="candidate", help="alias set on the new model version")

@@ -77,8 +77,12 @@ def batch_fingerprint(rows_per_rank: list[list[int]]) -> str:
 
 def build_cfm(config: FlowTTSConfig, init_weights: str | None) -> CFM:
     train = config.train
-    model = build_model(config.model, audio_drop_prob=train.audio_drop_prob,
-                        cond_drop_prob=train.cond_drop_prob, frac_lengths_mask=train.frac_lengths_mask)
+    model = build_model(
+        config.model,
+        audio_drop_prob=train.audio_drop_prob,
+        cond_drop_prob=train.cond_drop_prob,
+        frac_lengths_mask=train.frac_lengths_mask,
+    )
     if init_weights is not None:
         model.load_state_dict(load_checkpoint(init_weights).state_dict())
     return model
@@ -105,18 +109,22 @@ class Progress:
     def line(self, step: int, metrics: dict[str, float]) -> str:
         mean_step = sum(s for s, _ in self.window) / len(self.window)
         eta = time.strftime("%H:%M:%S", time.gmtime(mean_step * (self.max_steps - step)))
-        return (f"step {step}/{self.max_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                f"grad_norm {metrics['grad_norm']:.3f} frames/s {metrics['frames_per_sec']:.0f} "
-                f"data wait {metrics['data_wait_share']:.1%} ETA {eta}")
+        return (
+            f"step {step}/{self.max_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+            f"grad_norm {metrics['grad_norm']:.3f} frames/s {metrics['frames_per_sec']:.0f} "
+            f"data wait {metrics['data_wait_share']:.1%} ETA {eta}"
+        )
 
     def summary(self, step: int) -> str:
         losses = [loss for _, loss in self.window][-10:]
         done = step - self.start_step
         busy = max(self.busy, 1e-9)
-        return (f"trained steps {self.start_step + 1}..{step} ({done} updates) in "
-                f"{time.perf_counter() - self.started:.1f} s; mean loss of the last {len(losses)} steps "
-                f"{sum(losses) / max(len(losses), 1):.4f}; {self.frames / busy:.0f} frames/s; "
-                f"data wait {self.wait / busy:.1%} of step time")
+        return (
+            f"trained steps {self.start_step + 1}..{step} ({done} updates) in "
+            f"{time.perf_counter() - self.started:.1f} s; mean loss of the last {len(losses)} steps "
+            f"{sum(losses) / max(len(losses), 1):.4f}; {self.frames / busy:.0f} frames/s; "
+            f"data wait {self.wait / busy:.1%} of step time"
+        )
 
 
 class Worker:
@@ -131,42 +139,60 @@ class Worker:
         self.device = ray.train.torch.get_device()
         train = self.config.train
         self.data = TrainingData.from_folder(settings.data, self.vocab)
-        self.plan = EpochPlan(self.data.lengths, train.batch_size_per_gpu, train.max_samples,
-                              seed=settings.seed, rank=self.rank, world=self.world)
+        self.plan = EpochPlan(
+            self.data.lengths,
+            train.batch_size_per_gpu,
+            train.max_samples,
+            seed=settings.seed,
+            rank=self.rank,
+            world=self.world,
+        )
         seed_everything(settings.seed)  # the same initial weights on every rank
         self.model = build_cfm(self.config, settings.init_weights).to(self.device)
         self.recipe: Recipe = build_recipe(self.model, train)
         # joint training: the model has a duration predictor, trained on same-speaker pairs of this rank's data
         self.duration = DurationExamples(self.data) if self.model.duration_predictor is not None else None
         self.state, self.restored_from = self._restore()
-        self.ddp = (ray.train.torch.prepare_model(self.model, move_to_device=False) if self.world > 1
-                    else self.model)
+        self.ddp = ray.train.torch.prepare_model(self.model, move_to_device=False) if self.world > 1 else self.model
         self.sample_parts: tuple | None = None  # (utterance, vocoder), loaded at the first sample
 
     def _restore(self) -> tuple[TrainState, TrainState | None]:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             seed_everything(self.settings.seed + self.rank)
-            fresh = TrainState(step=0, epoch=0, batch_index=0, config=self.config.model_dump(mode="json"),
-                               mlflow_run_id=self.settings.mlflow_run_id)
+            fresh = TrainState(
+                step=0,
+                epoch=0,
+                batch_index=0,
+                config=self.config.model_dump(mode="json"),
+                mlflow_run_id=self.settings.mlflow_run_id,
+            )
             return fresh, None
         with checkpoint.as_directory() as folder:
             saved_vocab = Vocab.load(Path(folder) / VOCAB_FILE)
             if saved_vocab != self.vocab:
-                raise ValueError(f"the checkpoint in {checkpoint.path} was trained with another vocab "
-                                 f"({len(saved_vocab)} vs {len(self.vocab)} tokens); use a new --name")
+                raise ValueError(
+                    f"the checkpoint in {checkpoint.path} was trained with another vocab "
+                    f"({len(saved_vocab)} vs {len(self.vocab)} tokens); use a new --name"
+                )
             state = load_train_state(folder, model=self.model, recipe=self.recipe)
             if not restore_rank_rng(folder, self.rank):
-                logger.warning("no RNG state for rank %d in %s (world size changed?): reseeding", self.rank,
-                               checkpoint.path)
+                logger.warning(
+                    "no RNG state for rank %d in %s (world size changed?): reseeding", self.rank, checkpoint.path
+                )
                 seed_everything(self.settings.seed + self.rank + 7919 * state.step)
         saved_world = state.info.get("world", self.world)
         if saved_world != self.world:  # positions are per rank share: start the next epoch afresh
-            logger.warning("checkpoint of %d workers resumed by %d: continuing at the start of epoch %d",
-                           saved_world, self.world, state.epoch + 1)
+            logger.warning(
+                "checkpoint of %d workers resumed by %d: continuing at the start of epoch %d",
+                saved_world,
+                self.world,
+                state.epoch + 1,
+            )
             state.epoch, state.batch_index = state.epoch + 1, 0
-        logger.info("rank %d resumes at step %d, epoch %d, batch %d", self.rank, state.step, state.epoch,
-                    state.batch_index)
+        logger.info(
+            "rank %d resumes at step %d, epoch %d, batch %d", self.rank, state.step, state.epoch, state.batch_index
+        )
         return state, state
 
     def position(self) -> BatchPosition:
@@ -186,17 +212,23 @@ class Worker:
 
     def save_and_report(self, step: int, position: BatchPosition, metrics: dict[str, float]) -> None:
         fingerprint, _ = self.next_batch_fingerprint(position)
-        self.state = TrainState(step=step, epoch=position.epoch, batch_index=position.index,
-                                config=self.config.model_dump(mode="json"),
-                                mlflow_run_id=self.settings.mlflow_run_id,
-                                info={"next_batch": fingerprint, "world": self.world,
-                                      "seed": self.settings.seed})
+        self.state = TrainState(
+            step=step,
+            epoch=position.epoch,
+            batch_index=position.index,
+            config=self.config.model_dump(mode="json"),
+            mlflow_run_id=self.settings.mlflow_run_id,
+            info={"next_batch": fingerprint, "world": self.world, "seed": self.settings.seed},
+        )
         with tempfile.TemporaryDirectory() as tmp:
-            save_train_state(tmp, model=self.model, recipe=self.recipe, state=self.state, vocab=self.vocab,
-                             rank=self.rank)
-            ray.train.report({**metrics, "step": step, "epoch": position.epoch, "next_batch": fingerprint},
-                             checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_{step:08d}")
+            save_train_state(
+                tmp, model=self.model, recipe=self.recipe, state=self.state, vocab=self.vocab, rank=self.rank
+            )
+            ray.train.report(
+                {**metrics, "step": step, "epoch": position.epoch, "next_batch": fingerprint},
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"checkpoint_{step:08d}",
+            )
 
     def maybe_fail(self, step: int) -> None:
         """Test hook: the last rank exits once, hard, right after ``fail_at_step`` (marker in the run dir)."""
@@ -234,20 +266,33 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 micro_batches.append(batch)
                 waited += wait
                 position = worker.plan.advance(batch_position)
-            duration_batches = ([worker.duration.sample(len(batch.rows)) for batch in micro_batches]
-                                if worker.duration is not None else None)
-            result = train_step(worker.ddp, worker.recipe, micro_batches,
-                                max_grad_norm=worker.config.train.max_grad_norm, device=worker.device,
-                                duration_batches=duration_batches,
-                                duration_loss_weight=worker.config.train.duration_loss_weight)
+            duration_batches = (
+                [worker.duration.sample(len(batch.rows)) for batch in micro_batches]
+                if worker.duration is not None
+                else None
+            )
+            result = train_step(
+                worker.ddp,
+                worker.recipe,
+                micro_batches,
+                max_grad_norm=worker.config.train.max_grad_norm,
+                device=worker.device,
+                duration_batches=duration_batches,
+                duration_loss_weight=worker.config.train.duration_loss_weight,
+            )
             seconds = time.perf_counter() - started
             loss_sum, frames, wait_sum, duration_sum = worker.reduce(
-                [result.loss, result.frames, waited, result.duration_loss or 0.0])
+                [result.loss, result.frames, waited, result.duration_loss or 0.0]
+            )
             step += 1
-            last_metrics = {"loss": loss_sum / worker.world, "lr": result.lr, "grad_norm": result.grad_norm,
-                            "frames_per_sec": frames / seconds,
-                            "data_wait_share": wait_sum / worker.world / seconds,
-                            "skipped_update": float(result.skipped)}
+            last_metrics = {
+                "loss": loss_sum / worker.world,
+                "lr": result.lr,
+                "grad_norm": result.grad_norm,
+                "frames_per_sec": frames / seconds,
+                "data_wait_share": wait_sum / worker.world / seconds,
+                "skipped_update": float(result.skipped),
+            }
             if worker.duration is not None:
                 last_metrics["duration_loss"] = duration_sum / worker.world
             if run is not None:
@@ -278,17 +323,30 @@ def _open_run_logger(worker: Worker):
     run = RunLogger(settings.tracking_uri, settings.mlflow_run_id)
     fingerprint, rows = worker.next_batch_fingerprint(worker.position())
     restored = worker.restored_from
-    run.log_dict({"start_step": worker.state.step, "resumed": restored is not None,
-                  "epoch": worker.state.epoch, "batch_index": worker.state.batch_index,
-                  "first_batch": fingerprint, "first_batch_rows": rows,
-                  "checkpoint_next_batch": restored.info.get("next_batch") if restored else None,
-                  "world_size": worker.world, "max_steps": settings.max_steps,
-                  "config_fingerprint": worker.config.fingerprint()},
-                 f"attempts/start_step_{worker.state.step:07d}.json")
-    run.log_metrics(worker.state.step, {"padding_waste": worker.plan.padding_waste(),
-                                        "dropped_items": len(worker.plan.base.dropped),
-                                        "dropped_batches_per_epoch": worker.plan.remainder_per_epoch,
-                                        "batches_per_epoch_per_rank": worker.plan.batches_per_epoch})
+    run.log_dict(
+        {
+            "start_step": worker.state.step,
+            "resumed": restored is not None,
+            "epoch": worker.state.epoch,
+            "batch_index": worker.state.batch_index,
+            "first_batch": fingerprint,
+            "first_batch_rows": rows,
+            "checkpoint_next_batch": restored.info.get("next_batch") if restored else None,
+            "world_size": worker.world,
+            "max_steps": settings.max_steps,
+            "config_fingerprint": worker.config.fingerprint(),
+        },
+        f"attempts/start_step_{worker.state.step:07d}.json",
+    )
+    run.log_metrics(
+        worker.state.step,
+        {
+            "padding_waste": worker.plan.padding_waste(),
+            "dropped_items": len(worker.plan.base.dropped),
+            "dropped_batches_per_epoch": worker.plan.remainder_per_epoch,
+            "batches_per_epoch_per_rank": worker.plan.batches_per_epoch,
+        },
+    )
     run.flush()
     return run
 
@@ -312,7 +370,13 @@ def _log_sample(run, worker: Worker, step: int) -> None:
         worker.sample_parts = (sample_utterance(worker.settings.data), vocoder)
     utterance, vocoder = worker.sample_parts
     started = time.perf_counter()
-    sample = speak(worker.recipe.ema.ema_model, utterance, worker.vocab, vocoder,
-                   steps=worker.settings.sample_steps, seed=worker.settings.seed)
+    sample = speak(
+        worker.recipe.ema.ema_model,
+        utterance,
+        worker.vocab,
+        vocoder,
+        steps=worker.settings.sample_steps,
+        seed=worker.settings.seed,
+    )
     run.log_sample(step, sample, worker.config.mel.target_sample_rate)
     logger.info("step %d: logged a sample (%.1f s)", step, time.perf_counter() - started)

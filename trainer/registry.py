@@ -28,8 +28,7 @@ from flowtts.training.state import load_vocab as load_state_vocab
 
 logger = logging.getLogger(__name__)
 
-RUNTIME_PACKAGES = ("torch", "torchaudio", "vocos", "numpy", "soundfile", "safetensors", "pydantic", "pyyaml",
-                    "pandas")
+RUNTIME_PACKAGES = ("torch", "torchaudio", "vocos", "numpy", "soundfile", "safetensors", "pydantic", "pyyaml", "pandas")
 MODEL_NAME_IN_RUN = "model"
 OFFICIAL_FILE = "model_ema.safetensors"
 
@@ -60,8 +59,14 @@ def ema_model_from_state(folder: str | Path) -> tuple[CFM, FlowTTSConfig, int]:
 def git_commit(repo: Path | None = None) -> str:
     """HEAD of the repository holding this code, or ``unknown`` (e.g. a Ray job's unpacked working dir)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo or Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
@@ -71,19 +76,52 @@ def runtime_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in RUNTIME_PACKAGES]
 
 
-def register_model(state_folder: str | Path, *, tracking_uri: str, run_id: str, registered_model: str,
-                   alias: str, tags: dict[str, str], vocoder: str | Path | None = None) -> Registration:
+def register_model(
+    state_folder: str | Path,
+    *,
+    tracking_uri: str,
+    run_id: str,
+    registered_model: str,
+    alias: str,
+    tags: dict[str, str],
+    vocoder: str | Path | None = None,
+) -> Registration:
     """Register the EMA weights of a training-state folder (see ``register_cfm``)."""
     model, config, step = ema_model_from_state(state_folder)
-    info = {"step": step, "mlflow_run_id": run_id, "config_name": config.name,
-            "train": config.train.model_dump(mode="json"), **tags}
-    return register_cfm(model, load_state_vocab(state_folder), config.mel, info, tracking_uri=tracking_uri,
-                        run_id=run_id, registered_model=registered_model, alias=alias, tags=tags, vocoder=vocoder)
+    info = {
+        "step": step,
+        "mlflow_run_id": run_id,
+        "config_name": config.name,
+        "train": config.train.model_dump(mode="json"),
+        **tags,
+    }
+    return register_cfm(
+        model,
+        load_state_vocab(state_folder),
+        config.mel,
+        info,
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        registered_model=registered_model,
+        alias=alias,
+        tags=tags,
+        vocoder=vocoder,
+    )
 
 
-def register_cfm(model: CFM, vocab: Vocab, mel: MelConfig, info: dict, *, tracking_uri: str, run_id: str,
-                 registered_model: str, alias: str, tags: dict[str, str],
-                 vocoder: str | Path | None = None) -> Registration:
+def register_cfm(
+    model: CFM,
+    vocab: Vocab,
+    mel: MelConfig,
+    info: dict,
+    *,
+    tracking_uri: str,
+    run_id: str,
+    registered_model: str,
+    alias: str,
+    tags: dict[str, str],
+    vocoder: str | Path | None = None,
+) -> Registration:
     """Export the weights (our folder with ``info`` + official ``.safetensors``), log them as a pyfunc model
     in the run, register a new version with ``tags`` and point ``alias`` at it."""
     step = int(info.get("step", 0))
@@ -97,13 +135,20 @@ def register_cfm(model: CFM, vocab: Vocab, mel: MelConfig, info: dict, *, tracki
         if vocoder is not None and Path(vocoder).is_dir():
             artifacts[VOCODER_ARTIFACT] = str(vocoder)
         with mlflow.start_run(run_id=run_id):
-            logged = mlflow.pyfunc.log_model(name=MODEL_NAME_IN_RUN, python_model=FlowTTSPyfunc(),
-                                             artifacts=artifacts, signature=pyfunc_signature(),
-                                             pip_requirements=runtime_requirements(), tags=tags)
+            logged = mlflow.pyfunc.log_model(
+                name=MODEL_NAME_IN_RUN,
+                python_model=FlowTTSPyfunc(),
+                artifacts=artifacts,
+                signature=pyfunc_signature(),
+                pip_requirements=runtime_requirements(),
+                tags=tags,
+            )
     version = mlflow.register_model(logged.model_uri, registered_model, tags=tags)
     client.set_registered_model_alias(registered_model, alias, version.version)
-    registration = Registration(name=registered_model, version=str(version.version), alias=alias,
-                                run_id=run_id, step=step)
-    logger.info("registered %s version %s (step %d) as %s", registered_model, version.version, step,
-                registration.model_uri)
+    registration = Registration(
+        name=registered_model, version=str(version.version), alias=alias, run_id=run_id, step=step
+    )
+    logger.info(
+        "registered %s version %s (step %d) as %s", registered_model, version.version, step, registration.model_uri
+    )
     return registration

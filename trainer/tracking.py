@@ -71,8 +71,9 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def open_run(run_dir: Path, *, storage: str | Path, experiment: str, run_name: str,
-             params: dict[str, Any], tags: dict[str, str]) -> tuple[str, str]:
+def open_run(
+    run_dir: Path, *, storage: str | Path, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
+) -> tuple[str, str]:
     """The MLflow run of a training run: the one recorded in ``run_dir`` when resuming, else a new one.
 
     Returns ``(tracking_uri, run_id)``. Params are logged once, when the run is created (MLflow params are
@@ -86,18 +87,19 @@ def open_run(run_dir: Path, *, storage: str | Path, experiment: str, run_name: s
         try:
             client.get_run(run_id)
         except MlflowException as exc:
-            raise TrackingError(f"{info_file} names MLflow run {run_id}, which {tracking_uri} does not have; "
-                                "use the same MLFLOW_TRACKING_URI as the first submission") from exc
+            raise TrackingError(
+                f"{info_file} names MLflow run {run_id}, which {tracking_uri} does not have; "
+                "use the same MLFLOW_TRACKING_URI as the first submission"
+            ) from exc
         logger.info("continuing MLflow run %s", run_id)
         return tracking_uri, run_id
     experiment_id = ensure_experiment(client, experiment, artifact_location_for(storage, tracking_uri))
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     flat = [Param(k, v) for k, v in flatten(params).items()]
     for start in range(0, len(flat), MAX_PARAMS_PER_BATCH):
-        client.log_batch(run.info.run_id, params=flat[start:start + MAX_PARAMS_PER_BATCH])
+        client.log_batch(run.info.run_id, params=flat[start : start + MAX_PARAMS_PER_BATCH])
     run_dir.mkdir(parents=True, exist_ok=True)
-    info_file.write_text(json.dumps({"mlflow_run_id": run.info.run_id, "tracking_uri": tracking_uri}),
-                         encoding="utf-8")
+    info_file.write_text(json.dumps({"mlflow_run_id": run.info.run_id, "tracking_uri": tracking_uri}), encoding="utf-8")
     logger.info("created MLflow run %s in experiment %r (%s)", run.info.run_id, experiment, tracking_uri)
     return tracking_uri, run.info.run_id
 
@@ -167,12 +169,24 @@ def speak(model: CFM, utterance: Utterance, vocab: Vocab, vocoder, *, steps: int
     ref = utterance.mel.to(model.device)  # [n, n_mels]
     n = ref.shape[0]
     ids = vocab.encode(f"{utterance.text} {utterance.text}", unknown="space")
-    result = model.sample(cond=ref[None], text=pad_token_ids([ids]), duration=2 * n, steps=steps,
-                          cfg_strength=2.0, sway_sampling_coef=-1.0, seed=seed)
-    generated = result.mel[0, n:int(result.duration[0])].float().cpu()  # [n_gen, n_mels]
+    result = model.sample(
+        cond=ref[None],
+        text=pad_token_ids([ids]),
+        duration=2 * n,
+        steps=steps,
+        cfg_strength=2.0,
+        sway_sampling_coef=-1.0,
+        seed=seed,
+    )
+    generated = result.mel[0, n : int(result.duration[0])].float().cpu()  # [n_gen, n_mels]
     audio, reference_audio = (vocoder.decode(m.T[None])[0].float().cpu() for m in (generated, utterance.mel))
-    return SpokenSample(text=utterance.text, mel=generated, reference_mel=utterance.mel.float().cpu(),
-                        audio=audio, reference_audio=reference_audio)
+    return SpokenSample(
+        text=utterance.text,
+        mel=generated,
+        reference_mel=utterance.mel.float().cpu(),
+        audio=audio,
+        reference_audio=reference_audio,
+    )
 
 
 def plot_mels(reference: torch.Tensor, generated: torch.Tensor, path: Path, title: str) -> None:

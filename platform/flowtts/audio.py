@@ -71,8 +71,9 @@ def resample(wav: torch.Tensor, orig_rate: int, target_rate: int = DEFAULT_MEL.t
     return torchaudio.functional.resample(wav, orig_rate, target_rate)
 
 
-def load_audio(source: str | Path | bytes | BinaryIO,
-               target_rate: int = DEFAULT_MEL.target_sample_rate) -> torch.Tensor:
+def load_audio(
+    source: str | Path | bytes | BinaryIO, target_rate: int = DEFAULT_MEL.target_sample_rate
+) -> torch.Tensor:
     """Load to float32 mono at ``target_rate``: shape ``[samples]``."""
     data, rate = read_audio(source)
     wav = torch.from_numpy(to_mono(data))
@@ -115,8 +116,9 @@ def rms(wav: torch.Tensor) -> float:
     return float(wav.float().pow(2).mean().sqrt())
 
 
-def write_audio(path: str | Path | BinaryIO, wav: torch.Tensor | np.ndarray, sample_rate: int,
-                format: str | None = None) -> None:
+def write_audio(
+    path: str | Path | BinaryIO, wav: torch.Tensor | np.ndarray, sample_rate: int, format: str | None = None
+) -> None:
     """Write float audio; the peak is limited to 0.999 so nothing clips."""
     data = wav.detach().cpu().numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav)
     data = data.astype(np.float32).reshape(-1)

@@ -88,8 +88,11 @@ def load_f5_checkpoint(path: str | Path, config: dict[str, Any] | ModelConfig, *
 def export_f5_checkpoint(model: CFM, path: str | Path, *, step: int = 0) -> None:
     """Write the official format: ``.safetensors`` (flat EMA dict) or ``.pt`` (pruned ``ema_model_state_dict``)."""
     path = Path(path)
-    ema = {EMA_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-           if not k.startswith(OUR_ONLY_PREFIXES)}
+    ema = {
+        EMA_PREFIX + k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not k.startswith(OUR_ONLY_PREFIXES)
+    }
     ema["initted"] = torch.tensor(True)
     ema["step"] = torch.tensor(step, dtype=torch.int64)
     if path.suffix == ".safetensors":
@@ -106,8 +109,11 @@ def load_state_strict(model: CFM, state: dict[str, torch.Tensor], *, source: str
     optional = {k for k in expected if k.startswith(OUR_ONLY_PREFIXES)}
     missing = sorted(set(expected) - set(state) - optional)
     unexpected = sorted(set(state) - set(expected))
-    mismatched = [(k, tuple(state[k].shape), tuple(expected[k])) for k in expected
-                  if k in state and tuple(state[k].shape) != tuple(expected[k])]
+    mismatched = [
+        (k, tuple(state[k].shape), tuple(expected[k]))
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys: {missing[:8]}")
@@ -116,9 +122,11 @@ def load_state_strict(model: CFM, state: dict[str, torch.Tensor], *, source: str
     for key, got, want in mismatched:
         hint = ""
         if key == TEXT_EMBED_KEY:
-            hint = (f" (vocab size mismatch: the checkpoint has {got[0] - 1} tokens, the config "
-                    f"text_num_embeds={want[0] - 1}; set text_num_embeds to match, or extend the vocab with "
-                    "flowtts.checkpoint.extend_vocab to fine-tune with new characters)")
+            hint = (
+                f" (vocab size mismatch: the checkpoint has {got[0] - 1} tokens, the config "
+                f"text_num_embeds={want[0] - 1}; set text_num_embeds to match, or extend the vocab with "
+                "flowtts.checkpoint.extend_vocab to fine-tune with new characters)"
+            )
         problems.append(f"shape mismatch for {key}: checkpoint {got} vs model {want}{hint}")
     if problems:
         raise CheckpointError(f"{source} does not fit a {model.config.backbone} model: " + "; ".join(problems))
@@ -148,8 +156,9 @@ def extend_vocab(model: CFM, vocab: Vocab, symbols: list[str], *, seed: int = 66
 # ---------------------------------------------------------------- our format
 
 
-def save_checkpoint(model: CFM, folder: str | Path, vocab: Vocab, *, mel: MelConfig | None = None,
-                    info: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: CFM, folder: str | Path, vocab: Vocab, *, mel: MelConfig | None = None, info: dict[str, Any] | None = None
+) -> Path:
     """Write our format into ``folder`` atomically (a half-written folder is never visible)."""
     if len(vocab) != model.config.text_num_embeds:
         raise CheckpointError(f"vocab has {len(vocab)} tokens but the model expects {model.config.text_num_embeds}")
@@ -182,8 +191,12 @@ def load_bundle(folder: str | Path) -> ModelBundle:
         raise CheckpointError(f"{folder}: format_version {sidecar.get('format_version')} is not {FORMAT_VERSION}")
     model = build_model(ModelConfig.model_validate(sidecar["model"]))
     load_state_strict(model, load_file(str(folder / WEIGHTS_FILE)), source=str(folder))
-    return ModelBundle(model=model.eval(), vocab=Vocab.load(folder / VOCAB_FILE),
-                       mel=MelConfig.model_validate(sidecar["mel"]), info=sidecar.get("info", {}))
+    return ModelBundle(
+        model=model.eval(),
+        vocab=Vocab.load(folder / VOCAB_FILE),
+        mel=MelConfig.model_validate(sidecar["mel"]),
+        info=sidecar.get("info", {}),
+    )
 
 
 def load_checkpoint(folder: str | Path) -> CFM:

@@ -146,8 +146,9 @@ def _fields_of(path: list[str]) -> set[str]:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files("flowtts.presets").iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in resources.files("flowtts.presets").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def load_config(name_or_path: str | Path) -> FlowTTSConfig:

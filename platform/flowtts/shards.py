@@ -17,14 +17,16 @@ import pyarrow.parquet as pq
 import torch
 
 N_MELS = 100
-SHARD_SCHEMA = pa.schema([
-    ("audio_file", pa.string()),  # as written in the metadata file
-    ("text", pa.string()),  # normalised text
-    ("speaker", pa.string()),
-    ("duration", pa.float64()),  # seconds at 24 kHz
-    ("n_frames", pa.int32()),
-    ("mel", pa.large_binary()),  # float16 [n_frames, n_mels], C order
-])
+SHARD_SCHEMA = pa.schema(
+    [
+        ("audio_file", pa.string()),  # as written in the metadata file
+        ("text", pa.string()),  # normalised text
+        ("speaker", pa.string()),
+        ("duration", pa.float64()),  # seconds at 24 kHz
+        ("n_frames", pa.int32()),
+        ("mel", pa.large_binary()),  # float16 [n_frames, n_mels], C order
+    ]
+)
 TRAIN_DIR, HELDOUT_DIR = "shards", "heldout"
 MANIFEST_FILE, VOCAB_FILE, REJECTED_FILE = "manifest.json", "vocab.txt", "rejected.jsonl"
 

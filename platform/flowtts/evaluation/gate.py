@@ -68,16 +68,26 @@ def resolve_model(uri: str) -> ModelRef:
     return ModelRef(uri=uri, folder=folder, name=name, version=str(version.version), run_id=version.run_id)
 
 
-def evaluate(candidate: ModelRef, dataset: Path, *, max_items: int | None = None, nfe: int = 16, seed: int = 0,
-             vocoder: str | None = None, out_dir: Path | None = None, judges: Judges | None = None) -> Evaluation:
+def evaluate(
+    candidate: ModelRef,
+    dataset: Path,
+    *,
+    max_items: int | None = None,
+    nfe: int = 16,
+    seed: int = 0,
+    vocoder: str | None = None,
+    out_dir: Path | None = None,
+    judges: Judges | None = None,
+) -> Evaluation:
     """Score the candidate and both baselines on the same held-out items (with the judged metrics too when
     ``judges`` are given); write the report."""
     bundle = load_bundle(candidate.folder)
     items = build_eval_items(dataset, max_items=max_items, seed=seed)
     logger.info("evaluating %s on %d held-out items (NFE %d)", candidate.uri, len(items), nfe)
     scores, mels = score_model("model", bundle.model, bundle.vocab, items, nfe=nfe, seed=seed, judges=judges)
-    untrained_scores, _ = score_model("untrained", untrained_like(bundle, seed), bundle.vocab, items, nfe=nfe,
-                                      seed=seed, judges=judges)
+    untrained_scores, _ = score_model(
+        "untrained", untrained_like(bundle, seed), bundle.vocab, items, nfe=nfe, seed=seed, judges=judges
+    )
     scores += untrained_scores + score_other_sentence(items, judges)
     summary = summarise(scores)
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="flowtts-eval-"))
@@ -102,9 +112,18 @@ def log_to_mlflow(candidate: ModelRef, evaluation: Evaluation) -> None:
         mlflow.log_artifacts(str(evaluation.report.parent), artifact_path="evaluation")
 
 
-def promote_if_better(candidate: ModelRef, evaluation: Evaluation, dataset: Path, *, alias: str,
-                      margin: float = 0.0, metric: str = PRIMARY_METRIC, nfe: int = 16, seed: int = 0,
-                      max_items: int | None = None) -> dict[str, str]:
+def promote_if_better(
+    candidate: ModelRef,
+    evaluation: Evaluation,
+    dataset: Path,
+    *,
+    alias: str,
+    margin: float = 0.0,
+    metric: str = PRIMARY_METRIC,
+    nfe: int = 16,
+    seed: int = 0,
+    max_items: int | None = None,
+) -> dict[str, str]:
     """Move ``alias`` to the candidate only when it beats the alias's current version by ``margin`` on
     ``metric`` (lower is better), both scored on the same items now; tag both versions with the decision."""
     if candidate.version is None:
@@ -131,7 +150,7 @@ def promote_if_better(candidate: ModelRef, evaluation: Evaluation, dataset: Path
         decision = {
             "decision": "promoted" if better else "rejected",
             "reason": f"{metric}: candidate {new_value:.3f} vs version {current.version} {old_value:.3f} "
-                      f"(margin {margin})",
+            f"(margin {margin})",
         }
     if decision["decision"] == "promoted":
         client.set_registered_model_alias(candidate.name, alias, candidate.version)
@@ -139,7 +158,11 @@ def promote_if_better(candidate: ModelRef, evaluation: Evaluation, dataset: Path
     client.set_model_version_tag(candidate.name, candidate.version, f"{prefix}.decision", decision["decision"])
     client.set_model_version_tag(candidate.name, candidate.version, f"{prefix}.reason", decision["reason"])
     if current is not None and str(current.version) != candidate.version:
-        client.set_model_version_tag(candidate.name, str(current.version), f"{prefix}.challenged_by",
-                                     f"version {candidate.version}: {decision['decision']} ({decision['reason']})")
+        client.set_model_version_tag(
+            candidate.name,
+            str(current.version),
+            f"{prefix}.challenged_by",
+            f"version {candidate.version}: {decision['decision']} ({decision['reason']})",
+        )
     evaluation.decision = decision
     return decision

@@ -69,18 +69,29 @@ def build_eval_items(dataset: str | Path, *, max_items: int | None = None, seed:
     for row in sorted(heldout, key=lambda r: r["audio_file"]):
         candidates = [r for r in by_speaker.get(row["speaker"], []) if r["text"] != row["text"]]
         if not candidates:
-            logger.warning("held-out %s: speaker %r has no training clip to use as reference; skipped",
-                           row["audio_file"], row["speaker"])
+            logger.warning(
+                "held-out %s: speaker %r has no training clip to use as reference; skipped",
+                row["audio_file"],
+                row["speaker"],
+            )
             continue
         ref = min(candidates, key=lambda r: _rank(seed, row["audio_file"], r["audio_file"]))
-        items.append(EvalItem(
-            audio_file=row["audio_file"], speaker=row["speaker"], text=row["text"],
-            mel=decode_mel(row["mel"], row["n_frames"]), ref_audio_file=ref["audio_file"], ref_text=ref["text"],
-            ref_mel=decode_mel(ref["mel"], ref["n_frames"]),
-        ))
+        items.append(
+            EvalItem(
+                audio_file=row["audio_file"],
+                speaker=row["speaker"],
+                text=row["text"],
+                mel=decode_mel(row["mel"], row["n_frames"]),
+                ref_audio_file=ref["audio_file"],
+                ref_text=ref["text"],
+                ref_mel=decode_mel(ref["mel"], ref["n_frames"]),
+            )
+        )
     if not items:
-        raise ValueError(f"{dataset}: no held-out clip has a same-speaker reference; preprocess with "
-                         "--holdout-fraction or --holdout-list")
+        raise ValueError(
+            f"{dataset}: no held-out clip has a same-speaker reference; preprocess with "
+            "--holdout-fraction or --holdout-list"
+        )
     return items[:max_items] if max_items else items
 
 
@@ -131,13 +142,17 @@ def heldout_duration_mape(model: CFM, vocab: Vocab, dataset: str | Path) -> dict
         logger.warning("duration error not measured: %s", exc)
         return {}
     errors = duration_mape(model.eval(), vocab, items)
-    logger.info("held-out duration MAPE over %d clips: %s", len(items),
-                ", ".join(f"{rule} {value:.1f} %" for rule, value in errors.items()))
+    logger.info(
+        "held-out duration MAPE over %d clips: %s",
+        len(items),
+        ", ".join(f"{rule} {value:.1f} %" for rule, value in errors.items()),
+    )
     return {f"duration_mape_{rule}": value for rule, value in errors.items()}
 
 
-def synthesise_mels(model: CFM, vocab: Vocab, items: list[EvalItem], gen_frames: list[int], *, nfe: int,
-                    seed: int, batch_size: int = 8) -> list[torch.Tensor]:
+def synthesise_mels(
+    model: CFM, vocab: Vocab, items: list[EvalItem], gen_frames: list[int], *, nfe: int, seed: int, batch_size: int = 8
+) -> list[torch.Tensor]:
     """Generated mels (reference frames removed), several items per sample() call."""
     out = []
     for start in range(0, len(items), batch_size):
@@ -146,15 +161,30 @@ def synthesise_mels(model: CFM, vocab: Vocab, items: list[EvalItem], gen_frames:
         lens = torch.tensor([it.ref_mel.shape[0] for it in chunk])
         cond = torch.nn.utils.rnn.pad_sequence([it.ref_mel for it in chunk], batch_first=True)
         totals = lens + torch.tensor(gen_frames[start : start + batch_size])
-        result = model.sample(cond=cond, text=pad_token_ids(ids), duration=totals, lens=lens, steps=nfe,
-                              seed=[seed + start + i for i in range(len(chunk))], isolate_items=True)
+        result = model.sample(
+            cond=cond,
+            text=pad_token_ids(ids),
+            duration=totals,
+            lens=lens,
+            steps=nfe,
+            seed=[seed + start + i for i in range(len(chunk))],
+            isolate_items=True,
+        )
         for i in range(len(chunk)):
             out.append(result.mel[i, int(lens[i]) : int(result.duration[i])].float().cpu())
     return out
 
 
-def score_model(system: str, model: CFM, vocab: Vocab, items: list[EvalItem], *, nfe: int = 16,
-                seed: int = 0, judges: Judges | None = None) -> tuple[list[ItemScore], dict[str, list[torch.Tensor]]]:
+def score_model(
+    system: str,
+    model: CFM,
+    vocab: Vocab,
+    items: list[EvalItem],
+    *,
+    nfe: int = 16,
+    seed: int = 0,
+    judges: Judges | None = None,
+) -> tuple[list[ItemScore], dict[str, list[torch.Tensor]]]:
     """Scores of one model under both duration modes, plus the generated mels by mode."""
     scores, mels = [], {}
     for mode in DURATION_MODES:
@@ -175,9 +205,17 @@ def score_other_sentence(items: list[EvalItem], judges: Judges | None = None) ->
 def _score(system: str, mode: str, item: EvalItem, gen: torch.Tensor, judges: Judges | None) -> ItemScore:
     metrics = compare_mels(item.mel, gen)
     judged = judges.score(item.audio_file, item.text, item.mel, gen) if judges is not None else {}
-    return ItemScore(system=system, duration_mode=mode, audio_file=item.audio_file, mcd_dtw=metrics.mcd_dtw,
-                     mel_l1=metrics.mel_l1, duration_error=metrics.duration_error, frames=int(gen.shape[0]),
-                     target_frames=int(item.mel.shape[0]), **judged)
+    return ItemScore(
+        system=system,
+        duration_mode=mode,
+        audio_file=item.audio_file,
+        mcd_dtw=metrics.mcd_dtw,
+        mel_l1=metrics.mel_l1,
+        duration_error=metrics.duration_error,
+        frames=int(gen.shape[0]),
+        target_frames=int(item.mel.shape[0]),
+        **judged,
+    )
 
 
 def summarise(scores: list[ItemScore]) -> dict[str, float]:

@@ -50,12 +50,15 @@ def resolve_pretrained(source: str | Path, *, allow_download: bool = False) -> P
     try:
         return Path(snapshot_download(str(source), local_files_only=not allow_download))
     except LocalEntryNotFoundError as exc:
-        raise JudgeError(f"judge model {source} is not in the Hugging Face cache; fetch it once "
-                         f"(`hf download {source}`) or allow downloading") from exc
+        raise JudgeError(
+            f"judge model {source} is not in the Hugging Face cache; fetch it once "
+            f"(`hf download {source}`) or allow downloading"
+        ) from exc
 
 
-def _load_pretrained(source: str | Path, allow_download: bool, device: torch.device, processor_class: str,
-                     model_class: str):
+def _load_pretrained(
+    source: str | Path, allow_download: bool, device: torch.device, processor_class: str, model_class: str
+):
     """(processor, model in eval mode on ``device``), both by their ``transformers`` Auto class names."""
     try:
         import transformers
@@ -71,8 +74,9 @@ class AsrJudge:
 
     def __init__(self, source: str | Path, *, allow_download: bool = False, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        self.processor, self.model = _load_pretrained(source, allow_download, self.device, "AutoProcessor",
-                                                      "AutoModelForCTC")
+        self.processor, self.model = _load_pretrained(
+            source, allow_download, self.device, "AutoProcessor", "AutoModelForCTC"
+        )
 
     @torch.no_grad()
     def transcribe(self, audio: torch.Tensor) -> str:
@@ -86,8 +90,9 @@ class SpeakerJudge:
 
     def __init__(self, source: str | Path, *, allow_download: bool = False, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        self.features, self.model = _load_pretrained(source, allow_download, self.device, "AutoFeatureExtractor",
-                                                     "AutoModelForAudioXVector")
+        self.features, self.model = _load_pretrained(
+            source, allow_download, self.device, "AutoFeatureExtractor", "AutoModelForAudioXVector"
+        )
 
     @torch.no_grad()
     def embed(self, audio: torch.Tensor) -> torch.Tensor:
@@ -114,8 +119,15 @@ class Judges:
     _voice_prints: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, *, asr_model: str | None, speaker_model: str | None, vocoder: str | None,
-             allow_download: bool = False, device: str | torch.device = "cpu") -> Judges | None:
+    def load(
+        cls,
+        *,
+        asr_model: str | None,
+        speaker_model: str | None,
+        vocoder: str | None,
+        allow_download: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> Judges | None:
         """None when neither model is given (the default: the evaluation stays offline and model-free)."""
         if asr_model is None and speaker_model is None:
             return None
@@ -125,7 +137,8 @@ class Judges:
             vocoder=load_vocoder(vocoder, device=device),
             asr=AsrJudge(asr_model, allow_download=allow_download, device=device) if asr_model else None,
             speaker=SpeakerJudge(speaker_model, allow_download=allow_download, device=device)
-            if speaker_model else None,
+            if speaker_model
+            else None,
         )
 
     def audio(self, mel: torch.Tensor) -> torch.Tensor:

@@ -63,9 +63,7 @@ def _as_pair(ref: Any, gen: Any) -> tuple[np.ndarray, np.ndarray]:
     ref_arr = _as_log_mel(ref, "ref")
     gen_arr = _as_log_mel(gen, "gen")
     if ref_arr.shape[1] != gen_arr.shape[1]:
-        raise ValueError(
-            f"mel dims differ: ref shape {tuple(ref_arr.shape)} vs gen shape {tuple(gen_arr.shape)}"
-        )
+        raise ValueError(f"mel dims differ: ref shape {tuple(ref_arr.shape)} vs gen shape {tuple(gen_arr.shape)}")
     return ref_arr, gen_arr
 
 
@@ -90,9 +88,7 @@ def mel_cepstrum(log_mel: Any, order: int = 13) -> np.ndarray:
     arr = _as_log_mel(log_mel, "log_mel")
     n_mels = arr.shape[1]
     if not 1 <= order <= n_mels - 1:
-        raise ValueError(
-            f"order must be in [1, {n_mels - 1}] for a log-mel of shape {arr.shape}, got {order}"
-        )
+        raise ValueError(f"order must be in [1, {n_mels - 1}] for a log-mel of shape {arr.shape}, got {order}")
     basis = _dct_ii_matrix(n_mels)[1 : order + 1]  # [order, n_mels]
     return arr @ basis.T
 
@@ -180,8 +176,7 @@ def mel_l1(ref_log_mel: Any, gen_log_mel: Any, align: bool = True) -> float:
         return float(np.abs(ref[pi] - gen[pj]).mean())
     if ref.shape[0] != gen.shape[0]:
         raise ValueError(
-            f"mel_l1 with align=False needs equal lengths: ref has {ref.shape[0]} frames, "
-            f"gen has {gen.shape[0]} frames"
+            f"mel_l1 with align=False needs equal lengths: ref has {ref.shape[0]} frames, gen has {gen.shape[0]} frames"
         )
     return float(np.abs(ref - gen).mean())
 

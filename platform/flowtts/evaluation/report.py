@@ -30,8 +30,10 @@ COLUMNS = {
 def summary_table(summary: dict[str, float]) -> str:
     rows = sorted({key.rsplit("/", 1)[0] for key in summary})
     metrics = [m for m in COLUMNS if any(key.endswith(f"/{m}") for key in summary)]
-    lines = ["| system | duration | " + " | ".join(COLUMNS[m][0] for m in metrics) + " |",
-             "|---|---|" + "---|" * len(metrics)]
+    lines = [
+        "| system | duration | " + " | ".join(COLUMNS[m][0] for m in metrics) + " |",
+        "|---|---|" + "---|" * len(metrics),
+    ]
     for row in rows:
         system, mode = row.split("/")
         cells = [COLUMNS[m][1].format(summary[f"{row}/{m}"]) if f"{row}/{m}" in summary else "-" for m in metrics]
@@ -39,18 +41,31 @@ def summary_table(summary: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out_dir: Path, model_uri: str, summary: dict[str, float], rows: list[dict],
-                 items: list[EvalItem], generated: list[torch.Tensor], *, vocoder: str | None = None,
-                 examples: int = 4) -> Path:
+def write_report(
+    out_dir: Path,
+    model_uri: str,
+    summary: dict[str, float],
+    rows: list[dict],
+    items: list[EvalItem],
+    generated: list[torch.Tensor],
+    *,
+    vocoder: str | None = None,
+    examples: int = 4,
+) -> Path:
     """Write ``report.md``, ``scores.json`` and, for the first ``examples`` items, a wav and a PNG."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scores.json").write_text(json.dumps({"summary": summary, "items": rows}, indent=1))
     lines = [
-        f"# Held-out evaluation of `{model_uri}`", "",
+        f"# Held-out evaluation of `{model_uri}`",
+        "",
         f"{len(items)} held-out clips, each synthesised with another clip of the same speaker as reference.",
         "Lower is better for every column but speaker similarity. Systems: "
         + "; ".join(f"**{k}**: {v}" for k, v in SYSTEMS.items()),
-        "", summary_table(summary), "", "## Examples (ground-truth duration)", "",
+        "",
+        summary_table(summary),
+        "",
+        "## Examples (ground-truth duration)",
+        "",
     ]
     decoder = _vocoder(vocoder)
     for index, (item, mel) in enumerate(zip(items[:examples], generated[:examples], strict=False)):
@@ -58,8 +73,10 @@ def write_report(out_dir: Path, model_uri: str, summary: dict[str, float], rows:
         _plot(out_dir / f"{stem}.png", item, mel)
         audio = decoder.decode(mel.T.unsqueeze(0).to(torch.float32))[0]
         write_audio(out_dir / f"{stem}.wav", audio, decoder.sample_rate)
-        lines += [f"- `{item.audio_file}` ({item.speaker}): {item.text}  ",
-                  f"  ![{stem}]({stem}.png) [{stem}.wav]({stem}.wav)"]
+        lines += [
+            f"- `{item.audio_file}` ({item.speaker}): {item.text}  ",
+            f"  ![{stem}]({stem}.png) [{stem}.wav]({stem}.wav)",
+        ]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report

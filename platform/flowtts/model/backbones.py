@@ -51,8 +51,15 @@ class Backbone(nn.Module):
     def compute_text_embedding(self, text, seq_len, drop_text, mask, isolate):  # pragma: no cover - interface
         raise NotImplementedError
 
-    def text_embedding(self, text: torch.Tensor, seq_len: int, drop_text: bool, mask: torch.Tensor | None,
-                       cache: TextCache | None, isolate: bool) -> torch.Tensor:
+    def text_embedding(
+        self,
+        text: torch.Tensor,
+        seq_len: int,
+        drop_text: bool,
+        mask: torch.Tensor | None,
+        cache: TextCache | None,
+        isolate: bool,
+    ) -> torch.Tensor:
         if cache is not None and drop_text in cache.embeds:
             return cache.embeds[drop_text]
         emb = self.compute_text_embedding(text, seq_len, drop_text, mask, isolate)
@@ -60,9 +67,19 @@ class Backbone(nn.Module):
             cache.embeds[drop_text] = emb
         return emb
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, text: torch.Tensor, time: torch.Tensor,
-                mask: torch.Tensor | None = None, drop_audio_cond: bool = False, drop_text: bool = False,
-                cfg_infer: bool = False, cache: TextCache | None = None, isolate_items: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        text: torch.Tensor,
+        time: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        drop_audio_cond: bool = False,
+        drop_text: bool = False,
+        cfg_infer: bool = False,
+        cache: TextCache | None = None,
+        isolate_items: bool = False,
+    ) -> torch.Tensor:
         """``isolate_items=True``: every item is computed exactly as if it were alone in the batch (padded
         keys masked in attention, text embedded at the item's own length). The default keeps upstream's
         batch semantics, under which padding in a batch slightly changes the other items."""
@@ -72,8 +89,13 @@ class Backbone(nn.Module):
             time = time.repeat(b)
         t = self.time_embed(time)  # [b, d]
         if cfg_infer:
-            h = torch.cat((self.embed(x, cond, text, False, False, mask, cache, isolate),
-                           self.embed(x, cond, text, True, True, mask, cache, isolate)), dim=0)  # [2b, n, d]
+            h = torch.cat(
+                (
+                    self.embed(x, cond, text, False, False, mask, cache, isolate),
+                    self.embed(x, cond, text, True, True, mask, cache, isolate),
+                ),
+                dim=0,
+            )  # [2b, n, d]
             t = torch.cat((t, t), dim=0)
             mask = torch.cat((mask, mask), dim=0) if mask is not None else None
         else:
@@ -86,15 +108,26 @@ class DiT(Backbone):
         super().__init__()
         text_dim = cfg.text_dim or cfg.mel_dim
         self.time_embed = TimestepEmbedding(cfg.dim)
-        self.text_embed = TextEmbedding(cfg.text_num_embeds, text_dim, mask_padding=cfg.text_mask_padding,
-                                        conv_layers=cfg.conv_layers)
+        self.text_embed = TextEmbedding(
+            cfg.text_num_embeds, text_dim, mask_padding=cfg.text_mask_padding, conv_layers=cfg.conv_layers
+        )
         self.input_embed = InputEmbedding(cfg.mel_dim, text_dim, cfg.dim)
         self.rotary_embed = RotaryEmbedding(cfg.dim_head)
-        self.transformer_blocks = nn.ModuleList([
-            DiTBlock(cfg.dim, cfg.heads, cfg.dim_head, cfg.ff_mult, cfg.dropout, cfg.qk_norm, cfg.pe_attn_head,
-                     cfg.attn_mask_enabled)
-            for _ in range(cfg.depth)
-        ])
+        self.transformer_blocks = nn.ModuleList(
+            [
+                DiTBlock(
+                    cfg.dim,
+                    cfg.heads,
+                    cfg.dim_head,
+                    cfg.ff_mult,
+                    cfg.dropout,
+                    cfg.qk_norm,
+                    cfg.pe_attn_head,
+                    cfg.attn_mask_enabled,
+                )
+                for _ in range(cfg.depth)
+            ]
+        )
         self.long_skip_connection = nn.Linear(cfg.dim * 2, cfg.dim, bias=False) if cfg.long_skip_connection else None
         self.norm_out = AdaLayerNormFinal(cfg.dim)
         self.proj_out = nn.Linear(cfg.dim, cfg.mel_dim)
@@ -107,8 +140,10 @@ class DiT(Backbone):
     def compute_text_embedding(self, text, seq_len, drop_text, mask, isolate):
         if not isolate:  # upstream: one embedding at the batch length (ConvNeXt GRN then sees the padding)
             return self.text_embed(text, seq_len, drop_text=drop_text)
-        rows = [self.text_embed(text[i : i + 1], int(n), drop_text=drop_text)[0]
-                for i, n in enumerate(mask.sum(dim=1).tolist())]
+        rows = [
+            self.text_embed(text[i : i + 1], int(n), drop_text=drop_text)[0]
+            for i, n in enumerate(mask.sum(dim=1).tolist())
+        ]
         emb = nn.utils.rnn.pad_sequence(rows, batch_first=True)  # [b, max_len, text_dim]
         return F.pad(emb, (0, 0, 0, seq_len - emb.shape[1]))  # [b, n, text_dim]
 
@@ -137,22 +172,33 @@ class UNetT(Backbone):
         super().__init__()
         text_dim = cfg.text_dim or cfg.mel_dim
         self.time_embed = TimestepEmbedding(cfg.dim)
-        self.text_embed = TextEmbedding(cfg.text_num_embeds, text_dim, mask_padding=cfg.text_mask_padding,
-                                        conv_layers=cfg.conv_layers)
+        self.text_embed = TextEmbedding(
+            cfg.text_num_embeds, text_dim, mask_padding=cfg.text_mask_padding, conv_layers=cfg.conv_layers
+        )
         self.input_embed = InputEmbedding(cfg.mel_dim, text_dim, cfg.dim)
         self.rotary_embed = RotaryEmbedding(cfg.dim_head)
         self.depth = cfg.depth
         self.layers = nn.ModuleList()
         for idx in range(cfg.depth):
             later_half = idx >= cfg.depth // 2
-            self.layers.append(nn.ModuleList([
-                nn.Linear(cfg.dim * 2, cfg.dim, bias=False) if later_half else None,
-                ScaledRMSNorm(cfg.dim),
-                Attention(cfg.dim, cfg.heads, cfg.dim_head, cfg.dropout, qk_norm=cfg.qk_norm,
-                          pe_attn_head=cfg.pe_attn_head),
-                ScaledRMSNorm(cfg.dim),
-                FeedForward(cfg.dim, mult=cfg.ff_mult, dropout=cfg.dropout, approximate="tanh"),
-            ]))
+            self.layers.append(
+                nn.ModuleList(
+                    [
+                        nn.Linear(cfg.dim * 2, cfg.dim, bias=False) if later_half else None,
+                        ScaledRMSNorm(cfg.dim),
+                        Attention(
+                            cfg.dim,
+                            cfg.heads,
+                            cfg.dim_head,
+                            cfg.dropout,
+                            qk_norm=cfg.qk_norm,
+                            pe_attn_head=cfg.pe_attn_head,
+                        ),
+                        ScaledRMSNorm(cfg.dim),
+                        FeedForward(cfg.dim, mult=cfg.ff_mult, dropout=cfg.dropout, approximate="tanh"),
+                    ]
+                )
+            )
         self.norm_out = ScaledRMSNorm(cfg.dim)
         self.proj_out = nn.Linear(cfg.dim, cfg.mel_dim)
 
@@ -211,14 +257,23 @@ class AudioEmbedding(nn.Module):
 
 
 class MMDiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, ff_mult: int, dropout: float, context_pre_only: bool,
-                 qk_norm: str | None):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        ff_mult: int,
+        dropout: float,
+        context_pre_only: bool,
+        qk_norm: str | None,
+    ):
         super().__init__()
         self.context_pre_only = context_pre_only
         self.attn_norm_c = AdaLayerNormFinal(dim) if context_pre_only else AdaLayerNorm(dim)
         self.attn_norm_x = AdaLayerNorm(dim)
-        self.attn = Attention(dim, heads, dim_head, dropout, qk_norm=qk_norm, context_dim=dim,
-                              context_pre_only=context_pre_only)
+        self.attn = Attention(
+            dim, heads, dim_head, dropout, qk_norm=qk_norm, context_dim=dim, context_pre_only=context_pre_only
+        )
         if not context_pre_only:
             self.ff_norm_c = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
             self.ff_c = FeedForward(dim, mult=ff_mult, dropout=dropout, approximate="tanh")
@@ -252,10 +307,12 @@ class MMDiT(Backbone):
         self.text_embed = MMDiTTextEmbedding(cfg.dim, cfg.text_num_embeds, mask_padding=cfg.text_mask_padding)
         self.audio_embed = AudioEmbedding(cfg.mel_dim, cfg.dim)
         self.rotary_embed = RotaryEmbedding(cfg.dim_head)
-        self.transformer_blocks = nn.ModuleList([
-            MMDiTBlock(cfg.dim, cfg.heads, cfg.dim_head, cfg.ff_mult, cfg.dropout, i == cfg.depth - 1, cfg.qk_norm)
-            for i in range(cfg.depth)
-        ])
+        self.transformer_blocks = nn.ModuleList(
+            [
+                MMDiTBlock(cfg.dim, cfg.heads, cfg.dim_head, cfg.ff_mult, cfg.dropout, i == cfg.depth - 1, cfg.qk_norm)
+                for i in range(cfg.depth)
+            ]
+        )
         self.norm_out = AdaLayerNormFinal(cfg.dim)
         self.proj_out = nn.Linear(cfg.dim, cfg.mel_dim)
         for block in self.transformer_blocks:

@@ -60,14 +60,20 @@ def span_mask(lens: torch.Tensor, frac_lengths: torch.Tensor, length: int) -> to
 
 
 class CFM(nn.Module):
-    def __init__(self, config: ModelConfig, audio_drop_prob: float = 0.3, cond_drop_prob: float = 0.2,
-                 frac_lengths_mask: tuple[float, float] = (0.7, 1.0)):
+    def __init__(
+        self,
+        config: ModelConfig,
+        audio_drop_prob: float = 0.3,
+        cond_drop_prob: float = 0.2,
+        frac_lengths_mask: tuple[float, float] = (0.7, 1.0),
+    ):
         super().__init__()
         self.config = config
         self.transformer: Backbone = BACKBONES[config.backbone](config)
         self.duration_predictor = (
             DurationPredictor(config.duration_predictor, config.text_num_embeds)
-            if config.duration_predictor is not None else None
+            if config.duration_predictor is not None
+            else None
         )
         self.num_channels = config.mel_dim
         self.audio_drop_prob = audio_drop_prob
@@ -78,8 +84,13 @@ class CFM(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def forward(self, mel: torch.Tensor, text: torch.Tensor, lens: torch.Tensor | None = None,
-                duration: DurationBatch | None = None) -> FlowLoss:
+    def forward(
+        self,
+        mel: torch.Tensor,
+        text: torch.Tensor,
+        lens: torch.Tensor | None = None,
+        duration: DurationBatch | None = None,
+    ) -> FlowLoss:
         """Training loss. mel: [b, n, mel] (zero-padded), text: [b, nt] ids padded with -1, lens: [b].
 
         With ``duration`` examples (and a duration predictor) the predictor's loss is computed in the same
@@ -99,21 +110,33 @@ class CFM(nn.Module):
         drop_audio_cond = random.random() < self.audio_drop_prob  # one draw per batch, as upstream
         drop_text = random.random() < self.cond_drop_prob
         drop_audio_cond = drop_audio_cond or drop_text
-        pred = self.transformer(x=xt, cond=cond, text=text, time=t, mask=mask,
-                                drop_audio_cond=drop_audio_cond, drop_text=drop_text)
+        pred = self.transformer(
+            x=xt, cond=cond, text=text, time=t, mask=mask, drop_audio_cond=drop_audio_cond, drop_text=drop_text
+        )
         loss = F.mse_loss(pred.float(), flow.float(), reduction="none")[infill].mean()
         if duration is None:
             return FlowLoss(loss=loss, pred=pred, span_mask=infill, cond=cond)
         if self.duration_predictor is None:
             raise ValueError("duration examples were given but the model has no duration predictor")
-        return FlowLoss(loss=loss, pred=pred, span_mask=infill, cond=cond,
-                        duration_loss=self.duration_predictor.loss(duration))
+        return FlowLoss(
+            loss=loss, pred=pred, span_mask=infill, cond=cond, duration_loss=self.duration_predictor.loss(duration)
+        )
 
     @torch.no_grad()
-    def sample(self, cond: torch.Tensor, text: torch.Tensor, duration: int | torch.Tensor,
-               lens: torch.Tensor | None = None, steps: int = 32, cfg_strength: float = 2.0,
-               sway_sampling_coef: float | None = -1.0, seed: int | torch.Tensor | list[int] | None = None,
-               use_epss: bool = True, max_duration: int = 65536, isolate_items: bool = False) -> SampleResult:
+    def sample(
+        self,
+        cond: torch.Tensor,
+        text: torch.Tensor,
+        duration: int | torch.Tensor,
+        lens: torch.Tensor | None = None,
+        steps: int = 32,
+        cfg_strength: float = 2.0,
+        sway_sampling_coef: float | None = -1.0,
+        seed: int | torch.Tensor | list[int] | None = None,
+        use_epss: bool = True,
+        max_duration: int = 65536,
+        isolate_items: bool = False,
+    ) -> SampleResult:
         """Euler ODE from noise to mel, with classifier-free guidance packed into one forward.
 
         cond: [b, n_cond, mel] reference mel (or [b, samples] waveform is not accepted: pass the mel);
@@ -144,10 +167,19 @@ class CFM(nn.Module):
 
         def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             if cfg_strength < 1e-5:
-                return self.transformer(x=x, cond=step_cond, text=text, time=t, mask=mask, cache=cache,
-                                        isolate_items=isolate_items)
-            pred, null = self.transformer(x=x, cond=step_cond, text=text, time=t, mask=mask, cfg_infer=True,
-                                          cache=cache, isolate_items=isolate_items).chunk(2, dim=0)
+                return self.transformer(
+                    x=x, cond=step_cond, text=text, time=t, mask=mask, cache=cache, isolate_items=isolate_items
+                )
+            pred, null = self.transformer(
+                x=x,
+                cond=step_cond,
+                text=text,
+                time=t,
+                mask=mask,
+                cfg_infer=True,
+                cache=cache,
+                isolate_items=isolate_items,
+            ).chunk(2, dim=0)
             return pred + (pred - null) * cfg_strength
 
         x = self.initial_noise(duration, seed, step_cond.dtype)  # [b, n, mel]

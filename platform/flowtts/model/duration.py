@@ -30,8 +30,9 @@ class DurationBatch:
     frames: torch.Tensor  # [b] true frames of ``text``
 
     def to(self, device: torch.device | str) -> DurationBatch:
-        return DurationBatch(*(t.to(device) for t in (self.text, self.ref_text, self.ref_mel, self.ref_lens,
-                                                       self.frames)))
+        return DurationBatch(
+            *(t.to(device) for t in (self.text, self.ref_text, self.ref_mel, self.ref_lens, self.frames))
+        )
 
 
 class TextEncoder(nn.Module):
@@ -64,8 +65,9 @@ class DurationPredictor(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, text_ids: torch.Tensor, ref_text_ids: torch.Tensor, ref_mel: torch.Tensor,
-                ref_lens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, text_ids: torch.Tensor, ref_text_ids: torch.Tensor, ref_mel: torch.Tensor, ref_lens: torch.Tensor
+    ) -> torch.Tensor:
         """Predicted log frame count of ``text_ids`` spoken like the reference: ``[b]``.
 
         text_ids / ref_text_ids: [b, nt] padded with -1; ref_mel: [b, n, mel] zero-padded; ref_lens: [b].
@@ -77,12 +79,17 @@ class DurationPredictor(nn.Module):
         keep = (torch.arange(ref_mel.shape[1], device=ref_mel.device)[None, :] < ref_lens[:, None]).unsqueeze(-1)
         mean = (ref_mel * keep).sum(1) / ref_frames[:, None]
         std = (((ref_mel - mean[:, None]) ** 2 * keep).sum(1) / ref_frames[:, None]).sqrt()
-        features = torch.cat([
-            self.encoder(text_ids), self.encoder(ref_text_ids), mean, std,
-            torch.stack([ref_frames.log(), n_text.log(), n_ref_text.log()], dim=1),
-        ], dim=1)
+        features = torch.cat(
+            [
+                self.encoder(text_ids),
+                self.encoder(ref_text_ids),
+                mean,
+                std,
+                torch.stack([ref_frames.log(), n_text.log(), n_ref_text.log()], dim=1),
+            ],
+            dim=1,
+        )
         return prior + self.head(features).squeeze(-1)
-
 
     def loss(self, batch: DurationBatch) -> torch.Tensor:
         """L1 on log duration."""

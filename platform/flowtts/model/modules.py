@@ -84,8 +84,9 @@ class TextEmbedding(nn.Module):
 
     max_pos = 8192
 
-    def __init__(self, text_num_embeds: int, text_dim: int, mask_padding: bool = True, conv_layers: int = 0,
-                 conv_mult: int = 2):
+    def __init__(
+        self, text_num_embeds: int, text_dim: int, mask_padding: bool = True, conv_layers: int = 0, conv_mult: int = 2
+    ):
         super().__init__()
         self.text_embed = nn.Embedding(text_num_embeds + 1, text_dim)
         self.mask_padding = mask_padding
@@ -143,8 +144,14 @@ class InputEmbedding(nn.Module):
         self.proj = nn.Linear(mel_dim * 2 + text_dim, out_dim)
         self.conv_pos_embed = ConvPositionEmbedding(out_dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, text_embed: torch.Tensor, drop_audio_cond: bool = False,
-                audio_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        text_embed: torch.Tensor,
+        drop_audio_cond: bool = False,
+        audio_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if drop_audio_cond:
             cond = torch.zeros_like(cond)
         h = self.proj(torch.cat((x, cond, text_embed), dim=-1))  # [b, n, d]
@@ -173,7 +180,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary_pos_emb(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """t: [b, h, n, dh]; freqs: [1, n, dh]."""
     rot = freqs.shape[-1]
-    freqs = freqs[:, -t.shape[-2]:, :].unsqueeze(1)  # [1, 1, n, dh]
+    freqs = freqs[:, -t.shape[-2] :, :].unsqueeze(1)  # [1, 1, n, dh]
     rotated = t[..., :rot] * freqs.cos() + rotate_half(t[..., :rot]) * freqs.sin()
     return torch.cat((rotated, t[..., rot:]), dim=-1).type(t.dtype)
 
@@ -206,9 +213,18 @@ class ScaledRMSNorm(nn.Module):
 class Attention(nn.Module):
     """Multi-head self attention (or joint attention with a text context for MMDiT)."""
 
-    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0, qk_norm: str | None = None,
-                 pe_attn_head: int | None = None, context_dim: int | None = None, context_pre_only: bool = False,
-                 attn_mask_enabled: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        qk_norm: str | None = None,
+        pe_attn_head: int | None = None,
+        context_dim: int | None = None,
+        context_pre_only: bool = False,
+        attn_mask_enabled: bool = True,
+    ):
         super().__init__()
         inner = heads * dim_head
         self.attn_mask_enabled = attn_mask_enabled
@@ -243,8 +259,15 @@ class Attention(nn.Module):
         pn = self.pe_attn_head  # v0 behaviour: only the first heads carry RoPE
         return torch.cat((apply_rotary_pos_emb(t[:, :pn], freqs), t[:, pn:]), dim=1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rope: torch.Tensor | None = None,
-                c: torch.Tensor | None = None, c_rope: torch.Tensor | None = None, mask_keys: bool | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        rope: torch.Tensor | None = None,
+        c: torch.Tensor | None = None,
+        c_rope: torch.Tensor | None = None,
+        mask_keys: bool | None = None,
+    ):
         """mask [b, n]: valid frames. Padded frames always get a zero output; padded keys are excluded
         from attention when ``mask_keys`` (default: the configured ``attn_mask_enabled``)."""
         q = self._rope(self._heads(x, self.to_q, self.q_norm), rope)
@@ -315,17 +338,39 @@ class AdaLayerNormFinal(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, ff_mult: int = 4, dropout: float = 0.1,
-                 qk_norm: str | None = None, pe_attn_head: int | None = None, attn_mask_enabled: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        ff_mult: int = 4,
+        dropout: float = 0.1,
+        qk_norm: str | None = None,
+        pe_attn_head: int | None = None,
+        attn_mask_enabled: bool = False,
+    ):
         super().__init__()
         self.attn_norm = AdaLayerNorm(dim)
-        self.attn = Attention(dim, heads, dim_head, dropout, qk_norm=qk_norm, pe_attn_head=pe_attn_head,
-                              attn_mask_enabled=attn_mask_enabled)
+        self.attn = Attention(
+            dim,
+            heads,
+            dim_head,
+            dropout,
+            qk_norm=qk_norm,
+            pe_attn_head=pe_attn_head,
+            attn_mask_enabled=attn_mask_enabled,
+        )
         self.ff_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ff = FeedForward(dim, mult=ff_mult, dropout=dropout, approximate="tanh")
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
-                rope: torch.Tensor | None = None, mask_keys: bool | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        rope: torch.Tensor | None = None,
+        mask_keys: bool | None = None,
+    ) -> torch.Tensor:
         norm, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(x, emb=t)
         x = x + gate_msa.unsqueeze(1) * self.attn(norm, mask=mask, rope=rope, mask_keys=mask_keys)
         norm = self.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]

@@ -62,8 +62,13 @@ def fixed_frames(
 
 
 @torch.no_grad()
-def predicted_frames(predictor: DurationPredictor, prompt_tokens: list[int], prompt_mel: torch.Tensor,
-                     chunk_tokens: Sequence[list[int]], speed: float) -> list[int]:
+def predicted_frames(
+    predictor: DurationPredictor,
+    prompt_tokens: list[int],
+    prompt_mel: torch.Tensor,
+    chunk_tokens: Sequence[list[int]],
+    speed: float,
+) -> list[int]:
     """Generated frames per chunk (prompt excluded) from the learned duration predictor, divided by speed."""
     device = next(predictor.parameters()).device
     count = len(chunk_tokens)

@@ -172,15 +172,28 @@ def init_vocos_folder(
     """
     from vocos import Vocos
 
-    features = {"sample_rate": mel.target_sample_rate, "n_fft": mel.n_fft, "hop_length": mel.hop_length,
-                "n_mels": mel.n_mel_channels, "padding": "center"}
+    features = {
+        "sample_rate": mel.target_sample_rate,
+        "n_fft": mel.n_fft,
+        "hop_length": mel.hop_length,
+        "n_mels": mel.n_mel_channels,
+        "padding": "center",
+    }
     config = {
         "feature_extractor": {"class_path": ALLOWED_CLASSES["feature_extractor"], "init_args": features},
-        "backbone": {"class_path": ALLOWED_CLASSES["backbone"], "init_args": {
-            "input_channels": mel.n_mel_channels, "dim": dim, "intermediate_dim": intermediate_dim,
-            "num_layers": num_layers}},
-        "head": {"class_path": ALLOWED_CLASSES["head"], "init_args": {
-            "dim": dim, "n_fft": mel.n_fft, "hop_length": mel.hop_length, "padding": "center"}},
+        "backbone": {
+            "class_path": ALLOWED_CLASSES["backbone"],
+            "init_args": {
+                "input_channels": mel.n_mel_channels,
+                "dim": dim,
+                "intermediate_dim": intermediate_dim,
+                "num_layers": num_layers,
+            },
+        },
+        "head": {
+            "class_path": ALLOWED_CLASSES["head"],
+            "init_args": {"dim": dim, "n_fft": mel.n_fft, "hop_length": mel.hop_length, "padding": "center"},
+        },
     }
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -295,9 +295,7 @@ _RULES: tuple[tuple[re.Pattern[str], Replacement], ...] = (
 # --- driver -----------------------------------------------------------------------------------------
 
 
-def normalize_vietnamese(
-    text: str, *, lowercase: bool = False, abbreviations: Mapping[str, str] | None = None
-) -> str:
+def normalize_vietnamese(text: str, *, lowercase: bool = False, abbreviations: Mapping[str, str] | None = None) -> str:
     """Spoken form of Vietnamese text for the TTS model; `abbreviations` are merged over ABBREVIATIONS.
 
     Punctuation the model uses for prosody is kept. Characters left that it cannot speak are logged.

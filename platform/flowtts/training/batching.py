@@ -57,8 +57,9 @@ def frame_budget_batches(lengths: Sequence[int], frame_budget: int, max_samples:
     if batch:
         batches.append(batch)
     if dropped:
-        logger.warning("dropped %d items longer than the frame budget %d (indices %s)", len(dropped),
-                       frame_budget, dropped[:10])
+        logger.warning(
+            "dropped %d items longer than the frame budget %d (indices %s)", len(dropped), frame_budget, dropped[:10]
+        )
     return FrameBatches(batches=batches, dropped=dropped)
 
 
@@ -74,9 +75,10 @@ def shard_batches(batches: Sequence[list[int]], rank: int, world: int) -> list[l
         raise BatchingError(f"rank {rank} is not in 0..{world - 1} (world size {world})")
     per_rank = len(batches) // world
     if per_rank == 0:
-        raise BatchingError(f"{len(batches)} batches cannot feed {world} ranks; lower the frame budget or "
-                            "use fewer workers")
-    return list(batches[rank: per_rank * world: world])
+        raise BatchingError(
+            f"{len(batches)} batches cannot feed {world} ranks; lower the frame budget or use fewer workers"
+        )
+    return list(batches[rank : per_rank * world : world])
 
 
 def padding_waste(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
@@ -100,19 +102,24 @@ class BatchPosition:
 class EpochPlan:
     """The deterministic batch stream of one rank: epochs of shuffled, sharded frame-budget batches."""
 
-    def __init__(self, lengths: Sequence[int], frame_budget: int, max_samples: int, *, seed: int,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self, lengths: Sequence[int], frame_budget: int, max_samples: int, *, seed: int, rank: int = 0, world: int = 1
+    ):
         self.lengths = [int(n) for n in lengths]
         self.base = frame_budget_batches(self.lengths, frame_budget, max_samples)
         self.seed, self.rank, self.world = seed, rank, world
         if not self.base.batches:
-            raise BatchingError(f"no batch fits: all {len(self.lengths)} items exceed the frame budget "
-                                f"{frame_budget}")
+            raise BatchingError(f"no batch fits: all {len(self.lengths)} items exceed the frame budget {frame_budget}")
         self.batches_per_epoch = len(shard_batches(self.base.batches, 0, world))
         self.remainder_per_epoch = len(self.base.batches) - self.batches_per_epoch * world
         if self.remainder_per_epoch and rank == 0:
-            logger.info("each epoch drops %d of %d batches so that %d ranks get %d each",
-                        self.remainder_per_epoch, len(self.base.batches), world, self.batches_per_epoch)
+            logger.info(
+                "each epoch drops %d of %d batches so that %d ranks get %d each",
+                self.remainder_per_epoch,
+                len(self.base.batches),
+                world,
+                self.batches_per_epoch,
+            )
         self._cached: tuple[int, int, list[list[int]]] | None = None
 
     def rank_batches(self, epoch: int, rank: int | None = None) -> list[list[int]]:

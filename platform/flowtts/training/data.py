@@ -44,8 +44,12 @@ class Batch:
         return int(self.lens.sum())
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(mel=self.mel.to(device, non_blocking=True), lens=self.lens.to(device),
-                     text=self.text.to(device), rows=self.rows)
+        return Batch(
+            mel=self.mel.to(device, non_blocking=True),
+            lens=self.lens.to(device),
+            text=self.text.to(device),
+            rows=self.rows,
+        )
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,7 @@ def collate(mels: Sequence[torch.Tensor], token_ids: Sequence[Sequence[int]], ro
 def dataset_vocab(dataset: str | Path) -> Vocab:
     path = Path(dataset) / VOCAB_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: a dataset folder needs the {VOCAB_FILE} that "
-                                "preprocessing writes")
+        raise FileNotFoundError(f"{path} is missing: a dataset folder needs the {VOCAB_FILE} that preprocessing writes")
     return Vocab.load(path)
 
 
@@ -139,8 +142,10 @@ def sample_utterance(dataset: str | Path) -> Utterance:
     split, pick_last = (HELDOUT_DIR, False) if any(heldout.glob("*.parquet")) else (TRAIN_DIR, True)
     table = read_table(dataset, split, columns=["text", "n_frames", "mel"])
     row = table.num_rows - 1 if pick_last else 0
-    return Utterance(text=table.column("text")[row].as_py(),
-                     mel=decode_mel(table.column("mel")[row].as_py(), table.column("n_frames")[row].as_py()))
+    return Utterance(
+        text=table.column("text")[row].as_py(),
+        mel=decode_mel(table.column("mel")[row].as_py(), table.column("n_frames")[row].as_py()),
+    )
 
 
 class BatchFeed:
@@ -153,8 +158,9 @@ class BatchFeed:
     def __init__(self, data: TrainingData, plan: EpochPlan, start: BatchPosition, depth: int = 2):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, args=(data, plan, start), daemon=True,
-                                        name="flowtts-batch-feed")
+        self._thread = threading.Thread(
+            target=self._fill, args=(data, plan, start), daemon=True, name="flowtts-batch-feed"
+        )
         self._thread.start()
 
     def _fill(self, data: TrainingData, plan: EpochPlan, start: BatchPosition) -> None:

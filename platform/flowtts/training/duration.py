@@ -37,8 +37,10 @@ class DurationExamples:
         if not self.groups:
             raise ValueError("no speaker has two clips: the duration predictor needs same-speaker pairs")
         self.data = data
-        self.prompt_ids = [encode_prompt(data.vocab, prompt_text(reference_text(text, normalize_text)),
-                                         unknown="space") for text in data.texts]
+        self.prompt_ids = [
+            encode_prompt(data.vocab, prompt_text(reference_text(text, normalize_text)), unknown="space")
+            for text in data.texts
+        ]
 
     def sample(self, size: int, rng: random.Random | None = None) -> DurationBatch:
         """``size`` pairs: a random clip of a speaker with two or more clips, and another clip of theirs.
@@ -71,8 +73,9 @@ def with_duration_predictor(model: CFM, config: DurationPredictorConfig | None =
     return grown.to(model.device)
 
 
-def train_duration_predictor(model: CFM, examples: DurationExamples, *, steps: int = 1000, batch_size: int = 32,
-                             lr: float = 1e-3, seed: int = 0) -> list[float]:
+def train_duration_predictor(
+    model: CFM, examples: DurationExamples, *, steps: int = 1000, batch_size: int = 32, lr: float = 1e-3, seed: int = 0
+) -> list[float]:
     """Fit ``model.duration_predictor`` alone (the CFM stays frozen); returns the loss of every step."""
     if model.duration_predictor is None:
         raise ValueError("the model has no duration predictor: wrap it with with_duration_predictor first")

@@ -52,18 +52,23 @@ def lr_schedule(train: TrainConfig) -> Callable[[int], float]:
 
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.AdamW:
     fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(model.parameters(), lr=train.learning_rate, betas=train.betas,
-                             weight_decay=train.weight_decay, fused=fused)
+    return torch.optim.AdamW(
+        model.parameters(), lr=train.learning_rate, betas=train.betas, weight_decay=train.weight_decay, fused=fused
+    )
 
 
 def build_ema(model: CFM, train: TrainConfig) -> EMA:
     """EMA of the online weights; the online model is not stored inside (``include_online_model=False``)."""
-    return EMA(model, include_online_model=False, beta=train.ema_beta,
-               update_after_step=train.ema_update_after_step, update_every=train.ema_update_every)
+    return EMA(
+        model,
+        include_online_model=False,
+        beta=train.ema_beta,
+        update_after_step=train.ema_update_after_step,
+        update_every=train.ema_update_every,
+    )
 
 
 def build_recipe(model: CFM, train: TrainConfig) -> Recipe:
     """Optimizer, schedule and EMA for ``model`` (the unwrapped module, already on its device)."""
     optimizer = build_optimizer(model, train)
-    return Recipe(optimizer=optimizer, scheduler=LambdaLR(optimizer, lr_schedule(train)),
-                  ema=build_ema(model, train))
+    return Recipe(optimizer=optimizer, scheduler=LambdaLR(optimizer, lr_schedule(train)), ema=build_ema(model, train))

@@ -53,9 +53,12 @@ def capture_rng() -> dict[str, Any]:
     numpy_state = np.random.get_state(legacy=False)
     state = {
         "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
-                  "gauss": float(numpy_state["gauss"])},
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -68,15 +71,22 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((python["version"], tuple(python["words"].tolist()), python["gauss"]))
     saved = state["numpy"]
     key = saved["key"].numpy().astype(np.uint32)
-    np.random.set_state({"bit_generator": "MT19937", "state": {"key": key, "pos": saved["pos"]},
-                         "has_gauss": saved["has_gauss"], "gauss": saved["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": key, "pos": saved["pos"]},
+            "has_gauss": saved["has_gauss"],
+            "gauss": saved["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_train_state(folder: str | Path, *, model: CFM, recipe: Recipe, state: TrainState, vocab: Vocab,
-                     rank: int = 0) -> Path:
+def save_train_state(
+    folder: str | Path, *, model: CFM, recipe: Recipe, state: TrainState, vocab: Vocab, rank: int = 0
+) -> Path:
     """Rank 0 writes weights, optimizer and JSON; every rank writes its own RNG file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,8 +95,10 @@ def save_train_state(folder: str | Path, *, model: CFM, recipe: Recipe, state: T
         return folder
     save_file(_cpu(model.state_dict()), str(folder / MODEL_FILE))
     save_file(_cpu(recipe.ema.state_dict()), str(folder / EMA_FILE))
-    torch.save({"optimizer": recipe.optimizer.state_dict(), "scheduler": recipe.scheduler.state_dict()},
-               folder / OPTIMIZER_FILE)
+    torch.save(
+        {"optimizer": recipe.optimizer.state_dict(), "scheduler": recipe.scheduler.state_dict()},
+        folder / OPTIMIZER_FILE,
+    )
     vocab.save(folder / VOCAB_FILE)
     text = json.dumps(asdict(state), indent=2, ensure_ascii=False)
     (folder / STATE_FILE).write_text(text, encoding="utf-8")

@@ -31,10 +31,16 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext()
 
 
-def train_step(model: torch.nn.Module, recipe: Recipe, micro_batches: Sequence[Batch], *,
-               max_grad_norm: float, device: torch.device,
-               duration_batches: Sequence[DurationBatch] | None = None,
-               duration_loss_weight: float = 1.0) -> StepResult:
+def train_step(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    micro_batches: Sequence[Batch],
+    *,
+    max_grad_norm: float,
+    device: torch.device,
+    duration_batches: Sequence[DurationBatch] | None = None,
+    duration_loss_weight: float = 1.0,
+) -> StepResult:
     """Accumulate gradients over ``micro_batches`` (DDP syncs only on the last), then update once.
 
     ``model`` is the CFM or its DDP wrapper; the EMA in ``recipe`` tracks the unwrapped module. With
@@ -70,9 +76,14 @@ def train_step(model: torch.nn.Module, recipe: Recipe, micro_batches: Sequence[B
         recipe.optimizer.step()
         recipe.ema.update()
     recipe.scheduler.step()
-    return StepResult(loss=total_loss / len(micro_batches), grad_norm=grad_norm, lr=lr,
-                      frames=sum(b.frames for b in micro_batches), skipped=skipped,
-                      duration_loss=None if duration_batches is None else total_duration_loss / len(micro_batches))
+    return StepResult(
+        loss=total_loss / len(micro_batches),
+        grad_norm=grad_norm,
+        lr=lr,
+        frames=sum(b.frames for b in micro_batches),
+        skipped=skipped,
+        duration_loss=None if duration_batches is None else total_duration_loss / len(micro_batches),
+    )
 
 
 def clip_gradients(model: torch.nn.Module, max_norm: float) -> tuple[float, float]:
@@ -83,5 +94,7 @@ def clip_gradients(model: torch.nn.Module, max_norm: float) -> tuple[float, floa
         return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)), 0.0
     own = {id(p) for p in predictor.parameters()}
     cfm_params = [p for p in model.parameters() if id(p) not in own]
-    return (float(torch.nn.utils.clip_grad_norm_(cfm_params, max_norm)),
-            float(torch.nn.utils.clip_grad_norm_(predictor.parameters(), max_norm)))
+    return (
+        float(torch.nn.utils.clip_grad_norm_(cfm_params, max_norm)),
+        float(torch.nn.utils.clip_grad_norm_(predictor.parameters(), max_norm)),
+    )

@@ -33,8 +33,14 @@ class WarmStart:
     added: list[str]  # characters appended to the pretrained vocab
 
 
-def prepare_start(config: FlowTTSConfig, texts: Sequence[str], data_vocab: Vocab, *,
-                  init_from: str | Path | None = None, init_vocab: str | Path | None = None) -> WarmStart:
+def prepare_start(
+    config: FlowTTSConfig,
+    texts: Sequence[str],
+    data_vocab: Vocab,
+    *,
+    init_from: str | Path | None = None,
+    init_vocab: str | Path | None = None,
+) -> WarmStart:
     """Resolve the starting point for training on ``texts``."""
     if init_from is None:
         missing = data_vocab.missing(normalize_text("".join(texts)))
@@ -60,16 +66,20 @@ def load_pretrained(config: FlowTTSConfig, path: Path, init_vocab: str | Path | 
         if expected.duration_predictor is not None:  # a predictor to train from scratch when it has none
             model = with_duration_predictor(model, expected.duration_predictor)
         if model.config != expected:
-            raise CheckpointError(f"{path} was trained with a different architecture: "
-                                  f"{_differences(model.config.model_dump(), expected.model_dump())}")
+            raise CheckpointError(
+                f"{path} was trained with a different architecture: "
+                f"{_differences(model.config.model_dump(), expected.model_dump())}"
+            )
         return model, vocab
     if path.is_file() and path.suffix in OFFICIAL_SUFFIXES:
         if init_vocab is None:
             raise CheckpointError(f"official checkpoint {path} needs its vocab.txt (--init-vocab FILE)")
         vocab = Vocab.load(init_vocab)
         return load_f5_checkpoint(path, config.model.with_vocab_size(len(vocab))), vocab
-    raise FileNotFoundError(f"--init-from {str(path)!r} is neither a checkpoint folder of ours nor an "
-                            f"official checkpoint file ({', '.join(OFFICIAL_SUFFIXES)})")
+    raise FileNotFoundError(
+        f"--init-from {str(path)!r} is neither a checkpoint folder of ours nor an "
+        f"official checkpoint file ({', '.join(OFFICIAL_SUFFIXES)})"
+    )
 
 
 def _with_vocab(config: FlowTTSConfig, vocab: Vocab) -> FlowTTSConfig:
@@ -77,5 +87,8 @@ def _with_vocab(config: FlowTTSConfig, vocab: Vocab) -> FlowTTSConfig:
 
 
 def _differences(got: dict, want: dict) -> str:
-    return ", ".join(f"{key}: checkpoint {got.get(key)!r} vs config {want.get(key)!r}"
-                     for key in sorted(set(got) | set(want)) if got.get(key) != want.get(key))
+    return ", ".join(
+        f"{key}: checkpoint {got.get(key)!r} vs config {want.get(key)!r}"
+        for key in sorted(set(got) | set(want))
+        if got.get(key) != want.get(key)
+    )
