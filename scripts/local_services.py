@@ -1,4 +1,4 @@
-"""Services on this machine for the demo and the end-to-end tests: a private Ray head and an MLflow server.
+"""Services on this machine for the demo and the tests: a private Ray head, an MLflow server, an S3 API.
 
 Both listen on 127.0.0.1 on free (non-default) ports and are stopped by PID: never ``ray stop``, which
 would stop every Ray cluster of the user. Used by ``scripts/demo.py`` and the integration tests.
@@ -23,6 +23,7 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 MLFLOW = str(BIN / "mlflow")
+MOTO_SERVER = str(BIN / "moto_server")
 
 
 def service_env(**changes: str) -> dict[str, str]:
@@ -227,16 +228,61 @@ class LocalMlflowServer:
         return self.uri
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group (its uvicorn worker included), SIGKILL if it lingers."""
-        if self.process is None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=20)
-                break
+        """Stop the server and its uvicorn worker."""
+        stop_process_group(self.process)
         self.process = None
+
+
+@dataclass
+class LocalS3Server:
+    """moto's standalone S3 API (``moto_server``) on 127.0.0.1; ``env`` is what a client needs to reach it
+    the standard way (``AWS_ENDPOINT_URL`` and credentials; moto accepts any key unless told otherwise)."""
+
+    root: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60) -> dict[str, str]:
+        (port,) = free_ports(1)
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "moto_server.log", "ab")  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(
+            [MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
+            env={**os.environ, **self.extra_env},
+            cwd=self.root,
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until_answers(f"{self.endpoint}/moto-api/", timeout_s, self.process)
+        except BaseException:
+            self.stop()
+            raise
+        self.env = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        return self.env
+
+    def stop(self) -> None:
+        stop_process_group(self.process)
+        self.process = None
+
+
+def stop_process_group(process: subprocess.Popen | None) -> None:
+    """SIGTERM to the process group a server was started in (``start_new_session``), SIGKILL if it lingers."""
+    if process is None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=20)
+            break
 
 
 def _pids() -> list[int]:

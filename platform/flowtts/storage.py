@@ -1,0 +1,188 @@
+"""A local path or a URI on any pyarrow filesystem, as one ``Location``: the only place that parses ``s3://``.
+
+``resolve("s3://bucket/corpus")``, ``resolve("gs://...")``, ``resolve("hdfs://...")``, ``resolve("file:///...")``
+and plain paths all give a ``Location`` (filesystem + path inside it). Credentials, region and endpoint come
+the standard way, from the environment the filesystem's SDK reads (for S3: ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION``, ``AWS_PROFILE`` and
+``AWS_ENDPOINT_URL`` for MinIO, Ceph, R2 or any other S3-compatible store). A ``Location`` pickles (as its
+URI), so it can travel into Ray tasks, which resolve the filesystem again on their node.
+
+Every storage failure is raised as ``StorageError`` naming the URI, whatever the backend's own wording.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import pyarrow.fs as pafs
+
+REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+class StorageError(OSError):
+    """A read, write or listing failed; the message names the URI and what the store said."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (str(self),))
+
+
+def scheme_of(location: str | Path) -> str:
+    """``"s3"`` for ``s3://b/k``, ``"file"`` for ``file:///x``, ``""`` for a plain path."""
+    text = str(location)
+    head, sep, _ = text.partition("://")
+    return head.lower() if sep and head.isalnum() else ""
+
+
+def is_remote(location: str | Path) -> bool:
+    return scheme_of(location) not in ("", "file")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder on some filesystem. ``uri`` is what users see; ``path`` is what ``fs`` takes."""
+
+    uri: str
+    path: str
+    fs: pafs.FileSystem = field(compare=False, repr=False)
+
+    def __reduce__(self):
+        return (resolve, (self.uri,))
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def local_path(self) -> Path:
+        """The path on this machine; only for local locations (e.g. libraries that want a file name)."""
+        if not self.is_local:
+            raise StorageError(f"{self.uri} is not on the local filesystem")
+        return Path(self.path)
+
+    def join(self, *parts: str) -> Location:
+        path = posixpath.join(self.path, *parts)
+        uri = self.uri.rstrip("/") + "/" + "/".join(p.strip("/") for p in parts) if parts else self.uri
+        return Location(uri=uri, path=path, fs=self.fs)
+
+    def _info(self) -> pafs.FileInfo:
+        with _named_errors(self.uri, "inspect"):
+            return self.fs.get_file_info(self.path)
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self._info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def size(self) -> int:
+        info = self._info()
+        if info.type != pafs.FileType.File:
+            raise StorageError(f"{self.uri} is not a file")
+        return int(info.size)
+
+    def files(self, suffix: str = "", recursive: bool = False) -> list[Location]:
+        """Files under this folder whose names end with ``suffix``, sorted by path; [] when the folder is absent."""
+        with _named_errors(self.uri, "list"):
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive))
+        found = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
+        return [self.join(posixpath.relpath(p, self.path)) for p in found]
+
+    def read_bytes(self) -> bytes:
+        with _named_errors(self.uri, "read"), self.fs.open_input_file(self.path) as f:
+            return f.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode("utf-8")
+
+    def write_bytes(self, data: bytes) -> None:
+        self.make_parent()
+        with _named_errors(self.uri, "write"), self.fs.open_output_stream(self.path) as f:
+            f.write(data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode("utf-8"))
+
+    @contextmanager
+    def open_input(self) -> Iterator[IO[bytes]]:
+        """A seekable binary file (parquet readers, soundfile)."""
+        with _named_errors(self.uri, "read"), self.fs.open_input_file(self.path) as f:
+            yield f
+
+    @contextmanager
+    def open_output(self) -> Iterator[IO[bytes]]:
+        self.make_parent()
+        with _named_errors(self.uri, "write"), self.fs.open_output_stream(self.path) as f:
+            yield f
+
+    def make_parent(self) -> None:
+        if self.is_local:
+            os.makedirs(posixpath.dirname(self.path) or ".", exist_ok=True)
+
+    def make_dir(self) -> None:
+        with _named_errors(self.uri, "create"):
+            self.fs.create_dir(self.path, recursive=True)
+
+    def delete_dir(self) -> None:
+        """Remove the folder and everything under it; nothing happens when it is absent."""
+        if self.exists():
+            with _named_errors(self.uri, "delete"):
+                self.fs.delete_dir(self.path)
+
+    def copy_file_to(self, target: Location) -> None:
+        if type(self.fs) is type(target.fs) and self.fs.equals(target.fs):
+            target.make_parent()
+            with _named_errors(self.uri, f"copy to {target.uri}"):
+                self.fs.copy_file(self.path, target.path)
+        else:
+            target.write_bytes(self.read_bytes())
+
+
+def resolve(location: str | Path | Location) -> Location:
+    """A local path, ``file://`` URI or remote URI -> ``Location``; unknown schemes raise ``StorageError``."""
+    if isinstance(location, Location):
+        return location
+    text = str(location)
+    scheme = scheme_of(text)
+    if scheme == "":
+        path = os.path.abspath(os.path.expanduser(text))
+        return Location(uri=path, path=path, fs=pafs.LocalFileSystem())
+    if scheme != "file" and scheme not in REMOTE_SCHEMES:
+        raise StorageError(f"{text}: unsupported scheme {scheme!r}; use a local path or one of {REMOTE_SCHEMES}")
+    with _named_errors(text, "open the filesystem of"):
+        fs, path = pafs.FileSystem.from_uri(text)
+    return Location(uri=text.rstrip("/") if scheme != "file" else path, path=path.rstrip("/") or path, fs=fs)
+
+
+@contextmanager
+def _named_errors(uri: str, action: str) -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError as err:
+        raise StorageError(f"cannot {action} {uri}: not found") from err
+    except (OSError, ValueError) as err:
+        raise StorageError(f"cannot {action} {uri}: {_short(err)}") from err
+
+
+def _short(err: BaseException) -> str:
+    """pyarrow's S3 messages carry a long 'Detail:' tail; the first line says what went wrong."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
