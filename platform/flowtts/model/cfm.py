@@ -11,7 +11,7 @@ from torch import nn
 
 from flowtts.config import ModelConfig
 from flowtts.model.backbones import BACKBONES, Backbone, TextCache
-from flowtts.model.duration import DurationBatch, DurationPredictor
+from flowtts.model.duration_predictor import DurationBatch, DurationPredictor
 from flowtts.model.modules import lens_to_mask
 
 # Empirically Pruned Step Sampling grids (in 1/32 units) for small step counts.

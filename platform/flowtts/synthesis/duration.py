@@ -14,7 +14,7 @@ import torch
 
 from flowtts.audio import DEFAULT_MEL
 from flowtts.config import MelConfig
-from flowtts.model.duration import DurationPredictor
+from flowtts.model.duration_predictor import DurationPredictor
 from flowtts.synthesis.errors import InvalidOptionsError
 from flowtts.text import pad_token_ids
 

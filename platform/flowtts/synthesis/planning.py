@@ -15,7 +15,7 @@ import torch
 
 from flowtts.audio import DEFAULT_MEL
 from flowtts.config import MelConfig
-from flowtts.model.duration import DurationPredictor
+from flowtts.model.duration_predictor import DurationPredictor
 from flowtts.synthesis.chunking import CROSS_FADE_S, balanced_chunks, max_chunk_bytes
 from flowtts.synthesis.duration import (
     BYTE_RATIO_RULE,

@@ -18,7 +18,7 @@ import torch
 
 from flowtts.config import DurationPredictorConfig
 from flowtts.model import CFM, build_model
-from flowtts.model.duration import DurationBatch
+from flowtts.model.duration_predictor import DurationBatch
 from flowtts.synthesis.reference import encode_prompt, prompt_text, reference_text
 from flowtts.text import normalize_text, pad_token_ids
 from flowtts.training.data import TrainingData

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flowtts.model.duration import DurationBatch
+from flowtts.model.duration_predictor import DurationBatch
 from flowtts.training.data import Batch
 from flowtts.training.recipe import Recipe
 
