@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from trainer.duration import DurationJob, run_duration_training
+from trainer.duration_job import DurationJob, run_duration_training
 from trainer.launch import add_run_options, connect_ray
 
 

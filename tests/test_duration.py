@@ -15,10 +15,10 @@ from flowtts.config import DurationPredictorConfig, load_config
 from flowtts.evaluation import mape
 from flowtts.model import build_model
 from flowtts.synthesis import GriffinLimVocoder, SynthesisOptions, Synthesizer, byte_ratio_frames
-from flowtts.synthesis.duration import predicted_frames
+from flowtts.synthesis.duration_rules import predicted_frames
 from flowtts.text import Vocab
 from flowtts.training import TrainingData, build_recipe, collate, train_step
-from flowtts.training.duration import DurationExamples, train_duration_predictor, with_duration_predictor
+from flowtts.training.duration_fitting import DurationExamples, train_duration_predictor, with_duration_predictor
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _shards import write_dataset  # noqa: E402

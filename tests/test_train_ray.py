@@ -25,7 +25,7 @@ from flowtts.config import DurationPredictorConfig, load_config
 from flowtts.model import build_model
 from flowtts.tracking import download_model
 from flowtts.training import dataset_vocab, read_train_state
-from trainer.duration import DurationJob, run_duration_training
+from trainer.duration_job import DurationJob, run_duration_training
 from trainer.launch import FAIL_AT_STEP_ENV, TrainJob, run_training
 from trainer.settings import FAIL_MARKER
 

@@ -44,7 +44,7 @@ from flowtts.training import (
     train_step,
 )
 from flowtts.training.data import sample_utterance
-from flowtts.training.duration import DurationExamples
+from flowtts.training.duration_fitting import DurationExamples
 from flowtts.training.state import VOCAB_FILE
 from trainer.settings import FAIL_MARKER, TrainSettings
 

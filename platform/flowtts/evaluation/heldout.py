@@ -25,7 +25,7 @@ from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.metrics import compare_mels, mape
 from flowtts.model import CFM
 from flowtts.shards import HELDOUT_DIR, TRAIN_DIR, decode_mel, read_table
-from flowtts.synthesis.duration import byte_ratio_frames, predicted_frames
+from flowtts.synthesis.duration_rules import byte_ratio_frames, predicted_frames
 from flowtts.synthesis.reference import encode_prompt, prompt_text, reference_text
 from flowtts.text import Vocab, normalize_text, pad_token_ids
 

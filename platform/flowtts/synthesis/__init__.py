@@ -7,7 +7,7 @@ from flowtts.synthesis.chunking import (
     cross_fade,
     max_chunk_bytes,
 )
-from flowtts.synthesis.duration import byte_ratio_frames, fixed_frames
+from flowtts.synthesis.duration_rules import byte_ratio_frames, fixed_frames
 from flowtts.synthesis.errors import (
     EmptyTextError,
     InvalidOptionsError,

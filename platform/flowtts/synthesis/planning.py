@@ -17,7 +17,7 @@ from flowtts.audio import DEFAULT_MEL
 from flowtts.config import MelConfig
 from flowtts.model.duration_predictor import DurationPredictor
 from flowtts.synthesis.chunking import CROSS_FADE_S, balanced_chunks, max_chunk_bytes
-from flowtts.synthesis.duration import (
+from flowtts.synthesis.duration_rules import (
     BYTE_RATIO_RULE,
     FIXED_RULE,
     PREDICTOR_RULE,

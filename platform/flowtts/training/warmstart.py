@@ -16,7 +16,7 @@ from flowtts.checkpoint import CheckpointError, extend_vocab, load_bundle, load_
 from flowtts.config import FlowTTSConfig
 from flowtts.model import CFM
 from flowtts.text import Vocab, normalize_text
-from flowtts.training.duration import with_duration_predictor
+from flowtts.training.duration_fitting import with_duration_predictor
 
 logger = logging.getLogger(__name__)
 

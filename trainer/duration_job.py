@@ -29,7 +29,7 @@ from flowtts.config import DurationPredictorConfig
 from flowtts.evaluation.gate import resolve_model
 from flowtts.evaluation.heldout import heldout_duration_mape
 from flowtts.training import TrainingData
-from flowtts.training.duration import DurationExamples, train_duration_predictor, with_duration_predictor
+from flowtts.training.duration_fitting import DurationExamples, train_duration_predictor, with_duration_predictor
 from trainer.loop import setup_worker_logging
 from trainer.registry import Registration, register_cfm
 from trainer.tracking import RunLogger, open_run
