@@ -45,7 +45,7 @@ class Backbone(nn.Module):
     def embed(self, x, cond, text, drop_audio_cond, drop_text, mask, cache, isolate):  # pragma: no cover
         raise NotImplementedError
 
-    def body(self, h, t, mask, n_audio, isolate):  # pragma: no cover - interface
+    def body(self, h, t, mask, text, isolate):  # pragma: no cover - interface
         raise NotImplementedError
 
     def compute_text_embedding(self, text, seq_len, drop_text, mask, isolate):  # pragma: no cover - interface
@@ -100,7 +100,7 @@ class Backbone(nn.Module):
             mask = torch.cat((mask, mask), dim=0) if mask is not None else None
         else:
             h = self.embed(x, cond, text, drop_audio_cond, drop_text, mask, cache, isolate)
-        return self.body(h, t, mask, x.shape[1], isolate)
+        return self.body(h, t, mask, text, isolate)
 
 
 class DiT(Backbone):
@@ -138,8 +138,10 @@ class DiT(Backbone):
         _zero(self.proj_out)
 
     def compute_text_embedding(self, text, seq_len, drop_text, mask, isolate):
-        if not isolate:  # upstream: one embedding at the batch length (ConvNeXt GRN then sees the padding)
-            return self.text_embed(text, seq_len, drop_text=drop_text)
+        if not isolate:  # upstream: one embedding at the batch length (ConvNeXt and GRN see the padding),
+            # with each item's ids and positions cut at its own audio length when there is a mask
+            lens = mask.sum(dim=1) if mask is not None else None
+            return self.text_embed(text, seq_len, drop_text=drop_text, lens=lens)
         rows = [
             self.text_embed(text[i : i + 1], int(n), drop_text=drop_text)[0]
             for i, n in enumerate(mask.sum(dim=1).tolist())
@@ -151,7 +153,7 @@ class DiT(Backbone):
         text_emb = self.text_embedding(text, x.shape[1], drop_text, mask, cache, isolate)  # [b, n, text_dim]
         return self.input_embed(x, cond, text_emb, drop_audio_cond=drop_audio_cond, audio_mask=mask)
 
-    def body(self, h, t, mask, n_audio, isolate):
+    def body(self, h, t, mask, text, isolate):
         rope = self.rotary_embed.forward_from_seq_len(h.shape[1])
         residual = h
         mask_keys = True if isolate else None  # None: the blocks' configured attn_mask_enabled
@@ -173,7 +175,11 @@ class UNetT(Backbone):
         text_dim = cfg.text_dim or cfg.mel_dim
         self.time_embed = TimestepEmbedding(cfg.dim)
         self.text_embed = TextEmbedding(
-            cfg.text_num_embeds, text_dim, mask_padding=cfg.text_mask_padding, conv_layers=cfg.conv_layers
+            cfg.text_num_embeds,
+            text_dim,
+            mask_padding=cfg.text_mask_padding,
+            conv_layers=cfg.conv_layers,
+            max_pos=4096,  # upstream's UNetT keeps the older position table
         )
         self.input_embed = InputEmbedding(cfg.mel_dim, text_dim, cfg.dim)
         self.rotary_embed = RotaryEmbedding(cfg.dim_head)
@@ -193,6 +199,7 @@ class UNetT(Backbone):
                             cfg.dropout,
                             qk_norm=cfg.qk_norm,
                             pe_attn_head=cfg.pe_attn_head,
+                            attn_mask_enabled=cfg.attn_mask_enabled,  # upstream default off: padded keys attended
                         ),
                         ScaledRMSNorm(cfg.dim),
                         FeedForward(cfg.dim, mult=cfg.ff_mult, dropout=cfg.dropout, approximate="tanh"),
@@ -203,13 +210,13 @@ class UNetT(Backbone):
         self.proj_out = nn.Linear(cfg.dim, cfg.mel_dim)
 
     def compute_text_embedding(self, text, seq_len, drop_text, mask, isolate):
-        return self.text_embed(text, seq_len, drop_text=drop_text)
+        return self.text_embed(text, seq_len, drop_text=drop_text)  # upstream UNetT: no per-item lengths
 
     def embed(self, x, cond, text, drop_audio_cond, drop_text, mask, cache, isolate):
         text_emb = self.text_embedding(text, x.shape[1], drop_text, mask, cache, isolate)
-        return self.input_embed(x, cond, text_emb, drop_audio_cond=drop_audio_cond)
+        return self.input_embed(x, cond, text_emb, drop_audio_cond=drop_audio_cond)  # ConvPos never masked
 
-    def body(self, h, t, mask, n_audio, isolate):
+    def body(self, h, t, mask, text, isolate):
         h = torch.cat((t.unsqueeze(1), h), dim=1)  # [b, 1+n, d]
         mask = F.pad(mask, (1, 0), value=True) if mask is not None else None
         rope = self.rotary_embed.forward_from_seq_len(h.shape[1])
@@ -266,13 +273,21 @@ class MMDiTBlock(nn.Module):
         dropout: float,
         context_pre_only: bool,
         qk_norm: str | None,
+        attn_mask_enabled: bool,
     ):
         super().__init__()
         self.context_pre_only = context_pre_only
         self.attn_norm_c = AdaLayerNormFinal(dim) if context_pre_only else AdaLayerNorm(dim)
         self.attn_norm_x = AdaLayerNorm(dim)
         self.attn = Attention(
-            dim, heads, dim_head, dropout, qk_norm=qk_norm, context_dim=dim, context_pre_only=context_pre_only
+            dim,
+            heads,
+            dim_head,
+            dropout,
+            qk_norm=qk_norm,
+            context_dim=dim,
+            context_pre_only=context_pre_only,
+            attn_mask_enabled=attn_mask_enabled,
         )
         if not context_pre_only:
             self.ff_norm_c = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -280,13 +295,13 @@ class MMDiTBlock(nn.Module):
         self.ff_norm_x = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ff_x = FeedForward(dim, mult=ff_mult, dropout=dropout, approximate="tanh")
 
-    def forward(self, x, c, t, mask=None, rope=None, c_rope=None):
+    def forward(self, x, c, t, mask=None, rope=None, c_rope=None, c_mask=None):
         if self.context_pre_only:
             norm_c = self.attn_norm_c(c, t)
         else:
             norm_c, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.attn_norm_c(c, emb=t)
         norm_x, x_gate_msa, x_shift_mlp, x_scale_mlp, x_gate_mlp = self.attn_norm_x(x, emb=t)
-        x_attn, c_attn = self.attn(norm_x, mask=mask, rope=rope, c=norm_c, c_rope=c_rope)
+        x_attn, c_attn = self.attn(norm_x, mask=mask, rope=rope, c=norm_c, c_rope=c_rope, c_mask=c_mask)
         if self.context_pre_only:
             c = None
         else:
@@ -309,12 +324,22 @@ class MMDiT(Backbone):
         self.rotary_embed = RotaryEmbedding(cfg.dim_head)
         self.transformer_blocks = nn.ModuleList(
             [
-                MMDiTBlock(cfg.dim, cfg.heads, cfg.dim_head, cfg.ff_mult, cfg.dropout, i == cfg.depth - 1, cfg.qk_norm)
+                MMDiTBlock(
+                    cfg.dim,
+                    cfg.heads,
+                    cfg.dim_head,
+                    cfg.ff_mult,
+                    cfg.dropout,
+                    i == cfg.depth - 1,
+                    cfg.qk_norm,
+                    cfg.attn_mask_enabled,
+                )
                 for i in range(cfg.depth)
             ]
         )
         self.norm_out = AdaLayerNormFinal(cfg.dim)
         self.proj_out = nn.Linear(cfg.dim, cfg.mel_dim)
+        self.checkpoint_activations = cfg.checkpoint_activations
         for block in self.transformer_blocks:
             _zero(block.attn_norm_x.linear)
             _zero(block.attn_norm_c.linear)
@@ -328,13 +353,19 @@ class MMDiT(Backbone):
         c = self.text_embedding(text, x.shape[1], drop_text, mask, cache, isolate)  # [b, nt, d]
         return torch.cat((self.audio_embed(x, cond, drop_audio_cond), c), dim=1)  # [b, n+nt, d] (split in body)
 
-    def body(self, h, t, mask, n_audio, isolate):
-        n = n_audio
-        x, c = h[:, :n], h[:, n:]
-        rope_audio = self.rotary_embed.forward_from_seq_len(n)
-        rope_text = self.rotary_embed.forward_from_seq_len(c.shape[1])
+    def body(self, h, t, mask, text, isolate):
+        nt = text.shape[1]
+        x, c = h[:, :-nt], h[:, -nt:]
+        # upstream: the text padding mask is always passed (zeroes padded tokens' attention output), even
+        # for a single item; with cfg_infer it covers both halves of the packed batch
+        c_mask = (text != -1).repeat(h.shape[0] // text.shape[0], 1)  # [b or 2b, nt]
+        rope_audio = self.rotary_embed.forward_from_seq_len(x.shape[1])
+        rope_text = self.rotary_embed.forward_from_seq_len(nt)
         for block in self.transformer_blocks:
-            c, x = block(x, c, t, mask=mask, rope=rope_audio, c_rope=rope_text)
+            if self.checkpoint_activations and self.training:
+                c, x = checkpoint(block, x, c, t, mask, rope_audio, rope_text, c_mask, use_reentrant=False)
+            else:
+                c, x = block(x, c, t, mask=mask, rope=rope_audio, c_rope=rope_text, c_mask=c_mask)
         return self.proj_out(self.norm_out(x, t))
 
 

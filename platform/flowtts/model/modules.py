@@ -80,34 +80,54 @@ class ConvNeXtV2Block(nn.Module):
 
 
 class TextEmbedding(nn.Module):
-    """Character embedding (+1 shift, row 0 = filler), absolute positions and ConvNeXt blocks."""
+    """Character embedding (+1 shift, row 0 = filler), absolute positions and ConvNeXt blocks.
 
-    max_pos = 8192
+    ``max_pos``: positions are clipped there (DiT 8192, UNetT 4096 as upstream)."""
 
     def __init__(
-        self, text_num_embeds: int, text_dim: int, mask_padding: bool = True, conv_layers: int = 0, conv_mult: int = 2
+        self,
+        text_num_embeds: int,
+        text_dim: int,
+        mask_padding: bool = True,
+        conv_layers: int = 0,
+        conv_mult: int = 2,
+        max_pos: int = 8192,
     ):
         super().__init__()
         self.text_embed = nn.Embedding(text_num_embeds + 1, text_dim)
         self.mask_padding = mask_padding
+        self.max_pos = max_pos
         self.extra_modeling = conv_layers > 0
         if self.extra_modeling:
-            self.register_buffer("freqs_cis", precompute_freqs_cis(text_dim, self.max_pos), persistent=False)
+            self.register_buffer("freqs_cis", precompute_freqs_cis(text_dim, max_pos), persistent=False)
             self.text_blocks = nn.Sequential(
                 *[ConvNeXtV2Block(text_dim, text_dim * conv_mult) for _ in range(conv_layers)]
             )
 
-    def forward(self, text: torch.Tensor, seq_len: int, drop_text: bool = False) -> torch.Tensor:
+    def forward(
+        self, text: torch.Tensor, seq_len: int, drop_text: bool = False, lens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``lens [b]`` (upstream DiT, when the batch has an audio mask): beyond an item's own length its
+        ids, embeddings and positions are zeroed, so a text longer than a short item is cut at that item's
+        length. The ConvNeXt blocks still run over the whole batch length: without ``mask_padding`` (v0) the
+        zeroed tail is not re-masked and leaks into the valid frames through the convolution and GRN.
+        That is upstream's batch semantics, which the released v0 models and their fine-tunes run under."""
         ids = (text + 1)[:, :seq_len]  # pad -1 -> filler 0
         ids = F.pad(ids, (0, seq_len - ids.shape[1]), value=0)  # [b, n]
-        pad = (ids == 0).unsqueeze(-1)  # [b, n, 1]
+        valid = None if lens is None else lens_to_mask(lens, seq_len).unsqueeze(-1)  # [b, n, 1]
+        if valid is not None:
+            ids = ids.masked_fill(~valid[..., 0], 0)
+        pad = (ids == 0).unsqueeze(-1)  # [b, n, 1]: filler, batch padding and beyond the item's length
         if drop_text:
             ids = torch.zeros_like(ids)
         x = self.text_embed(ids)  # [b, n, c]
+        if valid is not None:
+            x = x.masked_fill(~valid, 0.0)
         if not self.extra_modeling:
             return x
         positions = torch.arange(seq_len, device=ids.device).clamp(max=self.max_pos - 1)
-        x = x + self.freqs_cis[positions]
+        freqs = self.freqs_cis[positions]  # [n, c]
+        x = x + (freqs if valid is None else freqs * valid)
         if not self.mask_padding:
             return self.text_blocks(x)
         x = x.masked_fill(pad, 0.0)
@@ -241,8 +261,8 @@ class Attention(nn.Module):
             self.to_q_c = nn.Linear(context_dim, inner)
             self.to_k_c = nn.Linear(context_dim, inner)
             self.to_v_c = nn.Linear(context_dim, inner)
-            self.q_norm_c = RMSNorm(dim_head) if qk_norm else None
-            self.k_norm_c = RMSNorm(dim_head) if qk_norm else None
+            self.c_q_norm = RMSNorm(dim_head) if qk_norm else None  # upstream's names (c_ first)
+            self.c_k_norm = RMSNorm(dim_head) if qk_norm else None
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(dropout)])
         if context_dim is not None and not context_pre_only:
             self.to_out_c = nn.Linear(inner, context_dim)
@@ -267,19 +287,25 @@ class Attention(nn.Module):
         c: torch.Tensor | None = None,
         c_rope: torch.Tensor | None = None,
         mask_keys: bool | None = None,
+        c_mask: torch.Tensor | None = None,
     ):
         """mask [b, n]: valid frames. Padded frames always get a zero output; padded keys are excluded
-        from attention when ``mask_keys`` (default: the configured ``attn_mask_enabled``)."""
+        from attention when ``mask_keys`` (default: the configured ``attn_mask_enabled``).
+        Joint attention (MMDiT): c_mask [b, nt] marks real text tokens; as upstream, padded tokens get a
+        zero context output always, but are masked as keys only together with an audio mask (so a single
+        item, sampled without a mask, attends to its own text padding)."""
         q = self._rope(self._heads(x, self.to_q, self.q_norm), rope)
         k = self._rope(self._heads(x, self.to_k, self.k_norm), rope)
         v = self._heads(x, self.to_v, None)
         mask_keys = self.attn_mask_enabled if mask_keys is None else mask_keys
         attn_mask = mask if mask_keys else None
         if c is not None:
-            q = torch.cat((q, self._rope(self._heads(c, self.to_q_c, self.q_norm_c), c_rope)), dim=2)
-            k = torch.cat((k, self._rope(self._heads(c, self.to_k_c, self.k_norm_c), c_rope)), dim=2)
+            q = torch.cat((q, self._rope(self._heads(c, self.to_q_c, self.c_q_norm), c_rope)), dim=2)
+            k = torch.cat((k, self._rope(self._heads(c, self.to_k_c, self.c_k_norm), c_rope)), dim=2)
             v = torch.cat((v, self._heads(c, self.to_v_c, None)), dim=2)
-            attn_mask = F.pad(attn_mask, (0, c.shape[1]), value=True) if attn_mask is not None else None
+            if attn_mask is not None:
+                text_keys = c_mask if c_mask is not None else attn_mask.new_ones(c.shape[:2])
+                attn_mask = torch.cat((attn_mask, text_keys), dim=1)  # [b, n + nt]
         if attn_mask is not None:
             attn_mask = attn_mask[:, None, None, :]  # [b, 1, 1, n_kv]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [b, h, n, dh]
@@ -291,6 +317,8 @@ class Attention(nn.Module):
         if c is None:
             return x_out
         c_out = None if self.context_pre_only else self.to_out_c(out[:, n:])
+        if c_out is not None and c_mask is not None:
+            c_out = c_out.masked_fill(~c_mask.unsqueeze(-1), 0.0)
         return x_out, c_out
 
 
