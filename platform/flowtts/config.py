@@ -59,6 +59,7 @@ class ModelConfig(StrictModel):
     pe_attn_head: int | None = None
     qk_norm: Literal["rms_norm"] | None = None
     long_skip_connection: bool = False
+    text_embedding_average_upsampling: bool = False  # DiT: ZipVoice-style text upsampling (needs text_mask_padding)
     attn_mask_enabled: bool = False  # DiT: mask padded keys in attention (upstream default off)
     mel_dim: int = 100
     text_num_embeds: int = 256
@@ -69,6 +70,8 @@ class ModelConfig(StrictModel):
     def _check(self) -> ModelConfig:
         if self.backbone == "UNetT" and self.depth % 2:
             raise ValueError(f"UNetT needs an even depth, got depth={self.depth}")
+        if self.text_embedding_average_upsampling and not (self.backbone == "DiT" and self.text_mask_padding):
+            raise ValueError("text_embedding_average_upsampling needs backbone DiT and text_mask_padding true")
         if self.pe_attn_head is not None and not 0 < self.pe_attn_head <= self.heads:
             raise ValueError(f"pe_attn_head={self.pe_attn_head} must be in 1..heads ({self.heads}) or null")
         return self

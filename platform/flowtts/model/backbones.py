@@ -109,7 +109,11 @@ class DiT(Backbone):
         text_dim = cfg.text_dim or cfg.mel_dim
         self.time_embed = TimestepEmbedding(cfg.dim)
         self.text_embed = TextEmbedding(
-            cfg.text_num_embeds, text_dim, mask_padding=cfg.text_mask_padding, conv_layers=cfg.conv_layers
+            cfg.text_num_embeds,
+            text_dim,
+            mask_padding=cfg.text_mask_padding,
+            conv_layers=cfg.conv_layers,
+            average_upsampling=cfg.text_embedding_average_upsampling,
         )
         self.input_embed = InputEmbedding(cfg.mel_dim, text_dim, cfg.dim)
         self.rotary_embed = RotaryEmbedding(cfg.dim_head)

@@ -92,10 +92,12 @@ class TextEmbedding(nn.Module):
         conv_layers: int = 0,
         conv_mult: int = 2,
         max_pos: int = 8192,
+        average_upsampling: bool = False,
     ):
         super().__init__()
         self.text_embed = nn.Embedding(text_num_embeds + 1, text_dim)
         self.mask_padding = mask_padding
+        self.average_upsampling = average_upsampling
         self.max_pos = max_pos
         self.extra_modeling = conv_layers > 0
         if self.extra_modeling:
@@ -123,17 +125,33 @@ class TextEmbedding(nn.Module):
         x = self.text_embed(ids)  # [b, n, c]
         if valid is not None:
             x = x.masked_fill(~valid, 0.0)
-        if not self.extra_modeling:
-            return x
-        positions = torch.arange(seq_len, device=ids.device).clamp(max=self.max_pos - 1)
-        freqs = self.freqs_cis[positions]  # [n, c]
-        x = x + (freqs if valid is None else freqs * valid)
-        if not self.mask_padding:
-            return self.text_blocks(x)
-        x = x.masked_fill(pad, 0.0)
-        for block in self.text_blocks:
-            x = block(x).masked_fill(pad, 0.0)
+        if self.extra_modeling:
+            positions = torch.arange(seq_len, device=ids.device).clamp(max=self.max_pos - 1)
+            freqs = self.freqs_cis[positions]  # [n, c]
+            x = x + (freqs if valid is None else freqs * valid)
+            if self.mask_padding:
+                x = x.masked_fill(pad, 0.0)
+                for block in self.text_blocks:
+                    x = block(x).masked_fill(pad, 0.0)
+            else:
+                x = self.text_blocks(x)
+        if self.average_upsampling:
+            target = lens if lens is not None else torch.full((x.shape[0],), seq_len, device=x.device)
+            x = average_upsample(x, ~pad[..., 0], target)
         return x
+
+
+def average_upsample(x: torch.Tensor, token_mask: torch.Tensor, target_lens: torch.Tensor) -> torch.Tensor:
+    """ZipVoice-style upsampling (upstream ``text_embedding_average_upsampling``): an item's L real tokens
+    (``token_mask [b, n]``) are spread evenly over its A frames, the last ``A % L`` tokens one frame longer."""
+    out = torch.zeros_like(x)
+    for i, (tokens, frames) in enumerate(zip(token_mask.sum(dim=1).tolist(), target_lens.tolist(), strict=True)):
+        if tokens == 0 or frames <= 0:
+            continue
+        counts = torch.full((tokens,), frames // tokens, device=x.device)
+        counts[tokens - frames % tokens :] += 1  # empty slice when it divides evenly
+        out[i, :frames] = torch.repeat_interleave(x[i, token_mask[i]], counts, dim=0)
+    return out
 
 
 class ConvPositionEmbedding(nn.Module):
