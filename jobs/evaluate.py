@@ -21,9 +21,10 @@ import logging
 import sys
 from pathlib import Path
 
-from flowtts.evaluation.gate import evaluate, log_to_mlflow, promote_if_better, resolve_model
+from flowtts.evaluation.gate import evaluate, log_to_mlflow, promote_if_better
 from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.report import summary_table
+from flowtts.model_source import resolve_model_source
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         vocoder=args.vocoder,
         allow_download=args.allow_download,
     )
-    candidate = resolve_model(args.model)
+    candidate = resolve_model_source(args.model)  # an alias is pinned once: the version scored is the one promoted
     result = evaluate(
         candidate,
         args.data,

@@ -16,14 +16,13 @@ replicas with a rolling update (with ``serve deploy`` the config must change for
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from ray.serve import Application
+
+from flowtts.model_source import resolve_model_source
 
 ENV_VARS = {
     "model_uri": "FLOWTTS_MODEL_URI",
@@ -32,12 +31,6 @@ ENV_VARS = {
     "api_key": "FLOWTTS_API_KEY",
 }
 DEFAULT_MODEL_URI = "models:/flowtts@production"
-_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))?/?$")
-_RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
-
-
-class ModelSourceError(ValueError):
-    """The model URI is malformed or names nothing (message names the URI)."""
 
 
 class StrictSettings(BaseModel):
@@ -107,63 +100,6 @@ class ServeSettings(StrictSettings):
         merged = {field: environ[var] for field, var in ENV_VARS.items() if environ.get(var)}
         merged.update(args or {})
         return cls.model_validate(merged)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights come from, resolved once by the builder."""
-
-    uri: str  # what the user configured
-    load_uri: str  # what replicas load: models:/NAME/VERSION, runs:/..., or an absolute folder
-    kind: str  # "registry" | "run" | "local"
-    name: str
-    version: str | None = None
-    alias: str | None = None
-    run_id: str | None = None
-
-
-def resolve_model_source(uri: str, tracking_uri: str | None = None) -> ModelSource:
-    """Pin ``uri`` to a concrete model: registry aliases become versions, local paths absolute folders."""
-    registry = _REGISTRY_URI.match(uri)
-    if registry:
-        return _resolve_registry(uri, registry["name"], registry["alias"], registry["version"], tracking_uri)
-    run = _RUN_URI.match(uri)
-    if run:
-        return ModelSource(uri=uri, load_uri=uri, kind="run", name=run["run_id"], run_id=run["run_id"])
-    if "://" in uri or uri.startswith(("models:", "runs:")):
-        raise ModelSourceError(
-            f"model_uri {uri!r} is not models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local folder"
-        )
-    folder = Path(uri).expanduser().resolve()
-    if not folder.is_dir():
-        raise ModelSourceError(f"model_uri {uri!r}: no such checkpoint folder ({folder})")
-    return ModelSource(uri=uri, load_uri=str(folder), kind="local", name=folder.name)
-
-
-def _resolve_registry(
-    uri: str, name: str, alias: str | None, version: str | None, tracking_uri: str | None
-) -> ModelSource:
-    import mlflow  # heavy; only needed for registry URIs
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        if alias is not None:
-            model_version = client.get_model_version_by_alias(name, alias)
-        elif version is not None:
-            model_version = client.get_model_version(name, version)
-        else:
-            raise ModelSourceError(f"model_uri {uri!r} needs an alias or a version (models:/NAME@ALIAS)")
-    except mlflow.exceptions.MlflowException as exc:
-        raise ModelSourceError(f"model_uri {uri!r} cannot be resolved in the registry: {exc.message}") from exc
-    return ModelSource(
-        uri=uri,
-        load_uri=f"models:/{name}/{model_version.version}",
-        kind="registry",
-        name=name,
-        version=str(model_version.version),
-        alias=alias,
-        run_id=model_version.run_id,
-    )
 
 
 def build_application(

@@ -26,7 +26,6 @@ import hmac
 import io
 import json
 import logging
-import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -46,6 +45,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flowtts.audio import AudioError, load_audio
+from flowtts.model_source import ModelSource
 from flowtts.synthesis import (
     EmptyTextError,
     InvalidOptionsError,
@@ -56,7 +56,7 @@ from flowtts.synthesis import (
     UnspeakableTextError,
 )
 from flowtts.text import UnknownCharactersError
-from serve.app import BatchingSettings, ModelSource, ServeSettings
+from serve.app import BatchingSettings, ServeSettings
 from serve.audio_formats import content_type, encode_audio, pcm16_bytes, streaming_wav_header
 from serve.batching import GenerateWork, SamplingKey, plan_generate_calls
 from serve.schemas import (
@@ -154,24 +154,9 @@ def client_error(exc: Exception) -> ClientError:
 
 
 def load_synthesizer(settings: ServeSettings, source: ModelSource) -> Synthesizer:
-    """The default loader: local folder, or MLflow URI (pinned by the builder) downloaded into a temporary
-    folder that is removed once the weights are in memory (replicas come and go with autoscaling)."""
-    if source.kind == "local":
-        return Synthesizer.from_pretrained(source.load_uri, vocoder=settings.vocoder, device=settings.device)
-    import mlflow
-
-    from flowtts.tracking import download_model
-
-    if settings.tracking_uri:
-        mlflow.set_tracking_uri(settings.tracking_uri)
-        mlflow.set_registry_uri(settings.tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="flowtts-model-") as folder:
-        checkpoint = download_model(source.load_uri, folder)
-        return Synthesizer.from_pretrained(checkpoint, vocoder=settings.vocoder, device=settings.device)
-
-
-def model_version_label(source: ModelSource) -> str:
-    return f"{source.name}/{source.version}" if source.version else source.name
+    """The default loader: the pinned source (a registry model is downloaded into a temporary folder that is
+    removed once the weights are in memory; replicas come and go with autoscaling)."""
+    return Synthesizer.from_pretrained(source, vocoder=settings.vocoder, device=settings.device)
 
 
 @serve.deployment(
@@ -191,7 +176,7 @@ class TTSModel:
     ):
         self.settings = settings
         self.source = source
-        self.version = model_version_label(source)
+        self.version = source.label
         self.synth = (loader or load_synthesizer)(settings, source)
         self.voices = VoiceStore(settings.voices_uri)
         self.references: LRUCache = LRUCache(settings.reference_cache_size)

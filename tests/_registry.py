@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mlflow
 
-from flowtts.tracking import FlowTTSPyfunc
+from flowtts.pyfunc import FlowTTSPyfunc
 
 
 def register_checkpoints(tracking_uri: str, artifacts: Path, folders: list[Path], name: str) -> list[str]:

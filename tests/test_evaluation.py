@@ -16,8 +16,9 @@ from conftest import SAMPLE_CORPUS
 
 from flowtts.checkpoint import save_checkpoint
 from flowtts.config import ModelConfig, load_config
-from flowtts.evaluation.gate import PRIMARY_METRIC, evaluate, log_to_mlflow, promote_if_better, resolve_model
+from flowtts.evaluation.gate import PRIMARY_METRIC, evaluate, log_to_mlflow, promote_if_better
 from flowtts.model import build_model
+from flowtts.model_source import resolve_model_source
 from flowtts.training import TrainingData, build_recipe, collate, dataset_vocab, train_step
 
 MODEL = "flowtts-gate"
@@ -81,7 +82,7 @@ def registry(dataset, trained, tmp_path_factory):
 
 
 def gate(dataset, version: str, tmp_path, margin: float = 0.0):
-    candidate = resolve_model(f"models:/{MODEL}/{version}")
+    candidate = resolve_model_source(f"models:/{MODEL}/{version}")
     evaluation = evaluate(candidate, dataset, nfe=NFE, out_dir=tmp_path / f"eval-v{version}")
     decision = promote_if_better(candidate, evaluation, dataset, alias="production", margin=margin, nfe=NFE)
     return candidate, evaluation, decision
@@ -93,7 +94,7 @@ def tags(client, version: str) -> dict[str, str]:
 
 def test_trained_model_beats_the_untrained_baseline_on_held_out_mcd(dataset, trained, tmp_path):
     folder = save_checkpoint(trained, tmp_path / "checkpoint", dataset_vocab(dataset))
-    summary = evaluate(resolve_model(str(folder)), dataset, nfe=NFE, out_dir=tmp_path / "eval").summary
+    summary = evaluate(resolve_model_source(str(folder)), dataset, nfe=NFE, out_dir=tmp_path / "eval").summary
     for mode in ("truth", "estimate"):
         assert summary[f"model/{mode}/mcd_dtw"] < summary[f"untrained/{mode}/mcd_dtw"] - 5, summary
     # the real recording of another sentence stays the bar: a 60-update model does not reach it
@@ -127,7 +128,7 @@ def test_gate_margin_refuses_a_gain_smaller_than_asked(dataset, registry, tmp_pa
 
 
 def test_report_and_metrics_are_logged_to_the_model_versions_run(dataset, registry, tmp_path):
-    candidate = resolve_model(f"models:/{MODEL}/2")
+    candidate = resolve_model_source(f"models:/{MODEL}/2")
     evaluation = evaluate(candidate, dataset, nfe=NFE, out_dir=tmp_path / "report")
     log_to_mlflow(candidate, evaluation)
 

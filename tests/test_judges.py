@@ -13,11 +13,12 @@ from conftest import SAMPLE_CORPUS
 
 from flowtts.checkpoint import save_checkpoint
 from flowtts.config import ModelConfig
-from flowtts.evaluation.gate import evaluate, resolve_model
+from flowtts.evaluation.gate import evaluate
 from flowtts.evaluation.heldout import build_eval_items, score_other_sentence, summarise
 from flowtts.evaluation.judges import AsrJudge, JudgeError, Judges, SpeakerJudge, resolve_pretrained
 from flowtts.evaluation.report import summary_table
 from flowtts.model import build_model
+from flowtts.model_source import resolve_model_source
 from flowtts.synthesis import GriffinLimVocoder
 from flowtts.training import dataset_vocab
 
@@ -130,7 +131,8 @@ def test_evaluation_reports_the_judged_metrics_for_every_system(dataset, asr_mod
     )
     folder = save_checkpoint(model, tmp_path / "checkpoint", vocab)
     judges = Judges.load(asr_model=str(asr_model), speaker_model=str(speaker_model), vocoder=None)
-    summary = evaluate(resolve_model(str(folder)), dataset, nfe=2, out_dir=tmp_path / "eval", judges=judges).summary
+    candidate = resolve_model_source(str(folder))
+    summary = evaluate(candidate, dataset, nfe=2, out_dir=tmp_path / "eval", judges=judges).summary
     systems = [("model", "truth"), ("model", "estimate"), ("untrained", "truth"), ("other_sentence", "truth")]
     for system, mode in systems:
         assert 0.0 <= summary[f"{system}/{mode}/wer"] <= 1.0  # "a" against whole sentences: no insertions

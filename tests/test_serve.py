@@ -101,7 +101,7 @@ def save_tiny_model(folder: Path, seed: int) -> Path:
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        # the folders are named "checkpoint": flowtts.tracking.download_model looks for artifacts/checkpoint
+        # the folders are named "checkpoint": flowtts.model_source.download_model looks for artifacts/checkpoint
         versions = [
             save_tiny_model(root / "v1" / "checkpoint", 0),
             save_tiny_model(root / "v2" / "checkpoint", 1),

@@ -10,11 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve.app import (
-    ModelSourceError,
-    ServeSettings,
-    resolve_model_source,
-)
+from flowtts.model_source import ModelSourceError, resolve_model_source
+from serve.app import ServeSettings
 from serve.audio_formats import (
     FORMATS,
     UnsupportedFormatError,
@@ -188,8 +185,8 @@ def test_settings_reject_unknown_fields_and_bad_ranges():
 
 def test_local_model_uri_must_be_an_existing_folder(tmp_path):
     source = resolve_model_source(str(tmp_path))
-    assert (source.kind, source.load_uri, source.version) == ("local", str(tmp_path), None)
-    with pytest.raises(ModelSourceError, match="no such checkpoint folder"):
+    assert (source.kind, source.load_uri, source.version) == ("folder", str(tmp_path), None)
+    with pytest.raises(ModelSourceError, match="not a checkpoint folder"):
         resolve_model_source(str(tmp_path / "missing"))
     with pytest.raises(ModelSourceError, match="s3://x"):
         resolve_model_source("s3://x/y")

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from flowtts.checkpoint import load_bundle, save_checkpoint
 from flowtts.config import DurationPredictorConfig, load_config
 from flowtts.model import build_model
-from flowtts.tracking import download_model
+from flowtts.model_source import local_model, resolve_model_source
 from flowtts.training import dataset_vocab, read_train_state
 from trainer.duration_job import DurationJob, run_duration_training
 from trainer.launch import FAIL_AT_STEP_ENV, TrainJob, run_training
@@ -193,7 +193,8 @@ def test_duration_predictor_trains_alone_for_an_existing_model(dataset, tmp_path
     assert version.tags["base_model"] == str(folder) and "duration_mape_predictor" in version.tags
 
     mlflow.set_tracking_uri(outcome.tracking_uri)
-    trained = load_bundle(download_model("models:/flowtts-dur@candidate"))
+    with local_model(resolve_model_source("models:/flowtts-dur@candidate")) as folder:
+        trained = load_bundle(folder)
     assert trained.model.duration_predictor is not None and trained.info["duration_predictor_steps"] == 30
     for key, value in base.state_dict().items():
         assert torch.equal(value, trained.model.state_dict()[key]), key

@@ -26,8 +26,8 @@ from ray.train.torch import TorchTrainer
 
 from flowtts.checkpoint import load_bundle, save_checkpoint
 from flowtts.config import DurationPredictorConfig
-from flowtts.evaluation.gate import resolve_model
 from flowtts.evaluation.heldout import heldout_duration_mape
+from flowtts.model_source import local_model, resolve_model_source
 from flowtts.training import TrainingData
 from flowtts.training.duration_fitting import DurationExamples, train_duration_predictor, with_duration_predictor
 from trainer.loop import setup_worker_logging
@@ -73,7 +73,8 @@ def duration_loop(config: dict) -> None:
     job = DurationJob.model_validate(config["job"])
     torch.set_num_threads(max(1, int(job.cpus_per_worker)))
     mlflow.set_tracking_uri(config["tracking_uri"])
-    bundle = load_bundle(resolve_model(job.model).folder)  # a registry model is downloaded on this node
+    with local_model(resolve_model_source(job.model)) as folder:  # a registry model is downloaded on this node
+        bundle = load_bundle(folder)
     model = with_duration_predictor(bundle.model, job.predictor).to(ray.train.torch.get_device())
     examples = DurationExamples(TrainingData.from_folder(job.data, bundle.vocab))
     started = time.perf_counter()

@@ -15,14 +15,9 @@ from mlflow.tracking import MlflowClient
 from flowtts.checkpoint import export_f5_checkpoint, load_state_strict, read_official_state, save_checkpoint
 from flowtts.config import FlowTTSConfig, MelConfig
 from flowtts.model import CFM, build_model
+from flowtts.model_source import CHECKPOINT_ARTIFACT
+from flowtts.pyfunc import OFFICIAL_ARTIFACT, VOCODER_ARTIFACT, FlowTTSPyfunc, pyfunc_signature
 from flowtts.text import Vocab
-from flowtts.tracking import (
-    CHECKPOINT_ARTIFACT,
-    OFFICIAL_ARTIFACT,
-    VOCODER_ARTIFACT,
-    FlowTTSPyfunc,
-    pyfunc_signature,
-)
 from flowtts.training.state import EMA_FILE, read_train_state
 from flowtts.training.state import load_vocab as load_state_vocab
 

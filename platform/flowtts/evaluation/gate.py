@@ -1,5 +1,8 @@
 """Evaluate a registered model on held-out clips, log the report to MLflow, and promote it only if better.
 
+The candidate is a ``flowtts.model_source.ModelSource``; give it pinned (``resolve_model_source``) so the
+version scored is the version promoted.
+
 MLflow is imported inside the functions: ``import flowtts`` never pulls it in.
 """
 
@@ -25,20 +28,10 @@ from flowtts.evaluation.heldout import (
 from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.report import write_report
 from flowtts.model import build_model
+from flowtts.model_source import ModelSource, local_model, resolve_model_source
 
 logger = logging.getLogger(__name__)
 PRIMARY_METRIC = "model/truth/mcd_dtw"
-
-
-@dataclass
-class ModelRef:
-    """A model to evaluate: its checkpoint folder and, when it came from the registry, its version."""
-
-    uri: str
-    folder: Path
-    name: str | None = None
-    version: str | None = None
-    run_id: str | None = None
 
 
 @dataclass
@@ -49,27 +42,8 @@ class Evaluation:
     decision: dict[str, str] = field(default_factory=dict)
 
 
-def resolve_model(uri: str) -> ModelRef:
-    """A local checkpoint folder, or ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` from the registry."""
-    if not uri.startswith("models:/"):
-        return ModelRef(uri=uri, folder=Path(uri))
-    from mlflow import MlflowClient
-
-    from flowtts.tracking import download_model
-
-    name, _, selector = uri.removeprefix("models:/").partition("@")
-    client = MlflowClient()
-    if selector:
-        version = client.get_model_version_by_alias(name, selector)
-    else:
-        name, _, number = name.partition("/")
-        version = client.get_model_version(name, number)
-    folder = download_model(f"models:/{name}/{version.version}")
-    return ModelRef(uri=uri, folder=folder, name=name, version=str(version.version), run_id=version.run_id)
-
-
 def evaluate(
-    candidate: ModelRef,
+    candidate: ModelSource,
     dataset: Path,
     *,
     max_items: int | None = None,
@@ -81,7 +55,8 @@ def evaluate(
 ) -> Evaluation:
     """Score the candidate and both baselines on the same held-out items (with the judged metrics too when
     ``judges`` are given); write the report."""
-    bundle = load_bundle(candidate.folder)
+    with local_model(candidate) as folder:
+        bundle = load_bundle(folder)
     items = build_eval_items(dataset, max_items=max_items, seed=seed)
     logger.info("evaluating %s on %d held-out items (NFE %d)", candidate.uri, len(items), nfe)
     scores, mels = score_model("model", bundle.model, bundle.vocab, items, nfe=nfe, seed=seed, judges=judges)
@@ -100,7 +75,7 @@ def untrained_like(bundle: ModelBundle, seed: int):
     return build_model(bundle.model.config).eval()
 
 
-def log_to_mlflow(candidate: ModelRef, evaluation: Evaluation) -> None:
+def log_to_mlflow(candidate: ModelSource, evaluation: Evaluation) -> None:
     """Metrics and the report folder go to the run that produced the model version."""
     if candidate.run_id is None:
         logger.info("%s is not a registered model: nothing logged to MLflow", candidate.uri)
@@ -113,7 +88,7 @@ def log_to_mlflow(candidate: ModelRef, evaluation: Evaluation) -> None:
 
 
 def promote_if_better(
-    candidate: ModelRef,
+    candidate: ModelSource,
     evaluation: Evaluation,
     dataset: Path,
     *,
@@ -142,7 +117,8 @@ def promote_if_better(
     elif str(current.version) == candidate.version:
         decision = {"decision": "unchanged", "reason": f"version {candidate.version} already has alias {alias!r}"}
     else:
-        incumbent = load_bundle(resolve_model(f"models:/{candidate.name}/{current.version}").folder)
+        with local_model(resolve_model_source(f"models:/{candidate.name}/{current.version}")) as folder:
+            incumbent = load_bundle(folder)
         items: list[EvalItem] = build_eval_items(dataset, max_items=max_items, seed=seed)
         old_scores, _ = score_model("model", incumbent.model, incumbent.vocab, items, nfe=nfe, seed=seed)
         old_value = summarise(old_scores)[metric]

@@ -13,7 +13,6 @@ its unbatched mel, which is what upstream (one chunk at a time) computes.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from flowtts.audio import DEFAULT_MEL
 from flowtts.checkpoint import CheckpointError, load_bundle, load_f5_checkpoint
 from flowtts.config import MelConfig, ModelConfig, load_config, preset_names
 from flowtts.model import CFM
+from flowtts.model_source import ModelSource, local_model, resolve_model_source
 from flowtts.synthesis.chunking import CROSS_FADE_S, cross_fade
 from flowtts.synthesis.output import limit_peak
 from flowtts.synthesis.planning import (
@@ -41,9 +41,6 @@ from flowtts.synthesis.reference import AudioInput, Reference, prepare_reference
 from flowtts.synthesis.silence import remove_silences
 from flowtts.synthesis.vocoder import Vocoder, load_vocoder
 from flowtts.text import Vocab, normalize_vietnamese, pad_token_ids
-
-OFFICIAL_SUFFIXES = {".pt", ".pth", ".ckpt", ".safetensors"}
-_MLFLOW_URI = re.compile(r"^(models|runs):/")
 
 
 @dataclass
@@ -93,7 +90,7 @@ class Synthesizer:
     @classmethod
     def from_pretrained(
         cls,
-        source: str | Path,
+        source: str | Path | ModelSource,
         *,
         vocab: str | Path | None = None,
         model_config: str | Path | dict | None = None,
@@ -103,13 +100,17 @@ class Synthesizer:
         frontend: Callable[[str], str] = normalize_vietnamese,
         unknown_characters: Literal["error", "space"] = "error",
     ) -> Synthesizer:
-        """Load from a folder in our format, an MLflow model URI, or an official ``.pt``/``.safetensors``.
+        """Load from anything ``flowtts.model_source`` accepts: a folder in our format, an MLflow model or
+        run URI (an alias is pinned here), an official ``.pt``/``.safetensors``, or a ``ModelSource``.
 
-        An official file needs ``vocab`` (its ``vocab.txt``) and ``model_config`` (a JSON like the
-        fixtures' ``config.json``, a YAML config, a preset name, or a dict). ``vocoder`` is a Vocos
-        folder or a cached Hugging Face repo id; ``None`` means Griffin-Lim (see ``load_vocoder``).
+        An official file needs ``vocab`` (its ``vocab.txt``; the one beside the file by default) and
+        ``model_config`` (a JSON like the fixtures' ``config.json``, a YAML config, a preset name, or a
+        dict). ``vocoder`` is a Vocos folder or a cached Hugging Face repo id; ``None`` means Griffin-Lim
+        (see ``load_vocoder``).
         """
-        model, model_vocab, mel, info = _load_model(source, vocab, model_config)
+        pinned = resolve_model_source(source)
+        with local_model(pinned) as path:  # a downloaded model is removed once it is in memory
+            model, model_vocab, mel, info = _load_model(pinned, path, vocab, model_config)
         return cls(
             model.to(device),
             model_vocab,
@@ -225,45 +226,29 @@ class Synthesizer:
         return waves
 
 
-# ---------------------------------------------------------------- model sources
+# ---------------------------------------------------------------- loading
 
 
 def _load_model(
-    source: str | Path, vocab: str | Path | None, model_config: str | Path | dict | None
+    source: ModelSource, path: Path, vocab: str | Path | None, model_config: str | Path | dict | None
 ) -> tuple[CFM, Vocab, MelConfig, dict[str, Any]]:
-    if isinstance(source, str) and _MLFLOW_URI.match(source):
-        from flowtts.tracking import download_model
-
-        folder = download_model(source)
-        model, model_vocab, mel, info = _load_folder(folder, vocab)
-        return model, model_vocab, mel, {**info, "source": source}
-    path = Path(source).expanduser()
-    if path.is_dir():
-        model, model_vocab, mel, info = _load_folder(path, vocab)
-        return model, model_vocab, mel, {**info, "source": str(path)}
-    if path.is_file() and path.suffix in OFFICIAL_SUFFIXES:
-        if vocab is None or model_config is None:
-            raise CheckpointError(
-                f"official checkpoint {path} needs vocab= (its vocab.txt) and "
-                "model_config= (a JSON like config.json, a YAML config or a preset name)"
-            )
-        official_vocab = Vocab.load(vocab)
-        config = read_model_config(model_config).with_vocab_size(len(official_vocab))
-        model = load_f5_checkpoint(path, config)
-        return model, official_vocab, MelConfig(), {"source": str(path), "format": "f5-tts"}
-    raise FileNotFoundError(
-        f"model {str(source)!r} is not a checkpoint folder, an official checkpoint "
-        f"file ({', '.join(sorted(OFFICIAL_SUFFIXES))}) or an MLflow URI "
-        "(models:/..., runs:/...)"
-    )
-
-
-def _load_folder(folder: Path, vocab: str | Path | None) -> tuple[CFM, Vocab, MelConfig, dict[str, Any]]:
-    bundle = load_bundle(folder)
-    model_vocab = Vocab.load(vocab) if vocab is not None else bundle.vocab
-    if model_vocab is None:
-        raise CheckpointError(f"{folder} has no vocab.txt; pass vocab=")
-    return bundle.model, model_vocab, bundle.mel, dict(bundle.info)
+    """The model at ``path`` (the local copy of ``source``)."""
+    if source.kind != "official":
+        bundle = load_bundle(path)
+        model_vocab = Vocab.load(vocab) if vocab is not None else bundle.vocab
+        if model_vocab is None:
+            raise CheckpointError(f"{path} has no vocab.txt; pass vocab=")
+        return bundle.model, model_vocab, bundle.mel, {**bundle.info, "source": source.uri}
+    vocab = vocab if vocab is not None else source.vocab
+    if vocab is None or model_config is None:
+        raise CheckpointError(
+            f"official checkpoint {path} needs vocab= (its vocab.txt, found beside it when present) and "
+            "model_config= (a JSON like config.json, a YAML config or a preset name)"
+        )
+    official_vocab = Vocab.load(vocab)
+    config = read_model_config(model_config).with_vocab_size(len(official_vocab))
+    model = load_f5_checkpoint(path, config)
+    return model, official_vocab, MelConfig(), {"source": source.uri, "format": "f5-tts"}
 
 
 def read_model_config(spec: str | Path | dict) -> ModelConfig:

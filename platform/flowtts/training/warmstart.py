@@ -15,12 +15,11 @@ from pathlib import Path
 from flowtts.checkpoint import CheckpointError, extend_vocab, load_bundle, load_f5_checkpoint
 from flowtts.config import FlowTTSConfig
 from flowtts.model import CFM
+from flowtts.model_source import OFFICIAL_SUFFIXES
 from flowtts.text import Vocab, normalize_text
 from flowtts.training.duration_fitting import with_duration_predictor
 
 logger = logging.getLogger(__name__)
-
-OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 
 
 @dataclass

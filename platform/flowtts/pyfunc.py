@@ -1,51 +1,20 @@
-"""MLflow helpers: fetch a registered model's checkpoint, and the pyfunc model training registers.
+"""The MLflow pyfunc model that training registers: speech from text + a reference voice.
 
-``import flowtts`` never imports this module. ``download_model`` imports ``mlflow`` inside; the pyfunc
-class needs ``mlflow.pyfunc`` at class definition, so importing this module imports mlflow: only
-tracking code (training, MLflow model loading) imports it.
+``import flowtts`` never imports this module: the pyfunc class needs ``mlflow.pyfunc`` at class
+definition, so only registry code (training, the tests' registry helper) imports it. Fetching a
+registered model's checkpoint is ``flowtts.model_source``'s job.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
 
-CHECKPOINT_ARTIFACT = "checkpoint"
-SIDECAR_FILE = "flowtts.json"
-
-
-def download_model(uri: str, dst: str | Path | None = None) -> Path:
-    """Download an MLflow model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN/path``) and
-    return its checkpoint folder in our format.
-
-    Training logs a pyfunc model with ``artifacts={"checkpoint": <folder>}``, which lands under
-    ``<model>/artifacts/checkpoint``; a URI that points at the checkpoint folder itself works too.
-    ``dst`` defaults to a fresh temporary folder.
-    """
-    import mlflow
-
-    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="flowtts-model-"))
-    target.mkdir(parents=True, exist_ok=True)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
-    # MLflow stores a folder artifact under its own name, so look at every artifact folder.
-    artifacts = sorted((local / "artifacts").glob("*")) if (local / "artifacts").is_dir() else []
-    for folder in (local / "artifacts" / CHECKPOINT_ARTIFACT, *artifacts, local):
-        if (folder / SIDECAR_FILE).is_file():
-            return folder
-    found = sorted(p.name for p in local.iterdir()) if local.is_dir() else [local.name]
-    raise FileNotFoundError(
-        f"{uri} holds no flowtts checkpoint (no artifacts/{CHECKPOINT_ARTIFACT}/"
-        f"{SIDECAR_FILE}); downloaded {local} with {found}"
-    )
-
-
-# ---------------------------------------------------------------- the registered model
+from flowtts.model_source import CHECKPOINT_ARTIFACT
 
 OFFICIAL_ARTIFACT, VOCODER_ARTIFACT = "official", "vocoder"
 PYFUNC_COLUMNS = ("text", "ref_audio", "ref_text")

@@ -1,0 +1,165 @@
+"""Where a model's weights come from: a URI or path in, a pinned source and a local copy out.
+
+Accepted: ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` (MLflow registry), ``runs:/RUN_ID/PATH``
+(a run's artifact), a checkpoint folder in our format, or an official F5-TTS checkpoint file
+(``.pt``/``.pth``/``.ckpt``/``.safetensors``, with its ``vocab.txt`` beside it when there is one).
+
+``parse_model_source`` only reads the text (and the local file system); ``resolve_model_source`` also
+pins a registry alias to the version it names now, so every process that loads the returned source
+(model replicas, the evaluation gate) gets the same version even if the alias moves meanwhile.
+``local_model`` gives a local path for a source: a local folder or file as it is, a registry or run
+model downloaded into a temporary folder that is removed when the ``with`` block ends.
+
+MLflow is imported only for registry and run sources; local ones never touch it.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from flowtts.checkpoint import SIDECAR_FILE, VOCAB_FILE
+
+CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc model's artifact that holds our checkpoint folder
+OFFICIAL_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")
+_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
+_RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
+ACCEPTED = (
+    "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, a checkpoint folder or an official "
+    f"checkpoint file ({', '.join(OFFICIAL_SUFFIXES)})"
+)
+
+
+class ModelSourceError(ValueError):
+    """A model URI or path that is malformed or names nothing; the message names it."""
+
+
+class ModelNotFoundError(ModelSourceError, FileNotFoundError):
+    """A local model path that does not exist."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model to load. ``load_uri`` is what is loaded: ``models:/NAME/VERSION`` once pinned, the run URI,
+    or an absolute path."""
+
+    uri: str  # as the user gave it
+    kind: Literal["registry", "run", "folder", "official"]
+    load_uri: str
+    name: str
+    version: str | None = None
+    alias: str | None = None
+    run_id: str | None = None
+    vocab: Path | None = None  # an official file's vocab.txt, when one lies beside it
+    tracking_uri: str | None = None  # MLflow server of registry and run sources (None: MLflow's default)
+
+    @property
+    def pinned(self) -> bool:
+        """True when loading it twice gives the same weights (no alias left to move)."""
+        return not (self.kind == "registry" and self.version is None)
+
+    @property
+    def label(self) -> str:
+        """``NAME/VERSION`` for a registry model, else its name."""
+        return f"{self.name}/{self.version}" if self.version else self.name
+
+
+def parse_model_source(uri: str | Path, tracking_uri: str | None = None) -> ModelSource:
+    """Read ``uri`` without asking MLflow anything; a registry alias stays unpinned."""
+    text = str(uri)
+    registry = _REGISTRY_URI.match(text)
+    if registry:
+        name, alias, version = registry["name"], registry["alias"], registry["version"]
+        return ModelSource(
+            uri=text,
+            kind="registry",
+            load_uri=f"models:/{name}/{version}" if version else text,
+            name=name,
+            version=version,
+            alias=alias,
+            tracking_uri=tracking_uri,
+        )
+    run = _RUN_URI.match(text)
+    if run:
+        return ModelSource(
+            uri=text, kind="run", load_uri=text, name=run["run_id"], run_id=run["run_id"], tracking_uri=tracking_uri
+        )
+    if "://" in text or text.startswith(("models:", "runs:")):
+        raise ModelSourceError(f"model {text!r} is not one of: {ACCEPTED}")
+    path = Path(text).expanduser().resolve()
+    if path.is_dir():
+        return ModelSource(uri=text, kind="folder", load_uri=str(path), name=path.name)
+    if path.is_file() and path.suffix in OFFICIAL_SUFFIXES:
+        vocab = path.parent / VOCAB_FILE
+        return ModelSource(
+            uri=text,
+            kind="official",
+            load_uri=str(path),
+            name=path.stem,
+            vocab=vocab if vocab.is_file() else None,
+        )
+    if path.exists():
+        raise ModelSourceError(f"model {text!r} ({path}) is a file but not an official checkpoint; use {ACCEPTED}")
+    raise ModelNotFoundError(f"model {text!r} is not a checkpoint folder or file: {path} does not exist")
+
+
+def resolve_model_source(uri: str | Path | ModelSource, tracking_uri: str | None = None) -> ModelSource:
+    """Parse ``uri`` and pin a registry alias or version to the registry's version (with its run id)."""
+    source = uri if isinstance(uri, ModelSource) else parse_model_source(uri, tracking_uri)
+    if source.kind != "registry" or source.run_id is not None:
+        return source
+    import mlflow  # heavy; only registry sources need it
+
+    client = mlflow.MlflowClient(tracking_uri=source.tracking_uri, registry_uri=source.tracking_uri)
+    try:
+        if source.version is None:
+            found = client.get_model_version_by_alias(source.name, source.alias)
+        else:
+            found = client.get_model_version(source.name, source.version)
+    except mlflow.exceptions.MlflowException as exc:
+        raise ModelSourceError(f"model {source.uri!r} cannot be resolved in the registry: {exc.message}") from exc
+    version = str(found.version)
+    return replace(source, version=version, load_uri=f"models:/{source.name}/{version}", run_id=found.run_id)
+
+
+@contextmanager
+def local_model(source: ModelSource) -> Iterator[Path]:
+    """A local path for ``source``: a folder in our format or an official checkpoint file. Registry and
+    run models are downloaded into a temporary folder, removed on exit (also when the block raises)."""
+    if source.kind in ("folder", "official"):
+        yield Path(source.load_uri)
+        return
+    if not source.pinned:
+        raise ModelSourceError(f"model {source.uri!r} is an unpinned alias; resolve_model_source() it first")
+    with tempfile.TemporaryDirectory(prefix="flowtts-model-") as folder:
+        yield download_model(source.load_uri, folder, tracking_uri=source.tracking_uri)
+
+
+def download_model(uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
+    """Download an MLflow model or run artifact into ``dst``; return its checkpoint folder in our format.
+
+    Training logs a pyfunc model with ``artifacts={"checkpoint": <folder>}``, which lands under
+    ``<model>/artifacts/checkpoint``; a URI that points at the checkpoint folder itself works too.
+    """
+    import mlflow
+
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri, registry_uri=tracking_uri
+        )
+    )
+    # MLflow stores a folder artifact under its own name, so look at every artifact folder.
+    artifacts = sorted((local / "artifacts").glob("*")) if (local / "artifacts").is_dir() else []
+    for folder in (local / "artifacts" / CHECKPOINT_ARTIFACT, *artifacts, local):
+        if (folder / SIDECAR_FILE).is_file():
+            return folder
+    found = sorted(p.name for p in local.iterdir()) if local.is_dir() else [local.name]
+    raise ModelSourceError(
+        f"{uri} holds no flowtts checkpoint (no artifacts/{CHECKPOINT_ARTIFACT}/{SIDECAR_FILE}); "
+        f"downloaded {local} with {found}"
+    )
