@@ -95,7 +95,7 @@ def bench_texts() -> list[str]:
 def model_only(args: argparse.Namespace) -> int:
     """No Serve: ``Synthesizer.generate`` on the same 16 requests, in calls of 1, 4 and 16 rows. The
     ratio bounds what request batching can buy on this device (vocoding and HTTP excluded)."""
-    from flowtts.synthesis import GriffinLimVocoder, SynthesisOptions, Synthesizer
+    from flowtts.synthesis import GriffinLimVocoder, SamplingSettings, SynthesisOptions, Synthesizer
 
     model, vocab = random_model(args.preset, args.seed)
     synth = Synthesizer(model.to(args.device), vocab, GriffinLimVocoder(device=args.device))
@@ -104,15 +104,13 @@ def model_only(args: argparse.Namespace) -> int:
     items = [
         item
         for i, text in enumerate(bench_texts())
-        for item in synth.plan(text, reference, SynthesisOptions(nfe=args.nfe, seed=i)).items
+        for item in synth.plan(text, reference, SynthesisOptions(sampling=SamplingSettings(nfe=args.nfe), seed=i)).items
     ]
 
     def run(batch: int) -> float:
         start = time.perf_counter()
         for first in range(0, len(items), batch):
-            synth.generate(
-                items[first : first + batch], nfe=args.nfe, cfg_strength=2.0, sway_sampling_coef=-1.0, use_epss=True
-            )
+            synth.generate(items[first : first + batch], SamplingSettings(nfe=args.nfe))
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -212,7 +210,7 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from serve.app import ServeSettings
+    from serve.settings import ServeSettings
 
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = corpus_rows()

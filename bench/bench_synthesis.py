@@ -32,7 +32,7 @@ import torch
 
 from flowtts.config import load_config
 from flowtts.model import build_model
-from flowtts.synthesis import SynthesisOptions, Synthesizer, VocosVocoder, init_vocos_folder
+from flowtts.synthesis import SamplingSettings, SynthesisOptions, Synthesizer, VocosVocoder, init_vocos_folder
 from flowtts.text import Vocab
 
 DEV_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "vi-espeak-dev"
@@ -101,20 +101,14 @@ def clock(device: torch.device) -> float:
 
 
 def run_once(synthesizer: Synthesizer, ref_audio: Path, ref_text: str, text: str, nfe: int) -> Timing:
-    options = SynthesisOptions(nfe=nfe, seed=0)
+    options = SynthesisOptions(sampling=SamplingSettings(nfe=nfe), seed=0)
     device = synthesizer.model.device
     t0 = clock(device)
     reference = synthesizer.prepare_reference(ref_audio, ref_text)
     t1 = clock(device)
     plan = synthesizer.plan(text, reference, options)
     t2 = clock(device)
-    mels = synthesizer.generate(
-        plan.items,
-        nfe=nfe,
-        cfg_strength=options.cfg_strength,
-        sway_sampling_coef=options.sway_sampling_coef,
-        use_epss=options.use_epss,
-    )
+    mels = synthesizer.generate(plan.items, options.sampling)
     t3 = clock(device)
     result = synthesizer.render(plan, mels)
     t4 = clock(device)

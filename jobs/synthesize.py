@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from flowtts.synthesis import (
     DEFAULT_VOCOS_REPO,
+    SamplingSettings,
     SynthesisError,
     SynthesisOptions,
     Synthesizer,
@@ -78,15 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         output_format(args.out)
         text = args.text if args.text is not None else args.text_file.read_text(encoding="utf-8")
+        sampling = SamplingSettings(
+            nfe=args.nfe, cfg_strength=args.cfg, sway_sampling_coef=args.sway, use_epss=not args.no_epss
+        )
         options = SynthesisOptions(
-            nfe=args.nfe,
-            cfg_strength=args.cfg,
-            sway_sampling_coef=args.sway,
+            sampling=sampling,
             speed=args.speed,
             seed=args.seed,
             fix_duration=args.fix_duration,
             remove_silence=args.remove_silence,
-            use_epss=not args.no_epss,
         )
         synthesizer = Synthesizer.from_pretrained(
             args.model,
@@ -108,13 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(total=len(plan.items), unit="chunk", desc="sampling", disable=len(plan.items) < 2) as bar:
         for start in range(0, len(plan.items), max(args.batch_chunks, 1)):
             group = plan.items[start : start + max(args.batch_chunks, 1)]
-            mels += synthesizer.generate(
-                group,
-                nfe=options.nfe,
-                cfg_strength=options.cfg_strength,
-                sway_sampling_coef=options.sway_sampling_coef,
-                use_epss=options.use_epss,
-            )
+            mels += synthesizer.generate(group, options.sampling)
             bar.update(len(group))
     result = synthesizer.render(plan, mels)
     elapsed = time.perf_counter() - started

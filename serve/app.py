@@ -1,105 +1,26 @@
 """The application builder: typed settings -> a Ray Serve application (ingress + batched model).
 
 Used by ``serve run serve/config.yaml`` / ``serve deploy`` (``import_path: serve.app:build_app`` with
-``args:``) and by Python (``serve.run(build_application(settings))``). Every setting may be given in
-``args``; the four deployment-specific ones fall back to environment variables so one config file
-works on a laptop and on a cluster: ``FLOWTTS_MODEL_URI``, ``FLOWTTS_VOCODER``, ``FLOWTTS_VOICES_URI``,
-``FLOWTTS_API_KEY`` (args win over the environment, the environment over the defaults).
+``args:`` = ``serve.settings.ServeSettings``) and by Python (``serve.run(build_application(settings))``).
 
-A registry alias (``models:/flowtts@production``) is resolved to its version HERE, once, so every
-replica of the deployment loads the same version even if the alias moves while replicas start.
-Re-deploying after moving the alias therefore produces new deployment arguments and Serve replaces the
-replicas with a rolling update (with ``serve deploy`` the config must change for that, e.g.
-``args.revision``, because Serve only rebuilds an application whose config changed).
+A registry alias (``models:/flowtts@production``) is pinned to its version HERE, once, so every replica
+of the deployment loads the same version even if the alias moves while replicas start. Re-deploying
+after moving the alias therefore produces new deployment arguments and Serve replaces the replicas with
+a rolling update (with ``serve deploy`` the config must change for that, e.g. ``args.revision``, because
+Serve only rebuilds an application whose config changed).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from ray.serve import Application
 
-from flowtts.model_source import resolve_model_source
-
-ENV_VARS = {
-    "model_uri": "FLOWTTS_MODEL_URI",
-    "vocoder": "FLOWTTS_VOCODER",
-    "voices_uri": "FLOWTTS_VOICES_URI",
-    "api_key": "FLOWTTS_API_KEY",
-}
-DEFAULT_MODEL_URI = "models:/flowtts@production"
-
-
-class StrictSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BatchingSettings(StrictSettings):
-    """Initial batching; ``user_config`` of the TTSModel deployment changes it at run time."""
-
-    max_batch_size: int = Field(default=8, ge=1, le=256, description="requests per batch")
-    batch_wait_timeout_s: float = Field(
-        default=0.05, ge=0.0, le=10.0, description="how long the first request of a batch waits for others"
-    )
-    max_batch_frames: int = Field(
-        default=16384, ge=64, description="cap on items x padded mel frames per sample() call"
-    )
-
-
-class LimitSettings(StrictSettings):
-    max_text_chars: int = Field(default=2000, ge=1)
-    max_reference_seconds: float = Field(default=30.0, gt=0)
-    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    nfe_range: tuple[int, int] = (4, 64)
-    speed_range: tuple[float, float] = (0.25, 4.0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> LimitSettings:
-        for name in ("nfe_range", "speed_range"):
-            low, high = getattr(self, name)
-            if not 0 < low <= high:
-                raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {(low, high)}")
-        return self
-
-
-class ServeSettings(StrictSettings):
-    """Everything the application needs; ``args:`` in the Serve config are these fields."""
-
-    model_uri: str = Field(
-        default=DEFAULT_MODEL_URI,
-        description=("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local checkpoint folder"),
-    )
-    revision: str | None = Field(default=None, description="free text; change it to force a rolling update")
-    vocoder: str | None = Field(default=None, description="local Vocos folder (config.yaml + weights)")
-    voices_uri: str = Field(default="voices", description="voice store: local folder or pyarrow URI (s3://...)")
-    api_key: SecretStr | None = Field(default=None, description="require 'Authorization: Bearer <key>'")
-    tracking_uri: str | None = Field(default=None, description="MLflow tracking URI (default: MLflow's own)")
-    device: str = "cpu"
-    default_nfe: int = Field(default=32, ge=1)
-    default_cfg_strength: float = 2.0
-    default_sway_sampling_coef: float = -1.0
-    batching: BatchingSettings = Field(default_factory=BatchingSettings)
-    limits: LimitSettings = Field(default_factory=LimitSettings)
-    reference_cache_size: int = Field(default=64, ge=1)
-    warmup: bool = Field(default=True, description="run a tiny synthesis at start; /healthz fails if it fails")
-
-    @model_validator(mode="after")
-    def _default_nfe_allowed(self) -> ServeSettings:
-        low, high = self.limits.nfe_range
-        if not low <= self.default_nfe <= high:
-            raise ValueError(f"default_nfe={self.default_nfe} is outside limits.nfe_range {(low, high)}")
-        return self
-
-    @classmethod
-    def from_args(cls, args: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> ServeSettings:
-        """``args`` (from the Serve config) over environment variables over defaults."""
-        environ = os.environ if environ is None else environ
-        merged = {field: environ[var] for field, var in ENV_VARS.items() if environ.get(var)}
-        merged.update(args or {})
-        return cls.model_validate(merged)
+from flowtts.model_source import ModelSourceError, resolve_model_source
+from serve.ingress import TTSIngress
+from serve.model_deployment import TTSModel
+from serve.settings import ServeSettings
 
 
 def build_application(
@@ -111,9 +32,12 @@ def build_application(
 ) -> Application:
     """The bound application. ``loader(settings, source) -> Synthesizer`` replaces the default loader;
     ``*_options`` are ``Deployment.options(...)`` overrides (a Serve config's ``deployments:`` also are)."""
-    from serve.deployments import TTSIngress, TTSModel
-
     source = resolve_model_source(settings.model_uri, settings.tracking_uri)
+    if source.kind == "official":
+        raise ModelSourceError(
+            f"model_uri {settings.model_uri!r} is an official checkpoint file; serve a checkpoint folder of ours "
+            "or a registered model (import it with flowtts.checkpoint.load_f5_checkpoint + save_checkpoint)"
+        )
     model_options = {"user_config": settings.batching.model_dump(), **(model_options or {})}
     model = TTSModel.options(**model_options).bind(settings, source, loader)
     return TTSIngress.options(**(ingress_options or {})).bind(settings, model)

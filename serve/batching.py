@@ -12,16 +12,9 @@ on its neighbours because noise is seeded per item and padding is masked.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-
-class SamplingKey(NamedTuple):
-    """The settings that must be equal for items to share one ``sample()`` call."""
-
-    nfe: int
-    cfg_strength: float
-    sway_sampling_coef: float
-    use_epss: bool
+from flowtts.synthesis import SamplingSettings
 
 
 @dataclass(frozen=True)
@@ -29,14 +22,14 @@ class GenerateWork:
     """One request's share of a batch: its items (``SampleItem``s) and how to sample them."""
 
     items: tuple[Any, ...]
-    key: SamplingKey
+    sampling: SamplingSettings
 
 
 @dataclass
 class GenerateCall:
     """One ``generate`` call: ``slots[i] = (work index, item index)`` of ``items[i]``."""
 
-    key: SamplingKey
+    sampling: SamplingSettings
     slots: list[tuple[int, int]] = field(default_factory=list)
     items: list[Any] = field(default_factory=list)
     longest: int = 0
@@ -59,21 +52,21 @@ class GenerateCall:
 
 
 def plan_generate_calls(works: list[GenerateWork], max_batch_frames: int) -> list[GenerateCall]:
-    """Group by sampling key (first-seen order), sort by length (longest first), pack greedily."""
+    """Group by sampling settings (first-seen order), sort by length (longest first), pack greedily."""
     if max_batch_frames < 1:
         raise ValueError(f"max_batch_frames must be >= 1, got {max_batch_frames}")
-    groups: dict[SamplingKey, list[tuple[tuple[int, int], Any]]] = {}
+    groups: dict[SamplingSettings, list[tuple[tuple[int, int], Any]]] = {}
     for w, work in enumerate(works):
         for i, item in enumerate(work.items):
-            groups.setdefault(work.key, []).append(((w, i), item))
+            groups.setdefault(work.sampling, []).append(((w, i), item))
     calls = []
-    for key, entries in groups.items():
+    for sampling, entries in groups.items():
         entries.sort(key=lambda entry: -int(entry[1].total_frames))
-        call = GenerateCall(key)
+        call = GenerateCall(sampling)
         for slot, item in entries:
             if call.items and call.cost_with(int(item.total_frames)) > max_batch_frames:
                 calls.append(call)
-                call = GenerateCall(key)
+                call = GenerateCall(sampling)
             call.add(slot, item)
         calls.append(call)
     return calls

@@ -29,8 +29,9 @@ from flowtts.config import ModelConfig
 from flowtts.model import build_model
 from flowtts.synthesis import init_vocos_folder
 from flowtts.text import Vocab, normalize_vietnamese
-from serve.app import ServeSettings, build_application
+from serve.app import build_application
 from serve.audio_formats import decode_stream_wav
+from serve.settings import ServeSettings
 
 pytestmark = pytest.mark.integration
 

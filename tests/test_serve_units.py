@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from flowtts.model_source import ModelSourceError, resolve_model_source
-from serve.app import ServeSettings
+from flowtts.synthesis import SamplingSettings
 from serve.audio_formats import (
     FORMATS,
     UnsupportedFormatError,
@@ -21,7 +21,8 @@ from serve.audio_formats import (
     pcm16_bytes,
     streaming_wav_header,
 )
-from serve.batching import GenerateWork, SamplingKey, plan_generate_calls
+from serve.batching import GenerateWork, plan_generate_calls
+from serve.settings import ServeSettings
 from serve.voices import LRUCache, VoiceNameTakenError, VoiceNotFoundError, VoiceStore
 
 RATE = 24000
@@ -126,18 +127,18 @@ class Item:
     tag: str
 
 
-KEY = SamplingKey(nfe=8, cfg_strength=2.0, sway_sampling_coef=-1.0, use_epss=True)
+KEY = SamplingSettings(nfe=8, cfg_strength=2.0, sway_sampling_coef=-1.0, use_epss=True)
 
 
 def test_calls_are_grouped_by_sampling_settings_and_keep_every_item():
-    other = KEY._replace(nfe=16)
+    other = replace(KEY, nfe=16)
     works = [
         GenerateWork((Item(100, "a0"), Item(80, "a1")), KEY),
         GenerateWork((Item(90, "b0"),), other),
         GenerateWork((Item(120, "c0"),), KEY),
     ]
     calls = plan_generate_calls(works, max_batch_frames=10_000)
-    assert [c.key for c in calls] == [KEY, other]
+    assert [c.sampling for c in calls] == [KEY, other]
     assert sorted(calls[0].slots) == [(0, 0), (0, 1), (2, 0)]
     assert calls[0].request_count == 2
     assert [i.tag for i in calls[0].items] == ["c0", "a0", "a1"]  # longest first
@@ -201,8 +202,10 @@ def test_config_yaml_is_a_valid_serve_config_for_our_builder():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from serve.app import BatchingSettings, build_app
-    from serve.deployments import TTSIngress, TTSModel
+    from serve.app import build_app
+    from serve.ingress import TTSIngress
+    from serve.model_deployment import TTSModel
+    from serve.settings import BatchingSettings
 
     path = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
     config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))

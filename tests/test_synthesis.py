@@ -23,6 +23,7 @@ from flowtts.synthesis import (
     InvalidOptionsError,
     ReferenceAudioError,
     SampleItem,
+    SamplingSettings,
     SynthesisOptions,
     Synthesizer,
     UnspeakableTextError,
@@ -43,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 SR = 24000
 FIXTURE_TOL = 1e-4
 BATCH_TOL = 1e-5
-FAST = dict(nfe=2, cfg_strength=2.0, sway_sampling_coef=-1.0, use_epss=True)
+FAST = SamplingSettings(nfe=2, cfg_strength=2.0, sway_sampling_coef=-1.0, use_epss=True)
 
 
 # ---------------------------------------------------------------- builders
@@ -126,7 +127,9 @@ def test_sampling_matches_fixture(dit_fixture, steps):
     cases = load_file(str(dit_fixture / "cases.safetensors"))
     ids = [i for i in cases["fwd_text"][1].tolist() if i != -1]
     item = SampleItem(cond=cases["smp_cond"][0], text_ids=ids, total_frames=90, prompt_frames=40, seed=1234)
-    (mel,) = synthesizer.generate([item], nfe=steps, cfg_strength=2.0, sway_sampling_coef=-1.0, use_epss=True)
+    (mel,) = synthesizer.generate(
+        [item], SamplingSettings(nfe=steps, cfg_strength=2.0, sway_sampling_coef=-1.0, use_epss=True)
+    )
     expected = cases[f"smp_out_steps{steps}"][0, 40:90]
     assert mel.shape == expected.shape
     assert float((mel - expected).abs().max()) <= FIXTURE_TOL
@@ -228,11 +231,13 @@ def test_seed_is_drawn_and_reported(synth, reference):
 
 
 def test_batched_chunks_equal_one_by_one(synth, reference):
-    options = SynthesisOptions(nfe=2, seed=11, fix_duration=4.0)  # short rows keep the test fast
+    options = SynthesisOptions(
+        sampling=SamplingSettings(nfe=2), seed=11, fix_duration=4.0
+    )  # short rows keep the test fast
     plan = synth.plan(LONG_TEXT, reference, options)
     assert len({item.total_frames for item in plan.items}) > 1  # rows really are padded in the batch
     together = synth.synthesize(LONG_TEXT, reference, options)
-    alone = [synth.generate([item], **FAST)[0] for item in plan.items]
+    alone = [synth.generate([item], FAST)[0] for item in plan.items]
     one_by_one = synth.render(plan, alone)
     assert float((together.mel - one_by_one.mel).abs().max()) <= BATCH_TOL
     np.testing.assert_allclose(together.audio, one_by_one.audio, atol=BATCH_TOL)
@@ -247,8 +252,8 @@ def test_rows_of_different_requests_do_not_affect_each_other(synth, reference):
     plan_a = synth.plan(LONG_TEXT, reference, SynthesisOptions(seed=1, fix_duration=4.0))
     plan_b = synth.plan("Chào buổi sáng!", other_ref, SynthesisOptions(seed=2))
     assert plan_b.duration_rule == "byte_ratio" and plan_b.items[0].cond.shape != plan_a.items[0].cond.shape
-    mixed = synth.generate(plan_a.items + plan_b.items, **FAST)
-    separate = synth.generate(plan_a.items, **FAST) + synth.generate(plan_b.items, **FAST)
+    mixed = synth.generate(plan_a.items + plan_b.items, FAST)
+    separate = synth.generate(plan_a.items, FAST) + synth.generate(plan_b.items, FAST)
     for got, want in zip(mixed, separate, strict=True):
         assert got.shape == want.shape and float((got - want).abs().max()) <= BATCH_TOL
 
@@ -324,7 +329,9 @@ def test_condition_audio_rejects_silence():
 
 
 def test_remove_silence_option_runs(synth, reference):
-    result = synth.synthesize("Một câu ngắn.", reference, SynthesisOptions(nfe=2, seed=0, remove_silence=True))
+    result = synth.synthesize(
+        "Một câu ngắn.", reference, SynthesisOptions(sampling=SamplingSettings(nfe=2), seed=0, remove_silence=True)
+    )
     assert result.audio.size > 0 and np.abs(result.audio).max() <= 0.999 + 1e-6
 
 
@@ -349,7 +356,7 @@ def test_bad_input_raises_typed_errors(synth, reference, tmp_path):
     with pytest.raises(UnknownCharactersError, match="U\\+4F60"):
         synth.plan("xin chào 你", reference, SynthesisOptions())
     with pytest.raises(InvalidOptionsError, match="nfe=0"):
-        SynthesisOptions(nfe=0)
+        SamplingSettings(nfe=0)
     with pytest.raises(InvalidOptionsError, match="speed=0"):
         SynthesisOptions(speed=0)
 
@@ -422,3 +429,13 @@ def test_cli_speaks_with_the_fixture_model(dit_fixture, vocos_dir, tmp_path, cap
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert rate == SR and len(audio) > 0
     assert "seed 5" in summary and "byte_ratio" in summary and str(out) in summary and "RTF" in summary
+
+
+def test_sampling_settings_are_one_hashable_value_held_by_the_options():
+    options = SynthesisOptions(sampling=SamplingSettings(nfe=8), seed=3, speed=1.5)
+    assert options.sampling == SamplingSettings(nfe=8, cfg_strength=2.0, sway_sampling_coef=-1.0, use_epss=True)
+    groups = {SamplingSettings(nfe=8): "a", SamplingSettings(nfe=8, use_epss=False): "b"}
+    assert groups[options.sampling] == "a" and len(groups) == 2
+    assert SynthesisOptions().sampling == SamplingSettings()
+    with pytest.raises(InvalidOptionsError, match="cfg_strength=-1"):
+        SamplingSettings(cfg_strength=-1)

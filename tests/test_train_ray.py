@@ -154,14 +154,14 @@ def test_run_tracks_checkpoints_registers_and_synthesises(dataset, tmp_path, loc
     assert str(version.version) == registration.version and version.run_id == outcome.mlflow_run_id
     assert set(version.tags) >= {"config_hash", "data_manifest_fingerprint", "git_commit"}
 
-    from flowtts.synthesis import SynthesisOptions, Synthesizer
+    from flowtts.synthesis import SamplingSettings, SynthesisOptions, Synthesizer
 
     mlflow.set_tracking_uri(outcome.tracking_uri)
     synthesizer = Synthesizer.from_pretrained(registration.model_uri)
     assert synthesizer.model_info["step"] == 4 and synthesizer.model.duration_predictor is not None
     (ref_file, ref_text), (_, text) = corpus_entries(2)  # texts the trained vocab covers
     reference = synthesizer.prepare_reference(ref_file, ref_text)
-    result = synthesizer.synthesize(text, reference, SynthesisOptions(seed=1, nfe=2))
+    result = synthesizer.synthesize(text, reference, SynthesisOptions(sampling=SamplingSettings(nfe=2), seed=1))
     assert result.sample_rate == 24000 and result.audio.size > 2400 and abs(result.audio).max() > 0
     assert result.duration_rule == "predictor"
 

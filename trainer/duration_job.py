@@ -27,7 +27,7 @@ from ray.train.torch import TorchTrainer
 from flowtts.checkpoint import load_bundle, save_checkpoint
 from flowtts.config import DurationPredictorConfig
 from flowtts.evaluation.heldout import heldout_duration_mape
-from flowtts.model_source import local_model, resolve_model_source
+from flowtts.model_source import local_model, parse_model_source, resolve_model_source
 from flowtts.training import TrainingData
 from flowtts.training.duration_fitting import DurationExamples, train_duration_predictor, with_duration_predictor
 from trainer.loop import setup_worker_logging
@@ -108,7 +108,7 @@ def duration_loop(config: dict) -> None:
 
 def run_duration_training(job: DurationJob) -> DurationOutcome:
     storage = job.storage.resolve()
-    model = job.model if job.model.startswith("models:/") else str(Path(job.model).resolve())  # workers' cwd differs
+    model = parse_model_source(job.model).load_uri  # a local path made absolute: workers' cwd differs
     job = job.model_copy(
         update={
             "model": model,

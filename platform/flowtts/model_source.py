@@ -148,10 +148,13 @@ def download_model(uri: str, dst: str | Path, tracking_uri: str | None = None) -
     """
     import mlflow
 
+    artifact_uri = uri
+    registry = _REGISTRY_URI.match(uri)
+    if registry and registry["version"]:  # MLflow's models:/ download reads the global registry URI: ask ours
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        artifact_uri = client.get_model_version_download_uri(registry["name"], registry["version"])
     local = Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri, registry_uri=tracking_uri
-        )
+        mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=tracking_uri)
     )
     # MLflow stores a folder artifact under its own name, so look at every artifact folder.
     artifacts = sorted((local / "artifacts").glob("*")) if (local / "artifacts").is_dir() else []

@@ -39,16 +39,15 @@ class FlowTTSPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         from flowtts.audio import write_audio
-        from flowtts.synthesis import SynthesisOptions
+        from flowtts.synthesis import SamplingSettings, SynthesisOptions
 
         missing = [c for c in PYFUNC_COLUMNS if c not in model_input.columns]
         if missing:
             raise ValueError(f"input lacks columns {missing}; expected {list(PYFUNC_COLUMNS)}")
         settings = {**PYFUNC_PARAMS, **(params or {})}
         options = SynthesisOptions(
+            sampling=SamplingSettings(nfe=int(settings["nfe"]), cfg_strength=float(settings["cfg_strength"])),
             seed=int(settings["seed"]),
-            nfe=int(settings["nfe"]),
-            cfg_strength=float(settings["cfg_strength"]),
             speed=float(settings["speed"]),
         )
         outputs = []

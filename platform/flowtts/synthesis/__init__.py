@@ -18,6 +18,7 @@ from flowtts.synthesis.errors import (
 from flowtts.synthesis.output import OUTPUT_FORMATS, encode_audio, output_format, write_output
 from flowtts.synthesis.planning import SampleItem, SynthesisOptions, SynthesisPlan, plan_synthesis
 from flowtts.synthesis.reference import Reference, prepare_reference
+from flowtts.synthesis.sampling import SamplingSettings
 from flowtts.synthesis.synthesizer import SynthesisResult, Synthesizer
 from flowtts.synthesis.vocoder import (
     DEFAULT_VOCOS_REPO,
@@ -39,6 +40,7 @@ __all__ = [
     "Reference",
     "ReferenceAudioError",
     "SampleItem",
+    "SamplingSettings",
     "SynthesisError",
     "SynthesisOptions",
     "SynthesisPlan",

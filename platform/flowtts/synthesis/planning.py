@@ -27,6 +27,7 @@ from flowtts.synthesis.duration_rules import (
 )
 from flowtts.synthesis.errors import InvalidOptionsError
 from flowtts.synthesis.reference import Reference, speakable_text
+from flowtts.synthesis.sampling import SamplingSettings
 from flowtts.text import Vocab
 
 SEED_LIMIT = 2**31  # drawn seeds stay short enough to type back
@@ -34,21 +35,16 @@ SEED_LIMIT = 2**31  # drawn seeds stay short enough to type back
 
 @dataclass(frozen=True)
 class SynthesisOptions:
-    """Per-call sampling options (upstream defaults)."""
+    """Per-call options (upstream defaults): how to sample, and what to do around sampling."""
 
-    nfe: int = 32
-    cfg_strength: float = 2.0
-    sway_sampling_coef: float | None = -1.0
+    sampling: SamplingSettings = SamplingSettings()
     speed: float = 1.0
     seed: int | None = None  # None: draw one and report it in the result
     fix_duration: float | None = None  # total seconds, reference plus generated, as upstream
     remove_silence: bool = False
-    use_epss: bool = True
 
     def __post_init__(self) -> None:
         checks = [
-            ("nfe", isinstance(self.nfe, int) and self.nfe >= 1, "an integer >= 1"),
-            ("cfg_strength", self.cfg_strength >= 0, ">= 0"),
             ("speed", self.speed > 0, "> 0"),
             ("seed", self.seed is None or 0 <= self.seed < 2**63, "None or in [0, 2**63)"),
             ("fix_duration", self.fix_duration is None or self.fix_duration > 0, "None or > 0 seconds"),
@@ -56,11 +52,6 @@ class SynthesisOptions:
         for name, ok, allowed in checks:
             if not ok:
                 raise InvalidOptionsError(f"{name}={getattr(self, name)!r} is not allowed; use {allowed}")
-
-    @property
-    def sampling_key(self) -> tuple:
-        """Items whose options share this key can go through one ``Synthesizer.generate`` call."""
-        return (self.nfe, self.cfg_strength, self.sway_sampling_coef, self.use_epss)
 
 
 DEFAULT_OPTIONS = SynthesisOptions()

@@ -3,7 +3,7 @@
 It holds the model, vocab, vocoder and text front end and no per-request state: sampling options
 travel with every call, so one object serves concurrent callers. ``synthesize`` = ``plan`` (front end,
 chunks, durations, seeds) + ``generate`` (ONE batched ``CFM.sample`` for any rows, from any requests
-sharing the four sampling options) + ``render`` (vocoder, loudness, cross-fade, optional silence removal).
+sharing one ``SamplingSettings``) + ``render`` (vocoder, loudness, cross-fade, optional silence removal).
 
 Rows of a batch are independent: noise is seeded per row and ``CFM.sample(isolate_items=True)`` masks
 padded frames as attention keys and embeds each row's text at its own length, so a row's mel equals
@@ -38,6 +38,7 @@ from flowtts.synthesis.planning import (
     plan_synthesis,
 )
 from flowtts.synthesis.reference import AudioInput, Reference, prepare_reference
+from flowtts.synthesis.sampling import SamplingSettings
 from flowtts.synthesis.silence import remove_silences
 from flowtts.synthesis.vocoder import Vocoder, load_vocoder
 from flowtts.text import Vocab, normalize_vietnamese, pad_token_ids
@@ -149,15 +150,7 @@ class Synthesizer:
             predictor=self.model.duration_predictor,
         )
 
-    def generate(
-        self,
-        items: list[SampleItem],
-        *,
-        nfe: int,
-        cfg_strength: float,
-        sway_sampling_coef: float | None,
-        use_epss: bool,
-    ) -> list[torch.Tensor]:
+    def generate(self, items: list[SampleItem], sampling: SamplingSettings) -> list[torch.Tensor]:
         """One ``CFM.sample`` call for all rows; each row's generated mel ``[frames, n_mels]``, prompt cut."""
         if not items:
             return []
@@ -171,11 +164,11 @@ class Synthesizer:
             text=text,
             duration=duration,
             lens=lens,
-            steps=nfe,
-            cfg_strength=cfg_strength,
-            sway_sampling_coef=sway_sampling_coef,
+            steps=sampling.nfe,
+            cfg_strength=sampling.cfg_strength,
+            sway_sampling_coef=sampling.sway_sampling_coef,
             seed=[item.seed for item in items],
-            use_epss=use_epss,
+            use_epss=sampling.use_epss,
             isolate_items=True,
         )
         return [
@@ -203,14 +196,7 @@ class Synthesizer:
         self, text: str, reference: Reference, options: SynthesisOptions = DEFAULT_OPTIONS
     ) -> SynthesisResult:
         plan = self.plan(text, reference, options)
-        mels = self.generate(
-            plan.items,
-            nfe=options.nfe,
-            cfg_strength=options.cfg_strength,
-            sway_sampling_coef=options.sway_sampling_coef,
-            use_epss=options.use_epss,
-        )
-        return self.render(plan, mels)
+        return self.render(plan, self.generate(plan.items, options.sampling))
 
     def vocode(self, mels: list[torch.Tensor]) -> list[np.ndarray]:
         """Each ``[frames, n_mels]`` mel to float32 audio; mels of equal length share one decode call."""

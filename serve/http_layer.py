@@ -1,0 +1,273 @@
+"""The HTTP layer of the ingress: JSON errors, body limits and parsers, bearer auth as a FastAPI
+dependency, and the streamed audio and SSE bodies.
+
+Errors crossing HTTP are JSON ``{"error": {"code", "message"}}``; ``ApiError`` carries status, code and
+message from anywhere in a route to ``install_error_handlers``' handler.
+
+No ``from __future__ import annotations`` here: FastAPI reads the real annotations of the dependency.
+"""
+
+import asyncio
+import base64
+import binascii
+import email.parser
+import email.policy
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from flowtts.audio import AudioError, load_audio
+from serve.audio_formats import encode_audio, pcm16_bytes, streaming_wav_header
+from serve.messages import SAMPLE_RATE, StreamStart, SynthesisReply
+from serve.schemas import ErrorResponse
+from serve.settings import LimitSettings
+
+logger = logging.getLogger("ray.serve")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+HTTP_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "overloaded",
+    503: "overloaded",
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorResponse.model_validate({"error": {"code": code, "message": message}})
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def validation_message(errors: list[dict]) -> str:
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as JSON ``{"error": {"code", "message"}}`` with its status."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(
+            exc.status_code,
+            HTTP_ERROR_CODES.get(exc.status_code, "http_error"),
+            str(exc.detail),
+            getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", validation_message(list(exc.errors())))
+
+    @app.exception_handler(Exception)
+    async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error")
+        return error_response(500, "internal_error", f"{type(exc).__name__}: the server could not complete the request")
+
+
+# ---------------------------------------------------------------- auth and bodies
+
+
+def check_bearer(request: Request, api_key: str | None) -> None:
+    """401 unless ``api_key`` is None or the request carries ``Authorization: Bearer <api_key>``."""
+    if api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token (Authorization: Bearer <key>)",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def require_api_key(request: Request) -> None:
+    """FastAPI dependency of every route but ``/healthz``: the serving ingress replica's ``api_key``."""
+    check_bearer(request, serve.get_replica_context().servable_object.api_key)
+
+
+AUTHORIZED = [Depends(require_api_key)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it (or its declared length) exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.isdigit():
+        raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number")
+    if declared is not None and int(declared) > limit:
+        raise ApiError(413, "payload_too_large", f"request body of {declared} bytes exceeds {limit} bytes")
+    size, parts = 0, []
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def json_body_schema(model: type[BaseModel]) -> dict:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+def parse_model(model: type[BaseModel], body: bytes) -> Any:
+    """JSON bytes -> pydantic model: 400 for malformed JSON, 422 for a body that does not fit."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+    return validate_model(model, data)
+
+
+def validate_model(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", validation_message(exc.errors())) from exc
+
+
+def decode_base64(text: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, "malformed_base64", f"{field} is not valid base64: {exc}") from exc
+
+
+def check_text_length(text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise ApiError(413, "text_too_long", f"text has {len(text)} characters; the limit is {limit}")
+
+
+def decode_reference_audio(data: bytes, limits: LimitSettings) -> np.ndarray:
+    """An uploaded audio file -> float32 mono at 24 kHz: 413 when too big or too long, 422 when unreadable."""
+    if len(data) > limits.max_upload_bytes:
+        raise ApiError(
+            413, "upload_too_large", f"reference audio of {len(data)} bytes exceeds {limits.max_upload_bytes} bytes"
+        )
+    try:
+        audio = load_audio(data, SAMPLE_RATE).numpy()
+    except AudioError as exc:
+        raise ApiError(422, "invalid_audio", f"reference audio is not readable audio: {exc}") from exc
+    seconds = len(audio) / SAMPLE_RATE
+    if seconds > limits.max_reference_seconds:
+        raise ApiError(
+            413,
+            "reference_too_long",
+            f"reference audio lasts {seconds:.1f} s; the limit is {limits.max_reference_seconds} s",
+        )
+    return audio
+
+
+def parse_multipart(content_type_header: str, body: bytes) -> dict[str, bytes]:
+    """``multipart/form-data`` fields by name (stdlib MIME parser; no extra dependency)."""
+    head = f"Content-Type: {content_type_header}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise ApiError(400, "malformed_multipart", "multipart body could not be parsed (check the boundary)")
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            fields[name] = part.get_payload(decode=True) or b""
+    return fields
+
+
+def overloaded(exc: BackPressureError) -> ApiError:
+    """503 (or 429 with ``backpressure_config``) and always a ``Retry-After`` (1 s unless configured)."""
+    retry_after = max(1, int(np.ceil(exc.retry_after_s or 1)))
+    return ApiError(
+        exc.status_code,
+        "overloaded",
+        f"the server is busy: {exc.message}; retry later",
+        {"Retry-After": str(retry_after)},
+    )
+
+
+# ---------------------------------------------------------------- audio responses and SSE
+
+
+def audio_headers(reply: SynthesisReply | StreamStart) -> dict[str, str]:
+    return {
+        "X-Model-Version": reply.model_version,
+        "X-Seed": str(reply.seed),
+        "X-Duration-Rule": reply.duration_rule,
+        "X-Chunks": str(reply.chunks),
+        "X-Sample-Rate": str(reply.sample_rate),
+    }
+
+
+async def audio_stream(start: StreamStart, chunks: AsyncIterator[np.ndarray], fmt: str) -> AsyncIterator[bytes]:
+    """Raw streamed audio: ``wav`` (a header of unknown length) or ``pcm``, each chunk as it comes."""
+    if fmt == "wav":
+        yield streaming_wav_header(start.sample_rate)
+    async for samples in chunks:
+        if len(samples):
+            yield pcm16_bytes(samples)
+
+
+async def speech_events(
+    start: StreamStart, chunks: AsyncIterator[np.ndarray], fmt: str, input_chars: int
+) -> AsyncIterator[bytes]:
+    """OpenAI's ``stream_format=sse``: ``speech.audio.delta`` events (wav/pcm chunk by chunk, other formats
+    once encoded), then ``speech.audio.done``."""
+    streamable = fmt in ("wav", "pcm")
+    collected = []
+    if fmt == "wav":
+        yield sse_event({"type": "speech.audio.delta", "audio": b64(streaming_wav_header(start.sample_rate))})
+    async for samples in chunks:
+        if not streamable:
+            collected.append(samples)
+        elif len(samples):
+            yield sse_event({"type": "speech.audio.delta", "audio": b64(pcm16_bytes(samples))})
+    if not streamable:
+        audio = np.concatenate(collected) if collected else np.zeros(0, dtype=np.float32)
+        encoded = await asyncio.to_thread(encode_audio, audio, start.sample_rate, fmt)
+        yield sse_event({"type": "speech.audio.delta", "audio": b64(encoded)})
+    usage = {"input_tokens": input_chars, "output_tokens": 0, "total_tokens": input_chars}
+    yield sse_event({"type": "speech.audio.done", "usage": usage})
+
+
+def sse_event(event: dict) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

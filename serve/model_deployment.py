@@ -1,0 +1,246 @@
+"""The model deployment: ``TTSModel`` holds the synthesiser and batches requests with ``@serve.batch``.
+
+On the replica the reference is prepared (or found in the per-replica LRU), the text planned into
+chunks, and the chunks' sampler rows are handed to ``generate_batched``: ``@serve.batch`` gathers the
+rows of concurrent requests, and ``plan_generate_calls`` turns them into as few ``Synthesizer.generate``
+calls as the frame cap allows, one ``SamplingSettings`` per call. Sampling runs in a worker thread so
+the replica's event loop keeps answering health checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from ray import serve
+
+from flowtts.model_source import ModelSource
+from flowtts.synthesis import ReferenceAudioError, SamplingSettings, SynthesisOptions, Synthesizer
+from serve.batching import GenerateWork, plan_generate_calls
+from serve.messages import (
+    CLIENT_EXCEPTIONS,
+    SAMPLE_RATE,
+    ClientError,
+    ReferenceSpec,
+    StreamStart,
+    SynthesisJob,
+    SynthesisReply,
+    client_error,
+)
+from serve.settings import BatchingSettings, ServeSettings
+from serve.streaming import CrossFadeJoiner
+from serve.voices import LRUCache, VoiceStore
+
+logger = logging.getLogger("ray.serve")
+
+WARMUP_SAMPLING = SamplingSettings(nfe=2)  # the warm-up and health probe: as cheap as sampling gets
+BATCH_LOG_LENGTH = 1000
+
+
+def load_synthesizer(settings: ServeSettings, source: ModelSource) -> Synthesizer:
+    """The default loader: the pinned source (a registry model is downloaded into a temporary folder that is
+    removed once the weights are in memory; replicas come and go with autoscaling)."""
+    return Synthesizer.from_pretrained(source, vocoder=settings.vocoder, device=settings.device)
+
+
+@serve.deployment(
+    name="TTSModel",
+    max_ongoing_requests=32,
+    ray_actor_options={"num_cpus": 1},
+    health_check_period_s=10,
+    graceful_shutdown_timeout_s=60,
+    max_surge_percent=100,  # a model update starts the new replicas before the old ones stop
+)
+class TTSModel:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        source: ModelSource,
+        loader: Callable[[ServeSettings, ModelSource], Synthesizer] | None = None,
+    ):
+        self.settings = settings
+        self.source = source
+        self.version = source.label
+        self.synth = (loader or load_synthesizer)(settings, source)
+        self.voices = VoiceStore(settings.voices_uri)
+        self.references: LRUCache = LRUCache(settings.reference_cache_size)
+        self.reconfigure({})  # sets self.batching; Serve calls it again with the deployment's user_config
+        self.batch_log: deque[dict] = deque(maxlen=BATCH_LOG_LENGTH)
+        self.needs_probe = False
+        self.probe_items = self._warm_up() if settings.warmup else None
+        logger.info("TTSModel ready: %s from %s", self.version, source.load_uri)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """``user_config`` = BatchingSettings fields over the settings' own; applied at start and on every
+        config update. The applied values are kept here: they are what ``get_stats`` reports."""
+        self.batching = BatchingSettings.model_validate({**self.settings.batching.model_dump(), **(user_config or {})})
+        self.generate_batched.set_max_batch_size(self.batching.max_batch_size)
+        self.generate_batched.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
+
+    # ------------------------------------------------------------ health
+
+    def _warm_up(self) -> list:
+        """A tiny synthesis from a synthetic reference; raises (the replica fails) if the model cannot run."""
+        letters = [t for t in self.synth.vocab.tokens if len(t) == 1 and t.isalpha()][:6] or ["a"]
+        text = "".join(letters)
+        tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)
+        reference = self.synth.prepare_reference(tone, text, SAMPLE_RATE)
+        plan = self.synth.plan(text, reference, SynthesisOptions(sampling=WARMUP_SAMPLING, seed=0))
+        self.synth.generate(plan.items, WARMUP_SAMPLING)
+        return plan.items
+
+    async def check_health(self) -> None:
+        """Serve's periodic check: after an unexpected sampling failure, the model must run a probe."""
+        if self.needs_probe and self.probe_items is not None:
+            await asyncio.to_thread(self.synth.generate, self.probe_items, WARMUP_SAMPLING)
+            self.needs_probe = False
+
+    async def health(self) -> dict:
+        await self.check_health()
+        return {"model_version": self.version}
+
+    def describe(self) -> dict:
+        config = self.synth.model.config
+        return {
+            "name": self.source.name,
+            "version": self.source.version,
+            "alias": self.source.alias,
+            "uri": self.source.uri,
+            "run_id": self.source.run_id,
+            "model_version": self.version,
+            "config": {
+                "backbone": config.backbone,
+                "dim": config.dim,
+                "depth": config.depth,
+                "heads": config.heads,
+                "parameters": sum(p.numel() for p in self.synth.model.parameters()),
+                "vocab_size": len(self.synth.vocab),
+                "sample_rate": self.synth.mel.target_sample_rate,
+                "vocoder": type(self.synth.vocoder).__name__,
+                "device": self.settings.device,
+                "torch_threads": torch.get_num_threads(),
+            },
+        }
+
+    def get_stats(self) -> dict:
+        return {
+            "batches": list(self.batch_log),
+            "max_batch_size": self.batching.max_batch_size,
+            "batch_wait_timeout_s": self.batching.batch_wait_timeout_s,
+            "max_batch_frames": self.batching.max_batch_frames,
+            "reference_cache": {
+                "size": len(self.references),
+                "hits": self.references.hits,
+                "misses": self.references.misses,
+            },
+        }
+
+    # ------------------------------------------------------------ batched sampling
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def generate_batched(self, works: list[GenerateWork]) -> list[list[torch.Tensor] | Exception]:
+        """One request's rows in, its mels out; concurrent requests share ``generate`` calls."""
+        calls = plan_generate_calls(works, self.batching.max_batch_frames)
+        mels: list[list[Any]] = [[None] * len(work.items) for work in works]
+        failures: dict[int, Exception] = {}
+        for call in calls:
+            try:
+                outputs = await asyncio.to_thread(self.synth.generate, call.items, call.sampling)
+            except Exception as exc:  # one failing call must not fail the other requests of the batch
+                logger.exception("generate failed for %d rows", len(call.items))
+                self.needs_probe = True
+                for work_index, _ in call.slots:
+                    failures[work_index] = exc
+                continue
+            for (work_index, item_index), mel in zip(call.slots, outputs, strict=True):
+                mels[work_index][item_index] = mel
+        self.batch_log.append(
+            {
+                "requests": len(works),
+                "calls": [
+                    {"requests": c.request_count, "items": len(c.items), "padded_frames": c.padded_frames}
+                    for c in calls
+                ],
+            }
+        )
+        return [failures.get(index, row) for index, row in enumerate(mels)]
+
+    async def _generate(self, items: list, options: SynthesisOptions) -> list[torch.Tensor]:
+        result = await self.generate_batched(GenerateWork(tuple(items), options.sampling))
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    # ------------------------------------------------------------ requests
+
+    async def _reference(self, spec: ReferenceSpec):
+        reference = self.references.get(spec.key)
+        if reference is None:
+            reference = await asyncio.to_thread(self._prepare_reference, spec)
+            self.references.put(spec.key, reference)
+        return reference
+
+    def _prepare_reference(self, spec: ReferenceSpec):
+        audio = spec.audio
+        if audio is None:
+            voice = self.voices.get(spec.voice_id)
+            audio, rate = sf.read(io.BytesIO(self.voices.read_audio(voice)), dtype="float32")
+            if rate != SAMPLE_RATE:
+                raise ReferenceAudioError(f"stored voice {voice.id} has rate {rate}, expected {SAMPLE_RATE}")
+        return self.synth.prepare_reference(audio, spec.text, SAMPLE_RATE)
+
+    async def _plan(self, job: SynthesisJob):
+        reference = await self._reference(job.reference)
+        return await asyncio.to_thread(self.synth.plan, job.text, reference, job.options)
+
+    async def check_reference(self, spec: ReferenceSpec) -> ClientError | None:
+        """Prepare (and cache) a reference; a ClientError says why it cannot be used."""
+        try:
+            await self._reference(spec)
+        except CLIENT_EXCEPTIONS as exc:
+            return client_error(exc)
+        return None
+
+    async def synthesize(self, job: SynthesisJob) -> SynthesisReply | ClientError:
+        try:
+            plan = await self._plan(job)
+        except CLIENT_EXCEPTIONS as exc:
+            return client_error(exc)
+        mels = await self._generate(plan.items, job.options)
+        result = await asyncio.to_thread(self.synth.render, plan, mels)
+        return SynthesisReply(
+            audio=result.audio,
+            seed=result.seed,
+            duration_rule=result.duration_rule,
+            chunks=len(result.chunks),
+            sample_rate=result.sample_rate,
+            model_version=self.version,
+        )
+
+    async def synthesize_stream(self, job: SynthesisJob) -> AsyncIterator[StreamStart | ClientError | np.ndarray]:
+        """A StreamStart (or a ClientError, then nothing), then each chunk's audio as soon as it is ready."""
+        try:
+            plan = await self._plan(job)
+        except CLIENT_EXCEPTIONS as exc:
+            yield client_error(exc)
+            return
+        yield StreamStart(
+            seed=plan.seed,
+            duration_rule=plan.duration_rule,
+            chunks=len(plan.items),
+            sample_rate=self.synth.mel.target_sample_rate,
+            model_version=self.version,
+        )
+        joiner = CrossFadeJoiner(self.synth.mel.target_sample_rate)
+        for item in plan.items:
+            (mel,) = await self._generate([item], job.options)
+            (wave,) = await asyncio.to_thread(self.synth.vocode, [mel])
+            yield joiner.push(wave * plan.reference.rms_scale)
+        yield joiner.finish()
