@@ -158,15 +158,13 @@ def test_download_folder_is_removed_on_exit_and_on_exception(registry):
     assert not any(parent.name.startswith("flowtts-model-") and parent.exists() for parent in failing.parents)
 
 
-def test_a_source_downloads_from_its_own_tracking_uri_not_the_global_one(registry, tmp_path):
+def test_a_source_downloads_from_its_own_tracking_uri_not_the_global_one(registry, tmp_path, monkeypatch):
     tracking, _ = registry
     source = resolve_model_source(f"models:/{NAME}/1", tracking)
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/elsewhere.db")  # a replica whose MLflow points elsewhere
-    mlflow.set_registry_uri(f"sqlite:///{tmp_path}/elsewhere.db")
-    try:
-        with local_model(source) as folder:
-            assert load_bundle(folder).info["seed"] == 1
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    # a replica whose MLflow points elsewhere (monkeypatch restores MLflow's globals exactly afterwards)
+    elsewhere = f"sqlite:///{tmp_path}/elsewhere.db"
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", elsewhere)
+    monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", elsewhere)
+    assert mlflow.get_registry_uri() == elsewhere
+    with local_model(source) as folder:
+        assert load_bundle(folder).info["seed"] == 1

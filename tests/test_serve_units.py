@@ -236,3 +236,24 @@ def test_streamed_chunks_join_exactly_as_the_whole_utterance(lengths):
     pieces = [joiner.push(wave) for wave in waves] + [joiner.finish()]
     assert len(pieces[0]) < len(waves[0])  # the fade tail is held back until the next chunk arrives
     np.testing.assert_allclose(np.concatenate(pieces), cross_fade(waves, RATE), atol=1e-7)
+
+
+# ---------------------------------------------------------------- the HTTP layer
+
+
+def test_bearer_check_needs_the_exact_header_only_when_a_key_is_set():
+    from starlette.requests import Request
+
+    from serve.http_layer import ApiError, check_bearer
+
+    def request(header: str | None) -> Request:
+        headers = [] if header is None else [(b"authorization", header.encode())]
+        return Request({"type": "http", "headers": headers})
+
+    check_bearer(request("Bearer k"), "k")
+    check_bearer(request(None), None)
+    for wrong in (None, "Bearer x", "bearer k", "Bearer k "):
+        with pytest.raises(ApiError) as refused:
+            check_bearer(request(wrong), "k")
+        assert (refused.value.status, refused.value.code) == (401, "unauthorized")
+        assert refused.value.headers == {"WWW-Authenticate": "Bearer"}
