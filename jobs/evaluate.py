@@ -30,7 +30,7 @@ from flowtts.model_source import resolve_model_source
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder")
-    parser.add_argument("--data", type=Path, required=True, help="dataset folder with a heldout/ split")
+    parser.add_argument("--data", required=True, help="dataset folder or URI (s3://...) with a heldout/ split")
     parser.add_argument("--promote", metavar="ALIAS", help="move this alias to the model if it is better")
     parser.add_argument("--margin", type=float, default=0.0, help="dB of MCD-DTW the candidate must gain")
     parser.add_argument("--max-items", type=int, help="evaluate at most this many held-out clips")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from trainer.launch import TrainJob, add_run_options, connect_ray, run_training
+from trainer.cluster import connect_ray
+from trainer.launch import TrainJob, add_run_options, run_training
 
 
 def parse_overrides(pairs: list[str]) -> dict:

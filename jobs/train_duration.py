@@ -17,16 +17,16 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
+from trainer.cluster import connect_ray
 from trainer.duration_job import DurationJob, run_duration_training
-from trainer.launch import add_run_options, connect_ray
+from trainer.launch import add_run_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder")
-    parser.add_argument("--data", type=Path, required=True, help="dataset folder written by preprocess.py")
+    parser.add_argument("--data", required=True, help="dataset folder or URI (s3://...) written by preprocess.py")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     parser.add_argument("--batch-size", type=int, default=32, help="clip pairs per step (default 32)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -217,16 +215,6 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registered-model", default="flowtts", help="MLflow registered model name")
     parser.add_argument("--alias", default="candidate", help="alias set on the new model version")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with RAY_ADDRESS)")
-
-
-def connect_ray(cpus_needed: float, num_cpus: int | None = None) -> None:
-    """Attach to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), else start a private local Ray
-    with ``num_cpus`` (default: this machine's), at least ``cpus_needed``."""
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    num_cpus = max(num_cpus or os.cpu_count() or 1, math.ceil(cpus_needed))
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 def _fail_at_step() -> int | None:

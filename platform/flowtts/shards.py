@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from flowtts.storage import Location, resolve
+
 N_MELS = 100
 SHARD_SCHEMA = pa.schema(
     [
@@ -47,13 +49,20 @@ def decode_mel(blob: bytes, n_frames: int) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32).reshape(n_frames, N_MELS))
 
 
-def shard_files(dataset: str | Path, split: str = TRAIN_DIR) -> list[Path]:
-    files = sorted((Path(dataset) / split).glob("*.parquet"))
+def shard_files(dataset: str | Path | Location, split: str = TRAIN_DIR) -> list[Location]:
+    """The split's Parquet files (a local folder or a URI, see ``flowtts.storage``), sorted by name."""
+    folder = resolve(dataset).join(split)
+    files = folder.files(".parquet")
     if not files:
-        raise FileNotFoundError(f"no parquet shards in {Path(dataset) / split}")
+        raise FileNotFoundError(f"no parquet shards in {folder}")
     return files
 
 
-def read_table(dataset: str | Path, split: str = TRAIN_DIR, columns: list[str] | None = None) -> pa.Table:
+def read_table(dataset: str | Path | Location, split: str = TRAIN_DIR, columns: list[str] | None = None) -> pa.Table:
     """All rows of a split, in shard order (sorted by length)."""
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in shard_files(dataset, split)])
+    return pa.concat_tables([_read_shard(f, columns) for f in shard_files(dataset, split)])
+
+
+def _read_shard(shard: Location, columns: list[str] | None) -> pa.Table:
+    with shard.open_input() as f:
+        return pq.read_table(f, columns=columns)

@@ -79,6 +79,15 @@ class Location:
         uri = self.uri.rstrip("/") + "/" + "/".join(p.strip("/") for p in parts) if parts else self.uri
         return Location(uri=uri, path=path, fs=self.fs)
 
+    def sibling(self, name: str) -> Location:
+        """``name`` in the same parent folder (staging folders beside an output)."""
+        head = self.uri.rstrip("/").rpartition("/")[0]
+        return Location(uri=f"{head}/{name}", path=posixpath.join(posixpath.dirname(self.path), name), fs=self.fs)
+
+    def relative_to(self, folder: Location) -> str:
+        """This location's path inside ``folder`` (``shards/x.parquet``)."""
+        return posixpath.relpath(self.path, folder.path)
+
     def _info(self) -> pafs.FileInfo:
         with _named_errors(self.uri, "inspect"):
             return self.fs.get_file_info(self.path)
@@ -145,6 +154,12 @@ class Location:
         if self.exists():
             with _named_errors(self.uri, "delete"):
                 self.fs.delete_dir(self.path)
+
+    def delete_file(self) -> None:
+        """Remove this file; nothing happens when it is absent."""
+        if self.is_file():
+            with _named_errors(self.uri, "delete"):
+                self.fs.delete_file(self.path)
 
     def copy_file_to(self, target: Location) -> None:
         if type(self.fs) is type(target.fs) and self.fs.equals(target.fs):

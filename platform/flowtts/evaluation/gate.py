@@ -44,7 +44,7 @@ class Evaluation:
 
 def evaluate(
     candidate: ModelSource,
-    dataset: Path,
+    dataset: str | Path,  # a folder or a URI (flowtts.storage)
     *,
     max_items: int | None = None,
     nfe: int = 16,
@@ -90,7 +90,7 @@ def log_to_mlflow(candidate: ModelSource, evaluation: Evaluation) -> None:
 def promote_if_better(
     candidate: ModelSource,
     evaluation: Evaluation,
-    dataset: Path,
+    dataset: str | Path,  # a folder or a URI (flowtts.storage)
     *,
     alias: str,
     margin: float = 0.0,

@@ -25,6 +25,7 @@ from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.metrics import compare_mels, mape
 from flowtts.model import CFM
 from flowtts.shards import HELDOUT_DIR, TRAIN_DIR, decode_mel, read_table
+from flowtts.storage import Location, resolve
 from flowtts.synthesis.duration_rules import byte_ratio_frames, predicted_frames
 from flowtts.synthesis.reference import encode_prompt, prompt_text, reference_text
 from flowtts.text import Vocab, normalize_text, pad_token_ids
@@ -59,7 +60,7 @@ class ItemScore:
     speaker_sim: float | None = None  # with a speaker judge; higher is better
 
 
-def build_eval_items(dataset: str | Path, *, max_items: int | None = None, seed: int = 0) -> list[EvalItem]:
+def build_eval_items(dataset: str | Path | Location, *, max_items: int | None = None, seed: int = 0) -> list[EvalItem]:
     """Pair every held-out clip with a training clip of the same speaker (deterministic choice)."""
     heldout = read_table(dataset, HELDOUT_DIR).to_pylist()
     by_speaker = defaultdict(list)
@@ -130,10 +131,10 @@ def duration_mape(model: CFM, vocab: Vocab, items: list[EvalItem]) -> dict[str, 
     return errors
 
 
-def heldout_duration_mape(model: CFM, vocab: Vocab, dataset: str | Path) -> dict[str, float]:
+def heldout_duration_mape(model: CFM, vocab: Vocab, dataset: str | Path | Location) -> dict[str, float]:
     """``duration_mape_byte_ratio`` and ``duration_mape_predictor`` on the dataset's held-out clips; empty
     (with a log line) when it has no usable held-out split."""
-    if not (Path(dataset) / HELDOUT_DIR).is_dir():
+    if not resolve(dataset).join(HELDOUT_DIR).files(".parquet"):
         logger.info("no held-out split in %s: duration error not measured", dataset)
         return {}
     try:

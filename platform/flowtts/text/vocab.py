@@ -53,7 +53,11 @@ class Vocab:
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
         """Read ``vocab.txt`` as upstream does (each line minus its newline; CRLF tolerated)."""
-        raw = Path(path).read_text(encoding="utf-8")
+        return cls.parse(Path(path).read_text(encoding="utf-8"))
+
+    @classmethod
+    def parse(cls, raw: str) -> Vocab:
+        """The contents of a ``vocab.txt`` (e.g. read from object storage) -> Vocab, as ``load`` reads it."""
         lines = raw.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
@@ -68,12 +72,16 @@ class Vocab:
         chars.discard(" ")
         return cls([" ", *sorted(chars)])
 
+    def serialize(self) -> str:
+        """The ``vocab.txt`` contents: one token per line, the last one included."""
+        return "".join(f"{token}\n" for token in self.tokens)
+
     def save(self, path: str | Path) -> None:
         """Atomic write; every line, the last included, ends in a newline (upstream relies on it)."""
         path = Path(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vocab-")
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(f"{token}\n" for token in self.tokens)
+            f.write(self.serialize())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a vocab is meant to be shared
         os.replace(tmp, path)
 

@@ -24,6 +24,7 @@ from flowtts.shards import (
     read_table,
     shard_files,
 )
+from flowtts.storage import Location, resolve
 from flowtts.text import UnknownCharactersError, Vocab, pad_token_ids
 from flowtts.training.batching import BatchPosition, EpochPlan
 
@@ -68,30 +69,30 @@ def collate(mels: Sequence[torch.Tensor], token_ids: Sequence[Sequence[int]], ro
     return Batch(mel=mel, lens=lens, text=pad_token_ids(token_ids), rows=list(rows))
 
 
-def dataset_vocab(dataset: str | Path) -> Vocab:
-    path = Path(dataset) / VOCAB_FILE
+def dataset_vocab(dataset: str | Path | Location) -> Vocab:
+    path = resolve(dataset).join(VOCAB_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: a dataset folder needs the {VOCAB_FILE} that preprocessing writes")
-    return Vocab.load(path)
+    return Vocab.parse(path.read_text())
 
 
-def manifest_fingerprint(dataset: str | Path) -> str:
+def manifest_fingerprint(dataset: str | Path | Location) -> str:
     """sha256 (16 hex digits) of ``manifest.json``, or of the shard names and sizes when there is none."""
-    manifest = Path(dataset) / MANIFEST_FILE
+    manifest = resolve(dataset).join(MANIFEST_FILE)
     if manifest.is_file():
         return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
     digest = hashlib.sha256()
     for path in shard_files(dataset, TRAIN_DIR):
-        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+        digest.update(f"{path.name}:{path.size()}".encode())
     return digest.hexdigest()[:16]
 
 
-def corpus_fingerprint(dataset: str | Path) -> str | None:
+def corpus_fingerprint(dataset: str | Path | Location) -> str | None:
     """The preprocessing input fingerprint recorded in the manifest (``inputs.fingerprint_sha256``)."""
-    manifest = Path(dataset) / MANIFEST_FILE
+    manifest = resolve(dataset).join(MANIFEST_FILE)
     if not manifest.is_file():
         return None
-    inputs = json.loads(manifest.read_text(encoding="utf-8")).get("inputs", {})
+    inputs = json.loads(manifest.read_text()).get("inputs", {})
     return inputs.get("fingerprint_sha256") if isinstance(inputs, dict) else None
 
 
@@ -136,10 +137,10 @@ def dataset_texts(dataset: str | Path, split: str = TRAIN_DIR) -> list[str]:
     return read_table(dataset, split, columns=["text"]).column("text").to_pylist()
 
 
-def sample_utterance(dataset: str | Path) -> Utterance:
+def sample_utterance(dataset: str | Path | Location) -> Utterance:
     """The fixed sentence for training samples: the first held-out row, else the last training row."""
-    heldout = Path(dataset) / HELDOUT_DIR
-    split, pick_last = (HELDOUT_DIR, False) if any(heldout.glob("*.parquet")) else (TRAIN_DIR, True)
+    heldout = resolve(dataset).join(HELDOUT_DIR)
+    split, pick_last = (HELDOUT_DIR, False) if heldout.files(".parquet") else (TRAIN_DIR, True)
     table = read_table(dataset, split, columns=["text", "n_frames", "mel"])
     row = table.num_rows - 1 if pick_last else 0
     return Utterance(
