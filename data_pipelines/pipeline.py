@@ -1,8 +1,9 @@
-"""The preprocessing pipeline: corpus folder -> validated 24 kHz log-mel shards, vocab, report, manifest.
+"""The preprocessing pipeline: corpus -> validated 24 kHz log-mel shards, vocab, report, manifest.
 
-The driver parses the metadata (small: one row per clip) and does the checks that need no audio; the
-decoding, checks on the signal, resampling and mel run in parallel as a Ray Data ``map_batches`` over a
-task pool. Kept clips and rejections come back in one dataset and are split on the driver, which sorts
+Corpus, output, metadata, vocab and held-out list are local paths or URIs (``flowtts.storage``). The
+driver reads the metadata (small: one row per clip) and does the checks that need no audio; reading the
+audio, decoding, checks on the signal, resampling and mel run in parallel as a Ray Data ``map_batches``
+over a task pool. Kept clips and rejections come back in one dataset and are split on the driver, which sorts
 and writes the output into a staging folder that replaces ``out`` only when everything succeeded.
 """
 
@@ -10,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Annotated
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 import flowtts
 from data_pipelines.manifest import (
@@ -43,6 +46,7 @@ from data_pipelines.reading import (
 from data_pipelines.splitting import HeldoutChoice, heldout_by_fraction, heldout_by_list, read_holdout_list
 from data_pipelines.writing import (
     ShardInfo,
+    check_output_target,
     sort_by_length,
     staged_output,
     write_json,
@@ -51,6 +55,7 @@ from data_pipelines.writing import (
 )
 from flowtts.config import MelConfig
 from flowtts.shards import HELDOUT_DIR, MANIFEST_FILE, REJECTED_FILE, SHARD_SCHEMA, TRAIN_DIR, VOCAB_FILE
+from flowtts.storage import Location, StorageError, resolve
 from flowtts.text import Vocab
 
 logger = logging.getLogger(__name__)
@@ -65,54 +70,70 @@ SPEAKERS_FILE = "speakers.csv"
 METADATA_FILE = "metadata.csv"
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    corpus: Path
-    out: Path
-    metadata: Path | None = None  # default: <corpus>/metadata.csv; audio paths stay relative to corpus
-    format: MetadataFormat = "auto"
-    min_duration: float = 0.3
-    max_duration: float = 30.0
-    vocab: Path | None = None  # extend this vocab instead of building one from the corpus
-    text_frontend: TextFrontend = "plain"
-    num_workers: int | None = None  # default: the cluster's CPUs
-    seed: int = 0
-    holdout_fraction: float = 0.0
-    holdout_list: Path | None = None
-    shard_mb: float = 128.0
-    overwrite: bool = False
-    mel: MelConfig = field(default_factory=MelConfig)
+def _location(value: object) -> str:
+    """A local path (made absolute) or a URI ``flowtts.storage`` reads; no I/O beyond opening its filesystem."""
+    if not isinstance(value, str | os.PathLike):
+        raise ValueError(f"expected a path or a URI, got {value!r}")
+    try:
+        return resolve(os.fspath(value)).uri
+    except StorageError as exc:
+        raise ValueError(str(exc)) from exc
 
-    def __post_init__(self) -> None:
-        corpus, out = Path(self.corpus).resolve(), Path(self.out).resolve()
-        if not corpus.is_dir():
-            raise FileNotFoundError(f"corpus folder {self.corpus} does not exist")
-        if corpus.is_relative_to(out):
-            raise ValueError(f"output folder {self.out} would contain the corpus {self.corpus}; choose another")
-        if self.text_frontend not in TEXT_FRONTENDS:
-            raise ValueError(f"text_frontend must be one of {sorted(TEXT_FRONTENDS)}, got {self.text_frontend!r}")
+
+Uri = Annotated[str, BeforeValidator(_location)]
+
+
+class PreprocessConfig(BaseModel):
+    """Every preprocessing option, declared once: ``jobs/preprocess.py`` builds its command line from it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    corpus: Uri = Field(description="corpus folder or URI (s3://...); audio paths are relative to it")
+    out: Uri = Field(description="output folder or URI (refused when it exists, unless --overwrite)")
+    metadata: Uri | None = Field(None, description="metadata file (default: CORPUS/metadata.csv)")
+    format: MetadataFormat = Field("auto", description="metadata format")
+    min_duration: float = Field(0.3, ge=0, description="shortest clip kept, seconds")
+    max_duration: float = Field(30.0, gt=0, description="longest clip kept, seconds")
+    vocab: Uri | None = Field(None, description="extend this vocab.txt instead of building one")
+    text_frontend: TextFrontend = Field("plain", description="text normalisation")
+    num_workers: int | None = Field(None, ge=1, description="parallel decode/mel tasks (default: cluster CPUs)")
+    seed: int = Field(0, description="seed of the held-out choice")
+    holdout_fraction: float = Field(0.0, ge=0, lt=1, description="share of each speaker held out")
+    holdout_list: Uri | None = Field(None, description="file with one held-out audio_file per line")
+    shard_mb: float = Field(128.0, gt=0, description="target shard size in MiB")
+    overwrite: bool = Field(False, description="replace an existing output atomically")
+    mel: MelConfig = Field(default_factory=MelConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PreprocessConfig:
+        if self.corpus == self.out or self.corpus.startswith(self.out.rstrip("/") + "/"):
+            raise ValueError(f"output {self.out} would contain the corpus {self.corpus}; choose another")
         if self.holdout_fraction and self.holdout_list:
             raise ValueError("give either holdout_fraction or holdout_list, not both")
-        if not 0 <= self.holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        if self.shard_mb <= 0:
-            raise ValueError(f"shard_mb must be > 0, got {self.shard_mb}")
-        if self.num_workers is not None and self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-        ClipLimits(self.min_duration, self.max_duration)  # validates the range
+        self.limits  # noqa: B018 - ClipLimits validates the duration range
+        return self
 
     @property
-    def metadata_path(self) -> Path:
-        return Path(self.metadata) if self.metadata else Path(self.corpus) / METADATA_FILE
+    def metadata_path(self) -> Location:
+        return resolve(self.metadata) if self.metadata else resolve(self.corpus).join(METADATA_FILE)
 
     @property
     def limits(self) -> ClipLimits:
         return ClipLimits(self.min_duration, self.max_duration)
 
 
+def check_locations(config: PreprocessConfig) -> None:
+    """What can be checked before any work: the corpus is there and the output may be written. Raises
+    ``FileNotFoundError``, ``OutputExistsError`` or ``StorageError`` (missing bucket, no access), each naming
+    the URI."""
+    if not resolve(config.corpus).is_dir():
+        raise FileNotFoundError(f"corpus folder {config.corpus} does not exist")
+    check_output_target(resolve(config.out), config.overwrite)
+
+
 @dataclass(frozen=True)
 class PreprocessResult:
-    out: Path
+    out: str
     rows_read: int
     kept: int  # training rows
     heldout: int
@@ -158,13 +179,14 @@ def preprocess_corpus(config: PreprocessConfig) -> PreprocessResult:
     if not ray.is_initialized():
         raise RuntimeError("Ray is not initialised: call ray.init() (or use jobs/preprocess.py) first")
     started = time.perf_counter()
-    with staged_output(Path(config.out), config.overwrite) as staging:
+    check_locations(config)
+    with staged_output(resolve(config.out), config.overwrite) as staging:
         inputs = _read_inputs(config)
-        processed = process_clips(inputs.clips, config.limits, config.mel, config.num_workers)
+        processed = process_clips(inputs.clips, resolve(config.corpus), config.limits, config.mel, config.num_workers)
         outcome = _split_outcome(processed, inputs, config)
         shards = _write_outputs(staging, outcome, config)
         result = PreprocessResult(
-            out=Path(config.out),
+            out=config.out,
             rows_read=inputs.rows_read,
             kept=outcome.train.num_rows,
             heldout=outcome.heldout.num_rows,
@@ -174,13 +196,16 @@ def preprocess_corpus(config: PreprocessConfig) -> PreprocessResult:
             elapsed_s=time.perf_counter() - started,
         )
         assert result.kept + result.heldout + result.rejected == result.rows_read, "every row is accounted for"
-        write_json(staging / MANIFEST_FILE, _manifest(config, inputs, outcome, shards, result))
+        write_json(staging.join(MANIFEST_FILE), _manifest(config, inputs, outcome, shards, result))
     logger.info("preprocessing done: %s", result.summary())
     return result
 
 
-def process_clips(clips: list[ClipRow], limits: ClipLimits, mel: MelConfig, num_workers: int | None) -> pa.Table:
-    """Decode, check, resample and mel every clip on the Ray cluster -> one PROCESSED_SCHEMA table."""
+def process_clips(
+    clips: list[ClipRow], corpus: Location, limits: ClipLimits, mel: MelConfig, num_workers: int | None
+) -> pa.Table:
+    """Read, decode, check, resample and mel every clip on the Ray cluster -> one PROCESSED_SCHEMA table.
+    The tasks read the audio from ``corpus`` themselves (it travels as its URI)."""
     if not clips:
         return PROCESSED_SCHEMA.empty_table()
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -189,7 +214,7 @@ def process_clips(clips: list[ClipRow], limits: ClipLimits, mel: MelConfig, num_
     dataset = ray.data.from_items([asdict(clip) for clip in clips], override_num_blocks=blocks)
     dataset = dataset.map_batches(
         process_batch,
-        fn_kwargs={"limits": limits, "mel": mel},
+        fn_kwargs={"corpus": corpus, "limits": limits, "mel": mel},
         batch_format="pyarrow",
         batch_size=None,
         compute=ray.data.TaskPoolStrategy(size=workers),
@@ -200,20 +225,21 @@ def process_clips(clips: list[ClipRow], limits: ClipLimits, mel: MelConfig, num_
 
 
 def _read_inputs(config: PreprocessConfig) -> _Inputs:
+    """The small input files only (metadata, speakers, vocab, held-out list): the audio is read by the tasks."""
     metadata_path = config.metadata_path
     table = read_metadata(metadata_path, config.format)
     files = [("metadata", metadata_path.read_bytes())]
-    speakers_path = Path(config.corpus) / SPEAKERS_FILE
+    speakers_path = resolve(config.corpus).join(SPEAKERS_FILE)
     speakers = {}
     if speakers_path.is_file():
         speakers = read_speakers(speakers_path)
         files.append(("speakers", speakers_path.read_bytes()))
     files += [
-        (role, path.read_bytes())
-        for role, path in (("vocab", config.vocab), ("holdout_list", config.holdout_list))
-        if path
+        (role, resolve(uri).read_bytes())
+        for role, uri in (("vocab", config.vocab), ("holdout_list", config.holdout_list))
+        if uri
     ]
-    checked = check_rows(table.rows, Path(config.corpus), speakers, TEXT_FRONTENDS[config.text_frontend])
+    checked = check_rows(table.rows, speakers, TEXT_FRONTENDS[config.text_frontend])
     return _Inputs(checked.clips, table.rejections + checked.rejections, table.rows_read, table.format, files)
 
 
@@ -236,14 +262,14 @@ def _split_outcome(processed: pa.Table, inputs: _Inputs, config: PreprocessConfi
     )
 
 
-def _write_outputs(staging: Path, outcome: _Outcome, config: PreprocessConfig) -> dict[str, list[ShardInfo]]:
+def _write_outputs(staging: Location, outcome: _Outcome, config: PreprocessConfig) -> dict[str, list[ShardInfo]]:
     """Shards (no heldout/ folder when nothing is held out), vocab and rejection report."""
     target_bytes = int(config.shard_mb * 2**20)
     shards = {TRAIN_DIR: write_shards(outcome.train, staging, TRAIN_DIR, target_bytes)}
     if outcome.heldout.num_rows:
         shards[HELDOUT_DIR] = write_shards(outcome.heldout, staging, HELDOUT_DIR, target_bytes)
-    outcome.vocab.save(staging / VOCAB_FILE)
-    write_rejections(staging / REJECTED_FILE, outcome.rejections)
+    staging.join(VOCAB_FILE).write_text(outcome.vocab.serialize())
+    write_rejections(staging.join(REJECTED_FILE), outcome.rejections)
     return shards
 
 
@@ -259,16 +285,16 @@ def _worker_rejections(processed: pa.Table) -> list[Rejection]:
 def _choose_heldout(kept: pa.Table, config: PreprocessConfig) -> HeldoutChoice:
     audio_files = kept["audio_file"].to_pylist()
     if config.holdout_list:
-        return heldout_by_list(audio_files, read_holdout_list(Path(config.holdout_list)))
+        return heldout_by_list(audio_files, read_holdout_list(resolve(config.holdout_list)))
     speakers = dict(zip(audio_files, kept["speaker"].to_pylist(), strict=True))
     return heldout_by_fraction(speakers, config.holdout_fraction, config.seed)
 
 
-def _build_vocab(texts: list[str], base_path: Path | None) -> tuple[Vocab, list[str]]:
+def _build_vocab(texts: list[str], base_uri: str | None) -> tuple[Vocab, list[str]]:
     """The vocab and the characters a given vocab lacked (added at its end, in code point order)."""
-    if base_path is None:
+    if base_uri is None:
         return Vocab.from_texts(texts), []
-    base = Vocab.load(base_path)
+    base = Vocab.parse(resolve(base_uri).read_text())
     missing = sorted({char for text in texts for char in base.missing(text)})
     vocab, added = base.extend(missing)
     return vocab, added
@@ -291,8 +317,8 @@ def _manifest(
     return {
         "flowtts_version": flowtts.__version__,
         "inputs": {
-            "corpus": str(Path(config.corpus).resolve()),
-            "metadata": str(config.metadata_path.resolve()),
+            "corpus": config.corpus,
+            "metadata": config.metadata_path.uri,
             "format": inputs.format,
             "speakers_file": any(role == "speakers" for role, _ in inputs.files),
             "fingerprint_sha256": input_fingerprint(inputs.files, outcome.audio_hashes),
@@ -324,14 +350,14 @@ def _manifest(
             "method": "list" if config.holdout_list else "fraction" if config.holdout_fraction else "none",
             "fraction": config.holdout_fraction,
             "seed": config.seed,
-            "list": str(config.holdout_list) if config.holdout_list else None,
+            "list": config.holdout_list,
             "audio_files": sorted(outcome.heldout["audio_file"].to_pylist()),
             "unmatched_list_entries": outcome.heldout_unmatched,
         },
         "mel": mel_settings(config.mel),
         "vocab": {
             "file": VOCAB_FILE,
-            "source": str(config.vocab) if config.vocab else "built from the kept texts",
+            "source": config.vocab or "built from the kept texts",
             "size": len(outcome.vocab),
             "missing_characters": outcome.missing_characters,
         },

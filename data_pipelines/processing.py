@@ -1,4 +1,7 @@
-"""Per-clip work done by Ray Data workers: decode, check, downmix, resample to 24 kHz, log-mel.
+"""Per-clip work done by Ray Data workers: read, decode, check, downmix, resample to 24 kHz, log-mel.
+
+The audio is read here, on the node that runs the task, from the corpus location (a local folder every
+node sees, or a ``flowtts.storage`` URI such as ``s3://bucket/corpus``): the driver never downloads it.
 
 Each stage is a plain function so the benchmark's single-process loop runs exactly the same code.
 A clip that fails a check comes back as a rejection record in the same batch, never as an exception.
@@ -7,18 +10,19 @@ A clip that fails a check comes back as a rejection record in the same batch, ne
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import soundfile as sf
 import torch
 
-from data_pipelines.reading import Reason, RowRejected
+from data_pipelines.reading import Reason, RowRejected, clip_key
 from flowtts.audio import AudioError, TruncatedAudioError, log_mel_spectrogram, read_audio, resample, to_mono
 from flowtts.config import MelConfig
 from flowtts.shards import encode_mel
+from flowtts.storage import Location, StorageError, resolve
 
 SILENCE_PEAK = 1e-4
 """A clip whose absolute peak (all channels) is below this is digital silence: -80 dBFS, about 3 LSB of
@@ -63,11 +67,22 @@ class DecodedClip:
         return self.samples.shape[0] / self.sample_rate
 
 
-def read_clip_bytes(path: str | Path) -> bytes:
+def read_clip_bytes(corpus: Location, audio_file: str) -> bytes:
+    """The bytes of ``audio_file`` (already checked by ``reading.check_clip_path``) inside ``corpus``."""
+    clip = corpus.join(clip_key(audio_file))
+    if clip.is_local:  # links are followed, but only to files inside the corpus
+        real, root = os.path.realpath(clip.path), os.path.realpath(corpus.path)
+        if os.path.commonpath([real, root]) != root:
+            raise RowRejected(Reason.PATH_OUTSIDE_CORPUS, f"{audio_file!r} is a link to {real}, outside {root}")
+        clip = resolve(real)
     try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise RowRejected(Reason.UNREADABLE_AUDIO, f"cannot read the file: {exc.strerror}") from exc
+        return clip.read_bytes()
+    except StorageError as exc:
+        if not clip.exists():
+            raise RowRejected(Reason.MISSING_FILE, f"{audio_file!r} does not exist in {corpus}") from exc
+        if not clip.is_file():
+            raise RowRejected(Reason.UNREADABLE_AUDIO, f"{audio_file!r} is not a regular file") from exc
+        raise RowRejected(Reason.UNREADABLE_AUDIO, str(exc)) from exc
 
 
 def decode_clip(blob: bytes) -> DecodedClip:
@@ -110,12 +125,12 @@ def clip_mel(wav: torch.Tensor, mel: MelConfig) -> torch.Tensor:
     return log_mel_spectrogram(wav, mel)[0].T.contiguous()
 
 
-def process_row(row: dict, limits: ClipLimits, mel: MelConfig) -> dict:
-    """One driver-checked row (line, audio_file, text, speaker, path) -> a PROCESSED_SCHEMA record."""
+def process_row(row: dict, corpus: Location, limits: ClipLimits, mel: MelConfig) -> dict:
+    """One driver-checked row (line, audio_file, text, speaker) -> a PROCESSED_SCHEMA record."""
     record = {key: row[key] for key in ("line", "audio_file", "text", "speaker")}
     record.update(duration=None, n_frames=None, mel=None, sha256="", reason=None, detail=None)
     try:
-        blob = read_clip_bytes(row["path"])
+        blob = read_clip_bytes(corpus, row["audio_file"])
         record["sha256"] = hashlib.sha256(blob).hexdigest()
         clip = decode_clip(blob)
         check_clip(clip, limits)
@@ -128,6 +143,7 @@ def process_row(row: dict, limits: ClipLimits, mel: MelConfig) -> dict:
     return record
 
 
-def process_batch(batch: pa.Table, limits: ClipLimits, mel: MelConfig) -> pa.Table:
+def process_batch(batch: pa.Table, corpus: Location, limits: ClipLimits, mel: MelConfig) -> pa.Table:
     """The ``map_batches`` function: a pyarrow batch of rows -> kept clips and rejections together."""
-    return pa.Table.from_pylist([process_row(row, limits, mel) for row in batch.to_pylist()], schema=PROCESSED_SCHEMA)
+    records = [process_row(row, corpus, limits, mel) for row in batch.to_pylist()]
+    return pa.Table.from_pylist(records, schema=PROCESSED_SCHEMA)

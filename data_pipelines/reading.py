@@ -1,4 +1,8 @@
-"""Reading a corpus on the driver: metadata and speakers files, row checks that need no audio decoding.
+"""Reading a corpus on the driver: metadata and speakers files, row checks that need no audio.
+
+The driver reads only these small files (a local path or any ``flowtts.storage`` URI); whether each clip
+exists and decodes is found out where its audio is read, in the Ray Data tasks (``processing``), so local
+and remote corpora give the same rejections.
 
 Formats:
 - ``f5``: header ``audio_file|text``, Python ``csv`` dialect with ``|`` as delimiter and the default quote
@@ -19,9 +23,9 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Literal
 
+from flowtts.storage import Location, StorageError
 from flowtts.text import normalize_text, normalize_vietnamese
 
 MetadataFormat = Literal["auto", "f5", "ljspeech"]
@@ -94,13 +98,12 @@ class MetadataRow:
 
 @dataclass(frozen=True)
 class ClipRow:
-    """A row that passed the driver checks and goes to decoding; ``path`` is the resolved file."""
+    """A row that passed the driver checks and goes to decoding (its file is ``corpus/clip_key(audio_file)``)."""
 
     line: int
     audio_file: str
     text: str
     speaker: str
-    path: str
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class DriverChecks:
     rejections: list[Rejection]
 
 
-def read_metadata(path: Path, fmt: MetadataFormat = "auto") -> MetadataTable:
+def read_metadata(path: Location, fmt: MetadataFormat = "auto") -> MetadataTable:
     """Parse the metadata file; bad rows become ``malformed_row`` rejections, never exceptions."""
     text = _decode_file(path)
     detected = _detect_format(path, _first_line(text), fmt)
@@ -141,7 +144,7 @@ def read_metadata(path: Path, fmt: MetadataFormat = "auto") -> MetadataTable:
     return MetadataTable(detected, rows, rejections)
 
 
-def read_speakers(path: Path) -> dict[str, str]:
+def read_speakers(path: Location) -> dict[str, str]:
     """``speakers.csv`` (header ``audio_file|speaker``) -> {normalised audio_file: speaker}."""
     text = _decode_file(path)
     records = _records(text, F5_DIALECT)
@@ -159,14 +162,8 @@ def read_speakers(path: Path) -> dict[str, str]:
     return speakers
 
 
-def check_rows(
-    rows: list[MetadataRow],
-    corpus: Path,
-    speakers: dict[str, str],
-    normalize: Callable[[str], str],
-) -> DriverChecks:
-    """Duplicates, text normalisation and emptiness, and path checks, in that order for each row."""
-    root = corpus.resolve()
+def check_rows(rows: list[MetadataRow], speakers: dict[str, str], normalize: Callable[[str], str]) -> DriverChecks:
+    """Duplicates, text normalisation and emptiness, and the path's spelling, in that order for each row."""
     seen: dict[str, int] = {}
     clips: list[ClipRow] = []
     rejections: list[Rejection] = []
@@ -179,12 +176,12 @@ def check_rows(
             text = normalize(row.text)
             if not text:
                 raise RowRejected(Reason.EMPTY_TEXT, "the text is empty after normalisation")
-            path = resolve_clip_path(root, row.audio_file)
+            check_clip_path(row.audio_file)
         except RowRejected as rejected:
             rejections.append(Rejection(row.line, row.audio_file, rejected.reason, rejected.detail))
             continue
         speaker = speakers.get(clip_key(row.audio_file), DEFAULT_SPEAKER)
-        clips.append(ClipRow(row.line, row.audio_file, text, speaker, str(path)))
+        clips.append(ClipRow(row.line, row.audio_file, text, speaker))
     return DriverChecks(clips, rejections)
 
 
@@ -193,30 +190,21 @@ def clip_key(audio_file: str) -> str:
     return os.path.normpath(audio_file)
 
 
-def resolve_clip_path(root: Path, audio_file: str) -> Path:
-    """Resolve ``audio_file`` inside the resolved corpus ``root``; raise RowRejected when it is not there."""
-    if os.path.isabs(audio_file) or Path(audio_file).drive:
+def check_clip_path(audio_file: str) -> None:
+    """A path relative to the corpus that stays inside it (links are followed where the clip is read)."""
+    if os.path.isabs(audio_file) or "://" in audio_file:
         raise RowRejected(Reason.PATH_OUTSIDE_CORPUS, f"absolute path {audio_file!r}; paths must be relative")
     relative = clip_key(audio_file)
     if relative == ".." or relative.startswith(f"..{os.sep}"):
         raise RowRejected(Reason.PATH_OUTSIDE_CORPUS, f"{audio_file!r} escapes the corpus folder with '..'")
-    candidate = root / relative
-    resolved = candidate.resolve()
-    if not resolved.is_relative_to(root):
-        raise RowRejected(Reason.PATH_OUTSIDE_CORPUS, f"{audio_file!r} is a link to {resolved}, outside {root}")
-    if not resolved.exists():
-        raise RowRejected(Reason.MISSING_FILE, f"{audio_file!r} does not exist in {root}")
-    if not resolved.is_file():
-        raise RowRejected(Reason.UNREADABLE_AUDIO, f"{audio_file!r} is not a regular file")
-    return resolved
 
 
-def _decode_file(path: Path) -> str:
+def _decode_file(path: Location) -> str:
     """UTF-8 (BOM dropped); undecodable bytes survive as surrogates so only their rows get rejected."""
     try:
         raw = path.read_bytes()
-    except OSError as exc:
-        raise MetadataError(f"cannot read {path}: {exc}") from exc
+    except StorageError as exc:
+        raise MetadataError(str(exc)) from exc  # names the file and what the store said
     return raw.decode("utf-8-sig", errors="surrogateescape")
 
 
@@ -225,7 +213,7 @@ def _first_line(text: str) -> list[str]:
     return [field.strip().lower() for field in line.split("|")]
 
 
-def _detect_format(path: Path, first: list[str], fmt: MetadataFormat) -> Literal["f5", "ljspeech"]:
+def _detect_format(path: Location, first: list[str], fmt: MetadataFormat) -> Literal["f5", "ljspeech"]:
     has_header = first == F5_HEADER
     if fmt == "f5" and not has_header:
         raise MetadataError(

@@ -13,9 +13,9 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from data_pipelines.reading import clip_key
+from flowtts.storage import Location
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ def heldout_by_list(kept: Iterable[str], listed: Iterable[str]) -> HeldoutChoice
     return HeldoutChoice(matched, [a for a in listed if clip_key(a) not in kept_keys])
 
 
-def read_holdout_list(path: Path) -> list[str]:
-    lines = (line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines())
+def read_holdout_list(path: Location) -> list[str]:
+    lines = (line.strip() for line in path.read_bytes().decode("utf-8-sig").splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 
