@@ -126,9 +126,17 @@ def check_locations(config: PreprocessConfig) -> None:
     """What can be checked before any work: the corpus is there and the output may be written. Raises
     ``FileNotFoundError``, ``OutputExistsError`` or ``StorageError`` (missing bucket, no access), each naming
     the URI."""
-    if not resolve(config.corpus).is_dir():
-        raise FileNotFoundError(f"corpus folder {config.corpus} does not exist")
-    check_output_target(resolve(config.out), config.overwrite)
+    corpus, out = resolve(config.corpus), resolve(config.out)
+    if not corpus.is_dir():
+        _check_bucket("corpus", corpus)
+        raise FileNotFoundError(f"corpus folder {corpus} does not exist")
+    check_output_target(out, config.overwrite)
+    _check_bucket("output", out)
+
+
+def _check_bucket(role: str, location: Location) -> None:
+    if not location.store_root().exists():
+        raise FileNotFoundError(f"{role} {location}: bucket {location.store_root()} does not exist")
 
 
 @dataclass(frozen=True)

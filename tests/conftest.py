@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,28 @@ def s3_bucket(s3_env, request) -> str:
     name = re.sub(r"[^a-z0-9-]", "-", f"t-{request.node.name.lower()}")[:50].strip("-")
     boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server) -> Iterator[None]:
+    """One private local Ray instance for the in-process pipeline tests (reused if one is already up). Its job
+    runtime_env carries the loopback S3 server's AWS variables to every worker, as a user's job on a cluster
+    does (``ray job submit --runtime-env-json '{"env_vars": {...}}'``); the driver gets them from ``s3_env``."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    temp_dir = tempfile.mkdtemp(prefix="ray-dp-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        log_to_driver=False,
+        runtime_env={"env_vars": s3_server},
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

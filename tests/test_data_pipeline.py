@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-import ray
 import soundfile as sf
 import torch
 from conftest import REPO
@@ -97,21 +95,7 @@ def staging_leftovers(out: Path) -> list[str]:
     return [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
-# --- Ray ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
-    """One private local Ray instance for the in-process pipeline tests (reused if one is already up)."""
-    if ray.is_initialized():
-        yield
-        return
-    temp_dir = tempfile.mkdtemp(prefix="ray-dp-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+# --- Ray (the session's private local Ray is conftest's ray_local) --------------------------------------------
 
 
 @pytest.fixture

@@ -84,6 +84,13 @@ class Location:
         head = self.uri.rstrip("/").rpartition("/")[0]
         return Location(uri=f"{head}/{name}", path=posixpath.join(posixpath.dirname(self.path), name), fs=self.fs)
 
+    def store_root(self) -> Location:
+        """The bucket of an object-store location (``s3://bucket``); ``/`` on the local filesystem."""
+        if self.is_local:
+            return Location(uri="/", path="/", fs=self.fs)
+        bucket = self.path.split("/", 1)[0]
+        return Location(uri=f"{self.uri.partition('://')[0]}://{bucket}", path=bucket, fs=self.fs)
+
     def relative_to(self, folder: Location) -> str:
         """This location's path inside ``folder`` (``shards/x.parquet``)."""
         return posixpath.relpath(self.path, folder.path)

@@ -1,0 +1,233 @@
+"""Preprocessing, evaluation and the duration job's readers on a real S3 API (moto's server on loopback,
+reached through ``AWS_ENDPOINT_URL``): the same rows and rejections as a local run, atomic output with the
+manifest as commit marker, identical re-runs, and clean errors naming the URI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _shards import write_dataset
+from conftest import REPO, SAMPLE_CORPUS
+from local_services import LocalS3Server, service_env
+from test_data_pipeline import write_text, write_wav
+
+from data_pipelines import OutputExistsError, PreprocessConfig, preprocess_corpus
+from flowtts.checkpoint import save_checkpoint
+from flowtts.config import ModelConfig
+from flowtts.evaluation.gate import evaluate, resolve_model
+from flowtts.evaluation.heldout import heldout_duration_mape
+from flowtts.model import build_model
+from flowtts.shards import read_table
+from flowtts.storage import Location, StorageError, resolve
+from flowtts.training import TrainingData, dataset_vocab
+
+pytestmark = pytest.mark.integration
+OUTPUTS = ("manifest.json", "rejected.jsonl", "shards", "vocab.txt")
+
+
+def upload(folder: Path, target: Location) -> Location:
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        target.join(path.relative_to(folder).as_posix()).write_bytes(path.read_bytes())
+    return target
+
+
+def mixed_corpus(folder: Path, good: int = 6) -> Path:
+    """``good`` clips of the sample corpus (2 speakers) and one row for each rejection an object store can
+    show (no links there): missing, empty, not audio, truncated, too short, a folder, '..', duplicate, bad row."""
+    wavs = folder / "wavs"
+    names = [f"wavs/demo_{i:04d}.wav" for i in range(1, good + 1)]
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SAMPLE_CORPUS / name, folder / name)
+    (wavs / "zero.wav").write_bytes(b"")
+    (wavs / "fake.wav").write_bytes(b"not a wave file\n" * 20)
+    whole = write_wav(wavs / "cut.wav", seconds=1.0).read_bytes()
+    (wavs / "cut.wav").write_bytes(whole[: len(whole) // 2])
+    write_wav(wavs / "short.wav", seconds=0.1)
+    write_wav(wavs / "sub" / "inner.wav")
+    bad = [
+        "wavs/missing.wav|Không có tệp.",
+        "wavs/zero.wav|Tệp rỗng.",
+        "wavs/fake.wav|Tệp giả.",
+        "wavs/cut.wav|Bị cắt.",
+        "wavs/short.wav|Ngắn.",
+        "wavs/sub|Một thư mục.",
+        "../outside.wav|Bên ngoài.",
+        f"./{names[0]}|Lặp lại.",
+        "wavs/lonely.wav",
+    ]
+    texts = [line.split("|", 1)[1] for line in (SAMPLE_CORPUS / "metadata.csv").read_text().splitlines()[1:]]
+    write_text(
+        folder / "metadata.csv",
+        ["audio_file|text", *[f"{n}|{t}" for n, t in zip(names, texts[:good], strict=True)], *bad],
+    )
+    speakers = (SAMPLE_CORPUS / "speakers.csv").read_text().splitlines()[: good + 1]
+    write_text(folder / "speakers.csv", speakers)
+    return folder
+
+
+def run(corpus: str | Path, out: str | Path, **options):
+    return preprocess_corpus(PreprocessConfig(corpus=corpus, out=out, num_workers=2, **options))
+
+
+def rejections(out: Location) -> list[tuple[int, str, str]]:
+    rows = [json.loads(line) for line in out.join("rejected.jsonl").read_text().splitlines()]
+    return [(row["line"], row["audio_file"], row["reason"]) for row in rows]
+
+
+def shard_bytes(out: Location) -> dict[str, bytes]:
+    return {f.relative_to(out): f.read_bytes() for f in out.files(".parquet", recursive=True)}
+
+
+def test_s3_to_s3_keeps_the_rows_of_a_local_run_and_reruns_identically(ray_local, s3_bucket, tmp_path):
+    local_corpus = mixed_corpus(tmp_path / "corpus")
+    corpus = upload(local_corpus, resolve(f"{s3_bucket}/corpora/mixed"))
+    out = resolve(f"{s3_bucket}/data/mixed")
+
+    local = run(local_corpus, tmp_path / "out", holdout_fraction=0.3)
+    remote = run(corpus.uri, out.uri, holdout_fraction=0.3)
+
+    assert (remote.kept, remote.heldout, remote.rejected, remote.rows_read) == (4, 2, 9, 15)
+    assert remote.rejected_by_reason == local.rejected_by_reason
+    assert rejections(out) == rejections(resolve(tmp_path / "out"))
+    reasons = {line: reason for line, _, reason in rejections(out)}
+    assert reasons == {
+        8: "missing_file",
+        9: "unreadable_audio",
+        10: "unreadable_audio",
+        11: "truncated_audio",
+        12: "too_short",
+        13: "unreadable_audio",  # a folder (a prefix on S3)
+        14: "path_outside_corpus",
+        15: "duplicate_row",
+        16: "malformed_row",
+    }
+    assert shard_bytes(out) == shard_bytes(resolve(tmp_path / "out"))  # the same rows, byte for byte
+    assert out.join("vocab.txt").read_bytes() == (tmp_path / "out" / "vocab.txt").read_bytes()
+    assert {f.relative_to(out).split("/")[0] for f in out.files(recursive=True)} == {*OUTPUTS, "heldout"}
+    first = shard_bytes(out)
+
+    with pytest.raises(OutputExistsError, match=f"{out.uri} exists; pass --overwrite"):
+        run(corpus.uri, out.uri, holdout_fraction=0.3)
+    again = run(corpus.uri, out.uri, holdout_fraction=0.3, overwrite=True)
+    assert (again.kept, again.heldout, again.rejected) == (4, 2, 9)
+    assert shard_bytes(out) == first
+    bucket = resolve(s3_bucket)
+    assert sorted({f.relative_to(bucket).split("/")[1] for f in bucket.files(recursive=True)}) == ["mixed"]
+    assert not [f for f in bucket.files(recursive=True) if ".staging-" in f.uri]  # staging prefix removed
+
+
+def test_failed_overwrite_leaves_the_s3_output_as_it_was(ray_local, s3_bucket, tmp_path):
+    corpus = upload(mixed_corpus(tmp_path / "corpus", good=2), resolve(f"{s3_bucket}/corpus"))
+    out = resolve(f"{s3_bucket}/out")
+    run(corpus.uri, out.uri)
+    before = {f.relative_to(out): f.read_bytes() for f in out.files(recursive=True)}
+    broken = resolve(f"{s3_bucket}/broken.csv")
+    broken.write_text("not|a header\n")
+    with pytest.raises(ValueError, match="broken.csv"):
+        run(corpus.uri, out.uri, metadata=broken.uri, format="f5", overwrite=True)
+    assert {f.relative_to(out): f.read_bytes() for f in out.files(recursive=True)} == before
+    assert sorted(before) == ["manifest.json", "rejected.jsonl", "shards/shard-00000.parquet", "vocab.txt"]
+
+
+def small_model(vocab_size: int):
+    torch.manual_seed(0)
+    config = ModelConfig(
+        backbone="DiT",
+        dim=32,
+        depth=1,
+        heads=2,
+        dim_head=16,
+        ff_mult=2,
+        text_dim=16,
+        conv_layers=1,
+        text_num_embeds=vocab_size,
+    )
+    return build_model(config)
+
+
+def test_evaluation_and_duration_readers_read_a_dataset_on_s3(s3_env, s3_bucket, tmp_path):
+    local = write_dataset(tmp_path / "data", SAMPLE_CORPUS, count=6, heldout=2)
+    remote = upload(local, resolve(f"{s3_bucket}/datasets/demo")).uri
+    vocab = dataset_vocab(remote)
+    assert vocab == dataset_vocab(local)
+    folder = save_checkpoint(small_model(len(vocab)), tmp_path / "model", vocab)
+    from_s3 = evaluate(resolve_model(str(folder)), remote, nfe=2, out_dir=tmp_path / "eval-s3")
+    from_disk = evaluate(resolve_model(str(folder)), local, nfe=2, out_dir=tmp_path / "eval-local")
+    assert from_s3.summary == from_disk.summary and "model/truth/mcd_dtw" in from_s3.summary
+    assert read_table(remote, "heldout").equals(read_table(local, "heldout"))
+
+    data = TrainingData.from_folder(remote, vocab)  # what the duration job's worker reads
+    assert len(data) == 6 and data.texts == TrainingData.from_folder(local, vocab).texts
+    model = small_model(len(vocab)).eval()
+    assert heldout_duration_mape(model, vocab, remote) == heldout_duration_mape(model, vocab, local)
+    with pytest.raises(FileNotFoundError, match=f"no parquet shards in {s3_bucket}/datasets/none/heldout"):
+        evaluate(resolve_model(str(folder)), f"{s3_bucket}/datasets/none", nfe=2)
+
+
+def preprocess_main():
+    spec = importlib.util.spec_from_file_location("preprocess_job", REPO / "jobs" / "preprocess.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_cli_errors_name_the_missing_bucket_prefix_or_refused_output(s3_env, s3_bucket, tmp_path, capsys):
+    main = preprocess_main()
+    corpus = upload(mixed_corpus(tmp_path / "corpus", good=1), resolve(f"{s3_bucket}/corpus"))
+    resolve(f"{s3_bucket}/taken/manifest.json").write_text("{}")
+    cases = {
+        "s3://no-such-bucket-flowtts/corpus": "bucket s3://no-such-bucket-flowtts does not exist",
+        f"{s3_bucket}/no/such/prefix": f"corpus folder {s3_bucket}/no/such/prefix does not exist",
+    }
+    for source, message in cases.items():
+        assert main(["--corpus", source, "--out", f"{s3_bucket}/out"]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["--corpus", corpus.uri, "--out", "s3://no-such-bucket-flowtts/out"]) == 2
+    assert "output s3://no-such-bucket-flowtts/out: bucket s3://no-such-bucket-flowtts does not exist" in (
+        capsys.readouterr().err
+    )
+    assert main(["--corpus", corpus.uri, "--out", f"{s3_bucket}/taken"]) == 2
+    assert f"output {s3_bucket}/taken exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["--corpus", corpus.uri, "--out", f"{s3_bucket}/out", "--holdout-fraction", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "holdout_fraction" in err and "1.5" in err
+
+
+def test_bad_credentials_are_a_clean_error_naming_the_uri(tmp_path, monkeypatch, capsys):
+    server = LocalS3Server(tmp_path / "moto-auth", extra_env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    env = server.start()  # every request is authenticated, and no key is known
+    try:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        with pytest.raises(StorageError, match="s3://some-bucket/corpus") as caught:
+            resolve("s3://some-bucket/corpus").is_dir()
+        assert "ACCESS_DENIED" in str(caught.value) or "InvalidAccessKeyId" in str(caught.value), caught.value
+        assert preprocess_main()(["--corpus", "s3://some-bucket/corpus", "--out", "s3://some-bucket/out"]) == 2
+        assert "s3://some-bucket/corpus" in capsys.readouterr().err
+    finally:
+        server.stop()
+
+
+def test_cli_preprocesses_s3_to_s3_with_the_credentials_in_its_environment(s3_server, s3_bucket, tmp_path):
+    """What a user runs: the AWS variables in the job's environment; its local Ray's workers inherit them."""
+    corpus = upload(mixed_corpus(tmp_path / "corpus", good=4), resolve(f"{s3_bucket}/corpus"))
+    command = [sys.executable, "jobs/preprocess.py", "--corpus", corpus.uri, "--out", f"{s3_bucket}/data"]
+    done = subprocess.run(
+        [*command, "--num-cpus", "2", "--num-workers", "1"],
+        cwd=REPO,
+        env=service_env(**s3_server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("kept 4, held out 0, rejected 9 of 13 rows")
+    assert read_table(f"{s3_bucket}/data").num_rows == 4
