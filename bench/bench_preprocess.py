@@ -1,6 +1,7 @@
-"""Preprocessing throughput: the Ray Data pipeline with 1 and 2 workers against a plain single-process loop.
+"""Preprocessing throughput: the Ray Data pipeline with 1 and 2 workers, from a local folder and from S3,
+against a plain single-process loop.
 
-    python bench/bench_preprocess.py [--corpus ../shared/corpus/vi-espeak-dev] [--repeat 4]
+    python bench/bench_preprocess.py [--corpus ../shared/corpus/vi-espeak-dev] [--repeat 4] [--no-s3]
 
 Builds a temporary corpus of ``--repeat`` copies of the corpus (distinct names, so no duplicate rows), about
 1.06 hours of audio for the dev corpus x4, then measures in one process:
@@ -9,7 +10,10 @@ Builds a temporary corpus of ``--repeat`` copies of the corpus (distinct names, 
   with torch's default thread count;
 - ``preprocess_corpus`` end to end (driver parsing, Ray tasks, sort, write, manifest) with 1 and 2 workers on
   a local 2-CPU Ray, after a cold first run (printed separately) that starts the workers, so worker start-up
-  (a torch import each) is not counted in the warm runs.
+  (a torch import each) is not counted in the warm runs;
+- the same from S3 to S3: the corpus uploaded to moto's S3 server on loopback (``AWS_ENDPOINT_URL``), the
+  tasks reading the audio and the driver writing the shards through the S3 API (no network latency, so this
+  measures the pipeline's S3 path, not a real bucket's bandwidth).
 The loop (1 thread) and the two pipeline runs are repeated in interleaved rounds; medians are printed as
 markdown tables of audio-hours per minute and of the loop's per-stage cost.
 
@@ -26,6 +30,7 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -50,7 +55,11 @@ from data_pipelines.reading import check_rows, read_metadata, read_speakers
 from data_pipelines.writing import sort_by_length, write_shards
 from flowtts.config import MelConfig
 from flowtts.shards import SHARD_SCHEMA, encode_mel
+from flowtts.storage import resolve
 from flowtts.text import normalize_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from local_services import LocalS3Server  # noqa: E402 - scripts/ is not a package
 
 STAGES = ("decode", "resample", "mel", "write")
 LOOP = "single-process loop, 1 torch thread"
@@ -63,8 +72,8 @@ def build_repeated_corpus(source: Path, folder: Path, repeat: int) -> Path:
     """``repeat`` copies of every clip under distinct names, with matching metadata and speakers files."""
     (folder / "wavs").mkdir(parents=True)
     meta, speakers = ["audio_file|text"], ["audio_file|speaker"]
-    speaker_of = read_speakers(source / "speakers.csv") if (source / "speakers.csv").exists() else {}
-    for row in read_metadata(source / "metadata.csv").rows:
+    speaker_of = read_speakers(resolve(source / "speakers.csv")) if (source / "speakers.csv").exists() else {}
+    for row in read_metadata(resolve(source / "metadata.csv")).rows:
         for copy in range(repeat):
             name = f"wavs/r{copy}_{Path(row.audio_file).name}"
             shutil.copyfile(source / row.audio_file, folder / name)
@@ -79,12 +88,12 @@ def single_process_loop(corpus: Path, out: Path, threads: int) -> dict[str, floa
     """Seconds per stage for the plain loop; 'audio_s' is the audio processed."""
     torch.set_num_threads(threads)
     mel, limits = MelConfig(), ClipLimits()
-    rows = check_rows(read_metadata(corpus / "metadata.csv").rows, corpus, {}, normalize_text).clips
+    rows = check_rows(read_metadata(resolve(corpus / "metadata.csv")).rows, {}, normalize_text).clips
     stages: dict[str, float] = defaultdict(float)
     records = []
     for row in rows:
         started = time.perf_counter()
-        clip = decode_clip(read_clip_bytes(row.path))
+        clip = decode_clip(read_clip_bytes(resolve(corpus), row.audio_file))
         check_clip(clip, limits)
         decoded = time.perf_counter()
         wav = mono_at_rate(clip, mel.target_sample_rate)
@@ -107,14 +116,26 @@ def single_process_loop(corpus: Path, out: Path, threads: int) -> dict[str, floa
             }
         )
     started = time.perf_counter()
-    write_shards(sort_by_length(pa.Table.from_pylist(records, schema=SHARD_SCHEMA)), out, "shards", 128 * 2**20)
+    table = sort_by_length(pa.Table.from_pylist(records, schema=SHARD_SCHEMA))
+    write_shards(table, resolve(out), "shards", 128 * 2**20)
     stages["write"] = time.perf_counter() - started
     return dict(stages)
 
 
-def pipeline_run(corpus: Path, out: Path, workers: int) -> None:
+def pipeline_run(corpus: str | Path, out: str | Path, workers: int) -> None:
     result = preprocess_corpus(PreprocessConfig(corpus=corpus, out=out, num_workers=workers, overwrite=True))
     assert result.rejected == 0, result.rejected_by_reason
+
+
+def upload_to_s3(folder: Path, env: dict[str, str]) -> str:
+    """The corpus into a fresh bucket of the loopback S3 server -> its URI."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bench")
+    target = resolve("s3://bench/corpus")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        target.join(path.relative_to(folder).as_posix()).write_bytes(path.read_bytes())
+    return target.uri
 
 
 def session_cpu_seconds() -> float:
@@ -149,6 +170,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--repeat", type=int, default=4, help="copies of the corpus (4 x dev corpus = 1.06 h)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--no-s3", action="store_true", help="skip the runs from the loopback S3 server")
     args = parser.parse_args()
     default_threads = torch.get_num_threads()
     load_before = os.getloadavg()[0]
@@ -156,7 +178,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as scratch:
         work = Path(scratch)
         corpus = build_repeated_corpus(args.corpus, work / "corpus", args.repeat)
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        s3 = None if args.no_s3 else LocalS3Server(work / "moto")
+        s3_env = s3.start() if s3 else {}
+        os.environ.update(s3_env)  # the driver reaches S3 the standard way; the workers get it from runtime_env
+        s3_corpus = upload_to_s3(corpus, s3_env) if s3 else None
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": s3_env})
         ray.data.DataContext.get_current().enable_progress_bars = False
         timings.measure(COLD, lambda: pipeline_run(corpus, work / "out", workers=2))  # starts the workers
         timings.measure(
@@ -169,7 +195,12 @@ def main() -> None:
             for workers in (1, 2):
                 name = f"Ray Data pipeline, {workers} worker(s), warm"
                 timings.measure(name, lambda w=workers: pipeline_run(corpus, work / "out", w))
+                if s3_corpus:
+                    name = f"Ray Data pipeline S3 -> S3 (loopback), {workers} worker(s), warm"
+                    timings.measure(name, lambda w=workers: pipeline_run(s3_corpus, "s3://bench/out", w))
         ray.shutdown()
+        if s3:
+            s3.stop()
     print_report(args, timings, stage_runs)
     print(f"\n1-minute load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores)")
 
