@@ -7,6 +7,7 @@ would stop every Ray cluster of the user. Used by ``scripts/demo.py`` and the in
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -106,16 +107,26 @@ class LocalRayHead:
         return self.address
 
     def submit(
-        self, *entrypoint: str, cwd: Path, echo: bool = False, attempts: int = 3, timeout_s: float = 1200
+        self,
+        *entrypoint: str,
+        cwd: Path,
+        echo: bool = False,
+        attempts: int = 3,
+        timeout_s: float = 1200,
+        env_vars: dict[str, str] | None = None,
     ) -> str:
         """``ray job submit --working-dir CWD -- ENTRYPOINT``, then wait for success; returns the job's logs
-        (also printed as they come when ``echo``).
+        (also printed as they come when ``echo``). ``env_vars`` go in the job's runtime_env, which reaches the
+        driver and every worker (``--runtime-env-json``).
 
         Two hiccups of a dashboard starved of CPU are absorbed: a dropped working-dir upload (the job was
         never created: submit again) and a dropped log stream (submit returns early: the status is polled).
         """
         for _ in range(attempts):
-            output = self._follow("submit", "--working-dir", str(cwd), "--", *entrypoint, cwd=cwd, echo=echo)
+            runtime_env = ["--runtime-env-json", json.dumps({"env_vars": env_vars})] if env_vars else []
+            output = self._follow(
+                "submit", "--working-dir", str(cwd), *runtime_env, "--", *entrypoint, cwd=cwd, echo=echo
+            )
             job_id = re.search(r"raysubmit_\w+", output)
             if job_id or "ConnectionError" not in output:
                 break

@@ -7,15 +7,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _shards import write_dataset
 from conftest import REPO, SAMPLE_CORPUS
-from local_services import LocalS3Server, service_env
+from local_services import LocalRayHead, LocalS3Server, service_env
 from test_data_pipeline import write_text, write_wav
 
 from data_pipelines import OutputExistsError, PreprocessConfig, preprocess_corpus
@@ -216,18 +214,17 @@ def test_bad_credentials_are_a_clean_error_naming_the_uri(tmp_path, monkeypatch,
         server.stop()
 
 
-def test_cli_preprocesses_s3_to_s3_with_the_credentials_in_its_environment(s3_server, s3_bucket, tmp_path):
-    """What a user runs: the AWS variables in the job's environment; its local Ray's workers inherit them."""
+def test_ray_job_submit_reaches_s3_through_the_jobs_runtime_env(s3_server, s3_bucket, tmp_path):
+    """The cluster path: a Ray head started without any AWS variable; the job's runtime_env carries them to
+    the driver and to every Ray Data worker (``ray job submit --runtime-env-json``), as docs/cluster.md says."""
     corpus = upload(mixed_corpus(tmp_path / "corpus", good=4), resolve(f"{s3_bucket}/corpus"))
-    command = [sys.executable, "jobs/preprocess.py", "--corpus", corpus.uri, "--out", f"{s3_bucket}/data"]
-    done = subprocess.run(
-        [*command, "--num-cpus", "2", "--num-workers", "1"],
-        cwd=REPO,
-        env=service_env(**s3_server),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1].startswith("kept 4, held out 0, rejected 9 of 13 rows")
-    assert read_table(f"{s3_bucket}/data").num_rows == 4
+    head = LocalRayHead(env={k: v for k, v in service_env().items() if not k.startswith("AWS_")})
+    try:
+        head.start()
+        entrypoint = ["python", "jobs/preprocess.py", "--corpus", corpus.uri, "--out", f"{s3_bucket}/data"]
+        options = ["--holdout-fraction", "0.5", "--num-workers", "1"]  # one worker process: one torch import
+        logs = head.submit(*entrypoint, *options, cwd=REPO, env_vars=s3_server)
+    finally:
+        head.stop()
+    assert "kept 2, held out 2, rejected 9 of 13 rows" in logs, logs[-4000:]
+    assert read_table(f"{s3_bucket}/data", "heldout").num_rows == 2
