@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Annotated
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import flowtts
 from data_pipelines.manifest import (
@@ -55,7 +53,7 @@ from data_pipelines.writing import (
 )
 from flowtts.config import MelConfig
 from flowtts.shards import HELDOUT_DIR, MANIFEST_FILE, REJECTED_FILE, SHARD_SCHEMA, TRAIN_DIR, VOCAB_FILE
-from flowtts.storage import Location, StorageError, resolve
+from flowtts.storage import Location, StorageUri, resolve
 from flowtts.text import Vocab
 
 logger = logging.getLogger(__name__)
@@ -70,36 +68,23 @@ SPEAKERS_FILE = "speakers.csv"
 METADATA_FILE = "metadata.csv"
 
 
-def _location(value: object) -> str:
-    """A local path (made absolute) or a URI ``flowtts.storage`` reads; no I/O beyond opening its filesystem."""
-    if not isinstance(value, str | os.PathLike):
-        raise ValueError(f"expected a path or a URI, got {value!r}")
-    try:
-        return resolve(os.fspath(value)).uri
-    except StorageError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-Uri = Annotated[str, BeforeValidator(_location)]
-
-
 class PreprocessConfig(BaseModel):
     """Every preprocessing option, declared once: ``jobs/preprocess.py`` builds its command line from it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    corpus: Uri = Field(description="corpus folder or URI (s3://...); audio paths are relative to it")
-    out: Uri = Field(description="output folder or URI (refused when it exists, unless --overwrite)")
-    metadata: Uri | None = Field(None, description="metadata file (default: CORPUS/metadata.csv)")
+    corpus: StorageUri = Field(description="corpus folder or URI (s3://...); audio paths are relative to it")
+    out: StorageUri = Field(description="output folder or URI (refused when it exists, unless --overwrite)")
+    metadata: StorageUri | None = Field(None, description="metadata file (default: CORPUS/metadata.csv)")
     format: MetadataFormat = Field("auto", description="metadata format")
     min_duration: float = Field(0.3, ge=0, description="shortest clip kept, seconds")
     max_duration: float = Field(30.0, gt=0, description="longest clip kept, seconds")
-    vocab: Uri | None = Field(None, description="extend this vocab.txt instead of building one")
+    vocab: StorageUri | None = Field(None, description="extend this vocab.txt instead of building one")
     text_frontend: TextFrontend = Field("plain", description="text normalisation")
     num_workers: int | None = Field(None, ge=1, description="parallel decode/mel tasks (default: cluster CPUs)")
     seed: int = Field(0, description="seed of the held-out choice")
     holdout_fraction: float = Field(0.0, ge=0, lt=1, description="share of each speaker held out")
-    holdout_list: Uri | None = Field(None, description="file with one held-out audio_file per line")
+    holdout_list: StorageUri | None = Field(None, description="file with one held-out audio_file per line")
     shard_mb: float = Field(128.0, gt=0, description="target shard size in MiB")
     overwrite: bool = Field(False, description="replace an existing output atomically")
     mel: MelConfig = Field(default_factory=MelConfig)

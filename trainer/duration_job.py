@@ -28,7 +28,7 @@ from flowtts.checkpoint import load_bundle, save_checkpoint
 from flowtts.config import DurationPredictorConfig
 from flowtts.evaluation.heldout import heldout_duration_mape
 from flowtts.model_source import local_model, parse_model_source, resolve_model_source
-from flowtts.storage import resolve as resolve_location
+from flowtts.storage import StorageUri
 from flowtts.training import TrainingData
 from flowtts.training.duration_fitting import DurationExamples, train_duration_predictor, with_duration_predictor
 from trainer.loop import setup_worker_logging
@@ -45,7 +45,7 @@ class DurationJob(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str  # models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder of ours
-    data: str  # a dataset folder or URI (flowtts.storage)
+    data: StorageUri  # a dataset folder or URI
     steps: int = Field(default=1000, gt=0)
     batch_size: int = Field(default=32, gt=0)
     learning_rate: float = Field(default=1e-3, gt=0)
@@ -113,7 +113,6 @@ def run_duration_training(job: DurationJob) -> DurationOutcome:
     job = job.model_copy(
         update={
             "model": model,
-            "data": resolve_location(job.data).uri,  # absolute: workers' cwd differs
             "storage": storage,
             "name": job.name or f"duration-{time.strftime('%Y%m%d-%H%M%S')}",
         }

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Annotated
 
 import pyarrow.fs as pafs
+from pydantic import BeforeValidator
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
@@ -177,20 +178,42 @@ class Location:
             target.write_bytes(self.read_bytes())
 
 
+def normalize(location: str | Path) -> str:
+    """The canonical spelling of a path or URI, touching no filesystem: a local path (or ``file://`` URI) made
+    absolute, a remote URI without a trailing ``/``; an unknown scheme raises ``StorageError``."""
+    text = str(location)
+    scheme = scheme_of(text)
+    if scheme in ("", "file"):
+        return os.path.abspath(os.path.expanduser(text[len("file://") :] if scheme else text))
+    if scheme not in REMOTE_SCHEMES:
+        raise StorageError(f"{text}: unsupported scheme {scheme!r}; use a local path or one of {REMOTE_SCHEMES}")
+    return text.rstrip("/")
+
+
 def resolve(location: str | Path | Location) -> Location:
     """A local path, ``file://`` URI or remote URI -> ``Location``; unknown schemes raise ``StorageError``."""
     if isinstance(location, Location):
         return location
-    text = str(location)
-    scheme = scheme_of(text)
-    if scheme == "":
-        path = os.path.abspath(os.path.expanduser(text))
-        return Location(uri=path, path=path, fs=pafs.LocalFileSystem())
-    if scheme != "file" and scheme not in REMOTE_SCHEMES:
-        raise StorageError(f"{text}: unsupported scheme {scheme!r}; use a local path or one of {REMOTE_SCHEMES}")
-    with _named_errors(text, "open the filesystem of"):
-        fs, path = pafs.FileSystem.from_uri(text)
-    return Location(uri=text.rstrip("/") if scheme != "file" else path, path=path.rstrip("/") or path, fs=fs)
+    uri = normalize(location)
+    if not is_remote(uri):
+        return Location(uri=uri, path=uri, fs=pafs.LocalFileSystem())
+    with _named_errors(uri, "open the filesystem of"):
+        fs, path = pafs.FileSystem.from_uri(uri)
+    return Location(uri=uri, path=path.rstrip("/") or path, fs=fs)
+
+
+def _as_uri(value: object) -> str:
+    if not isinstance(value, str | os.PathLike):
+        raise ValueError(f"expected a path or a URI, got {value!r}")
+    try:
+        return normalize(os.fspath(value))
+    except StorageError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+StorageUri = Annotated[str, BeforeValidator(_as_uri)]
+"""A pydantic field type: a local path (made absolute, as workers' working directories differ) or a URI this
+module reads (unknown schemes are a validation error); it holds ``Location.uri``, a string."""
 
 
 @contextmanager
