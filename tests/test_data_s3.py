@@ -19,9 +19,10 @@ from test_data_pipeline import write_text, write_wav
 from data_pipelines import OutputExistsError, PreprocessConfig, preprocess_corpus
 from flowtts.checkpoint import save_checkpoint
 from flowtts.config import ModelConfig
-from flowtts.evaluation.gate import evaluate, resolve_model
+from flowtts.evaluation.gate import evaluate
 from flowtts.evaluation.heldout import heldout_duration_mape
 from flowtts.model import build_model
+from flowtts.model_source import resolve_model_source
 from flowtts.shards import read_table
 from flowtts.storage import Location, StorageError, resolve
 from flowtts.training import TrainingData, dataset_vocab
@@ -157,8 +158,8 @@ def test_evaluation_and_duration_readers_read_a_dataset_on_s3(s3_env, s3_bucket,
     vocab = dataset_vocab(remote)
     assert vocab == dataset_vocab(local)
     folder = save_checkpoint(small_model(len(vocab)), tmp_path / "model", vocab)
-    from_s3 = evaluate(resolve_model(str(folder)), remote, nfe=2, out_dir=tmp_path / "eval-s3")
-    from_disk = evaluate(resolve_model(str(folder)), local, nfe=2, out_dir=tmp_path / "eval-local")
+    from_s3 = evaluate(resolve_model_source(str(folder)), remote, nfe=2, out_dir=tmp_path / "eval-s3")
+    from_disk = evaluate(resolve_model_source(str(folder)), local, nfe=2, out_dir=tmp_path / "eval-local")
     assert from_s3.summary == from_disk.summary and "model/truth/mcd_dtw" in from_s3.summary
     assert read_table(remote, "heldout").equals(read_table(local, "heldout"))
 
@@ -167,7 +168,7 @@ def test_evaluation_and_duration_readers_read_a_dataset_on_s3(s3_env, s3_bucket,
     model = small_model(len(vocab)).eval()
     assert heldout_duration_mape(model, vocab, remote) == heldout_duration_mape(model, vocab, local)
     with pytest.raises(FileNotFoundError, match=f"no parquet shards in {s3_bucket}/datasets/none/heldout"):
-        evaluate(resolve_model(str(folder)), f"{s3_bucket}/datasets/none", nfe=2)
+        evaluate(resolve_model_source(str(folder)), f"{s3_bucket}/datasets/none", nfe=2)
 
 
 def preprocess_main():
