@@ -1,4 +1,4 @@
-"""Shared test helpers: the ../shared folder (skip cleanly when absent) and small builders."""
+"""Fixtures shared by the tests (paths and builders are in ``tests.helpers``)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "f5tts-reference"
-DEV_CORPUS = SHARED / "corpus" / "vi-espeak-dev"
-SAMPLE_CORPUS = REPO / "samples" / "vi-demo"
-
-
-def require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is absent (the read-only ../shared folder beside the repo is not available)")
-    return path
+from tests.helpers import DEV_CORPUS, FIXTURES, require
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 from pathlib import Path
@@ -21,27 +22,16 @@ from flowtts.checkpoint import (
     read_official_state,
     save_checkpoint,
 )
-from flowtts.config import DurationPredictorConfig, MelConfig, ModelConfig
+from flowtts.config import DurationPredictorConfig, MelConfig
 from flowtts.model import CFM, build_model
 from flowtts.model.modules import lens_to_mask
 from flowtts.text import Vocab
+from tests.helpers.models import small_model_config
 
 TOKENS = [" ", *"abcdefghijklmnopqrs"]  # 20 tokens, id 0 = space
 
 
-def small_config(backbone: str = "DiT", **overrides) -> ModelConfig:
-    text = {"text_dim": 32, "conv_layers": 1} if backbone == "DiT" else {}
-    values = {
-        "backbone": backbone,
-        "dim": 64,
-        "depth": 2,
-        "heads": 2,
-        "dim_head": 32,
-        "text_num_embeds": len(TOKENS),
-        **text,
-        **overrides,
-    }
-    return ModelConfig(**values)
+small_config = functools.partial(small_model_config, len(TOKENS))
 
 
 def random_model(backbone: str = "DiT", seed: int = 0, **overrides) -> CFM:
@@ -196,7 +186,7 @@ def test_strict_loading_names_shape_mismatches(tmp_path):
 def test_vocab_size_mismatch_points_to_vocab_extension(tmp_path):
     state = exported_state(random_model(), tmp_path)
     with pytest.raises(CheckpointError) as error:
-        load_modified(state, tmp_path, small_config(text_num_embeds=25).model_dump())
+        load_modified(state, tmp_path, small_model_config(25).model_dump())
     message = str(error.value)
     assert "vocab size mismatch: the checkpoint has 20 tokens" in message and "text_num_embeds=25" in message
     assert "extend_vocab" in message

@@ -9,11 +9,11 @@ import sysconfig
 
 import pytest
 import torch
-from conftest import REPO
 from pydantic import ValidationError
 
 from flowtts.config import FlowTTSConfig, ModelConfig, load_config, preset_names
 from flowtts.model import build_model
+from tests.helpers import REPO
 
 PRESETS = [
     "E2TTS_Base",

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO
 from local_services import LocalRayHead, service_env
 
 from data_pipelines import (
@@ -35,6 +34,7 @@ from flowtts.audio import load_audio, log_mel_spectrogram
 from flowtts.shards import SHARD_SCHEMA, decode_mel, read_table, shard_files
 from flowtts.storage import resolve
 from flowtts.text import Vocab
+from tests.helpers import REPO
 
 # --- builders ---------------------------------------------------------------------------------------------
 

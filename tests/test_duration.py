@@ -4,7 +4,6 @@ never leaks into official checkpoints; synthesis uses it and says so."""
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,8 @@ from flowtts.synthesis.duration_rules import predicted_frames
 from flowtts.text import Vocab
 from flowtts.training import TrainingData, build_recipe, collate, train_step
 from flowtts.training.duration_fitting import DurationExamples, train_duration_predictor, with_duration_predictor
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _shards import write_dataset  # noqa: E402
-from conftest import SAMPLE_CORPUS  # noqa: E402
+from tests.helpers import SAMPLE_CORPUS
+from tests.helpers.shards import write_dataset
 
 SMALL = DurationPredictorConfig(dim=64, conv_layers=1)
 

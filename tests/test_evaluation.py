@@ -10,16 +10,17 @@ import random
 import mlflow
 import pytest
 import torch
-from _registry import register_checkpoints
-from _shards import write_dataset
-from conftest import SAMPLE_CORPUS
 
 from flowtts.checkpoint import save_checkpoint
-from flowtts.config import ModelConfig, load_config
+from flowtts.config import load_config
 from flowtts.evaluation.gate import PRIMARY_METRIC, evaluate, log_to_mlflow, promote_if_better
 from flowtts.model import build_model
 from flowtts.model_source import resolve_model_source
 from flowtts.training import TrainingData, build_recipe, collate, dataset_vocab, train_step
+from tests.helpers import SAMPLE_CORPUS
+from tests.helpers.models import small_model_config
+from tests.helpers.registry import register_checkpoints
+from tests.helpers.shards import write_dataset
 
 MODEL = "flowtts-gate"
 NFE = 4
@@ -33,19 +34,7 @@ def dataset(tmp_path_factory):
 
 def small_model(vocab_size: int, seed: int):
     torch.manual_seed(seed)
-    return build_model(
-        ModelConfig(
-            backbone="DiT",
-            dim=64,
-            depth=2,
-            heads=2,
-            dim_head=32,
-            ff_mult=2,
-            text_dim=32,
-            conv_layers=1,
-            text_num_embeds=vocab_size,
-        )
-    )
+    return build_model(small_model_config(vocab_size))
 
 
 def trained_model(dataset, updates: int):

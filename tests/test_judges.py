@@ -8,11 +8,8 @@ import json
 
 import pytest
 import torch
-from _shards import write_dataset
-from conftest import SAMPLE_CORPUS
 
 from flowtts.checkpoint import save_checkpoint
-from flowtts.config import ModelConfig
 from flowtts.evaluation.gate import evaluate
 from flowtts.evaluation.heldout import build_eval_items, score_other_sentence, summarise
 from flowtts.evaluation.judges import AsrJudge, JudgeError, Judges, SpeakerJudge, resolve_pretrained
@@ -21,6 +18,9 @@ from flowtts.model import build_model
 from flowtts.model_source import resolve_model_source
 from flowtts.synthesis import GriffinLimVocoder
 from flowtts.training import dataset_vocab
+from tests.helpers import SAMPLE_CORPUS
+from tests.helpers.models import small_model_config
+from tests.helpers.shards import write_dataset
 
 transformers = pytest.importorskip("transformers")
 
@@ -116,19 +116,7 @@ def test_asr_transcript_is_scored_against_the_text(asr_model):
 def test_evaluation_reports_the_judged_metrics_for_every_system(dataset, asr_model, speaker_model, tmp_path):
     vocab = dataset_vocab(dataset)
     torch.manual_seed(0)
-    model = build_model(
-        ModelConfig(
-            backbone="DiT",
-            dim=64,
-            depth=1,
-            heads=2,
-            dim_head=32,
-            ff_mult=2,
-            text_dim=32,
-            conv_layers=1,
-            text_num_embeds=len(vocab),
-        )
-    )
+    model = build_model(small_model_config(len(vocab), depth=1))
     folder = save_checkpoint(model, tmp_path / "checkpoint", vocab)
     judges = Judges.load(asr_model=str(asr_model), speaker_model=str(speaker_model), vocoder=None)
     candidate = resolve_model_source(str(folder))

@@ -6,36 +6,25 @@ most outputs trivially zero; ``randomized`` gives those parameters seeded random
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
 import pytest
 import torch
 
-from flowtts.config import ModelConfig, load_config
+from flowtts.config import load_config
 from flowtts.model import CFM, build_model
 from flowtts.model.cfm import EPSS_GRIDS, span_mask, time_grid
 from flowtts.model.modules import Attention, TextEmbedding, lens_to_mask
+from tests.helpers.models import small_model_config
 
 BACKBONES = ["DiT", "UNetT", "MMDiT"]
 VOCAB = 20
 MEL = 100
 
 
-def small_config(backbone: str = "DiT", **overrides) -> ModelConfig:
-    """A few-thousand-parameter model of each backbone with its upstream-style text settings."""
-    text = {"text_dim": 32, "conv_layers": 1} if backbone == "DiT" else {"text_dim": None, "conv_layers": 0}
-    values = {
-        "backbone": backbone,
-        "dim": 64,
-        "depth": 2,
-        "heads": 2,
-        "dim_head": 32,
-        "text_num_embeds": VOCAB,
-        **text,
-        **overrides,
-    }
-    return ModelConfig(**values)
+small_config = functools.partial(small_model_config, VOCAB)
 
 
 def randomized(model: CFM, seed: int = 0, keep_zero: tuple[str, ...] = ()) -> CFM:

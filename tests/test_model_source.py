@@ -11,7 +11,6 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from _registry import register_checkpoints
 
 from flowtts.checkpoint import load_bundle, save_checkpoint
 from flowtts.config import ModelConfig
@@ -25,6 +24,7 @@ from flowtts.model_source import (
 )
 from flowtts.synthesis import Synthesizer
 from flowtts.text import Vocab
+from tests.helpers.registry import register_checkpoints
 
 NAME = "source-test"
 

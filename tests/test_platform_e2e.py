@@ -18,8 +18,9 @@ import pytest
 import requests
 import soundfile as sf
 import yaml
-from conftest import REPO, SAMPLE_CORPUS
 from local_services import LocalMlflowServer, LocalRayHead, free_ports, service_env, wait_until_answers
+
+from tests.helpers import REPO, SAMPLE_CORPUS
 
 pytestmark = pytest.mark.integration
 

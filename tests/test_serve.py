@@ -22,16 +22,16 @@ import pytest
 import requests
 import soundfile as sf
 import torch
-from _registry import register_checkpoints
 
 from flowtts.checkpoint import save_checkpoint
-from flowtts.config import ModelConfig
 from flowtts.model import build_model
 from flowtts.synthesis import init_vocos_folder
 from flowtts.text import Vocab, normalize_vietnamese
 from serve.app import build_application
-from serve.audio_formats import decode_stream_wav
 from serve.settings import ServeSettings
+from tests.helpers.audio import decode_stream_wav
+from tests.helpers.models import small_model_config
+from tests.helpers.registry import register_checkpoints
 
 pytestmark = pytest.mark.integration
 
@@ -84,17 +84,7 @@ def save_tiny_model(folder: Path, seed: int) -> Path:
     texts = [normalize_vietnamese(text) for _, text in ROWS]
     vocab = Vocab.from_texts([*texts, string.ascii_letters + string.digits + ",.!?;:'-"])
     torch.manual_seed(seed)
-    config = ModelConfig(
-        backbone="DiT",
-        dim=64,
-        depth=2,
-        heads=2,
-        dim_head=32,
-        ff_mult=2,
-        text_dim=32,
-        conv_layers=1,
-        text_num_embeds=len(vocab),
-    )
+    config = small_model_config(len(vocab))
     return save_checkpoint(build_model(config), folder, vocab, info={"preset": "serve-test", "seed": seed})
 
 

@@ -16,7 +16,6 @@ from serve.audio_formats import (
     FORMATS,
     UnsupportedFormatError,
     content_type,
-    decode_stream_wav,
     encode_audio,
     pcm16_bytes,
     streaming_wav_header,
@@ -24,6 +23,7 @@ from serve.audio_formats import (
 from serve.batching import GenerateWork, plan_generate_calls
 from serve.settings import ServeSettings
 from serve.voices import LRUCache, VoiceNameTakenError, VoiceNotFoundError, VoiceStore
+from tests.helpers.audio import decode_stream_wav
 
 RATE = 24000
 

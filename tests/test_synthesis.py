@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 from flowtts.checkpoint import CheckpointError, save_checkpoint
-from flowtts.config import ModelConfig
 from flowtts.model import build_model
 from flowtts.synthesis import (
     OUTPUT_FORMATS,
@@ -39,6 +38,7 @@ from flowtts.synthesis import (
 from flowtts.synthesis.reference import clip_at_silence, condition_audio, prompt_text, reference_text
 from flowtts.synthesis.silence import detect_nonsilent, remove_silences, trim_silence_edges
 from flowtts.text import UnknownCharactersError, Vocab, normalize_vietnamese
+from tests.helpers.models import small_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 24000
@@ -67,7 +67,7 @@ def small_vocab() -> Vocab:
 
 def random_model(vocab: Vocab, seed: int = 0):
     """A small DiT whose every weight is random (no zero-init gates), so attention and text matter."""
-    config = ModelConfig(dim=64, depth=2, heads=2, dim_head=32, text_dim=32, conv_layers=1, text_num_embeds=len(vocab))
+    config = small_model_config(len(vocab))
     torch.manual_seed(seed)
     model = build_model(config).eval()
     generator = torch.Generator().manual_seed(seed)

@@ -15,7 +15,6 @@ from flowtts.audio import (
     TruncatedAudioError,
     load_audio,
     log_mel_spectrogram,
-    num_mel_frames,
     read_audio,
 )
 from flowtts.text import PAD_ID, UnknownCharactersError, Vocab, normalize_text, pad_token_ids
@@ -174,7 +173,7 @@ def test_non_audio_raises_audio_error(tmp_path, content):
 def test_mel_has_samples_over_hop_plus_one_frames(samples):
     wav = torch.from_numpy(np.stack([tone(samples / RATE, RATE), tone(samples / RATE, RATE, 220.0)]))
     mel = log_mel_spectrogram(wav)
-    assert mel.shape == (2, 100, samples // 256 + 1) == (2, 100, num_mel_frames(samples))
+    assert mel.shape == (2, 100, samples // 256 + 1)
     assert mel.dtype == torch.float32
     assert float(mel.min()) >= np.log(1e-5) - 1e-6  # natural log of magnitudes clamped at 1e-5
     assert log_mel_spectrogram(wav[0]).shape == (1, 100, samples // 256 + 1)

@@ -15,8 +15,6 @@ import mlflow
 import pytest
 import ray
 import torch
-from _shards import write_dataset
-from conftest import DEV_CORPUS, REPO, SAMPLE_CORPUS
 from local_services import LocalRayHead, service_env
 from mlflow.tracking import MlflowClient
 
@@ -25,6 +23,8 @@ from flowtts.config import DurationPredictorConfig, load_config
 from flowtts.model import build_model
 from flowtts.model_source import local_model, resolve_model_source
 from flowtts.training import dataset_vocab, read_train_state
+from tests.helpers import DEV_CORPUS, REPO, SAMPLE_CORPUS
+from tests.helpers.shards import write_dataset
 from trainer.duration_job import DurationJob, run_duration_training
 from trainer.launch import FAIL_AT_STEP_ENV, TrainJob, run_training
 from trainer.settings import FAIL_MARKER

@@ -7,8 +7,6 @@ import random
 
 import pytest
 import torch
-from _shards import write_dataset
-from conftest import SAMPLE_CORPUS
 
 from flowtts.checkpoint import TEXT_EMBED_KEY, CheckpointError, read_official_state
 from flowtts.config import FlowTTSConfig, ModelConfig, load_config
@@ -36,6 +34,8 @@ from flowtts.training import (
 )
 from flowtts.training.data import dataset_texts
 from flowtts.training.warmstart import prepare_start
+from tests.helpers import SAMPLE_CORPUS
+from tests.helpers.shards import write_dataset
 
 CPU = torch.device("cpu")
 

@@ -6,16 +6,14 @@ import csv
 import logging
 import re
 import unicodedata
-from pathlib import Path
 
 import pytest
 
 from flowtts.text import vietnamese
 from flowtts.text.vietnamese import ABBREVIATIONS, find_unspeakable, normalize_vietnamese, read_number
+from tests.helpers import DEV_CORPUS
 
-# the shared folder sits beside the repository root, wherever the repository is cloned
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CORPUS_METADATA = SHARED / "corpus" / "vi-espeak-dev" / "metadata.csv"
+CORPUS_METADATA = DEV_CORPUS / "metadata.csv"
 
 NUMBERS = [
     (0, "không"),

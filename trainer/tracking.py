@@ -19,7 +19,7 @@ from typing import Any
 
 import mlflow
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -125,9 +125,6 @@ class RunLogger:
         while self._pending:
             chunk, self._pending = self._pending[:1000], self._pending[1000:]
             self.client.log_batch(self.run_id, metrics=chunk)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_dict(self, values: dict[str, Any], artifact_file: str) -> None:
         self.client.log_dict(self.run_id, values, artifact_file)

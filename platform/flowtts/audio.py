@@ -108,10 +108,6 @@ def log_mel_spectrogram(wav: torch.Tensor, mel: MelConfig = DEFAULT_MEL) -> torc
     return spec.clamp(min=1e-5).log().float()
 
 
-def num_mel_frames(num_samples: int, mel: MelConfig = DEFAULT_MEL) -> int:
-    return num_samples // mel.hop_length + 1
-
-
 def rms(wav: torch.Tensor) -> float:
     return float(wav.float().pow(2).mean().sqrt())
 

@@ -1,0 +1,20 @@
+"""Shared test helpers: where things are (the repo, the read-only ../shared folder beside it) and a clean
+skip when ../shared is absent. Builders live in the submodules (``shards``, ``registry``, ``models``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures" / "f5tts-reference"
+DEV_CORPUS = SHARED / "corpus" / "vi-espeak-dev"
+SAMPLE_CORPUS = REPO / "samples" / "vi-demo"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the read-only ../shared folder beside the repo is not available)")
+    return path

@@ -1,0 +1,13 @@
+"""The small test model: a few-thousand-parameter CFM of each backbone, upstream-style text settings."""
+
+from __future__ import annotations
+
+from flowtts.config import ModelConfig
+
+
+def small_model_config(text_num_embeds: int, backbone: str = "DiT", **overrides) -> ModelConfig:
+    """dim 64, depth 2, 2 heads of 32, ff_mult 2; DiT with a 32-dim text embedding and one ConvNeXt layer,
+    UNetT and MMDiT with upstream's text defaults. ``overrides`` change any field."""
+    text = {"text_dim": 32, "conv_layers": 1} if backbone == "DiT" else {}
+    values = {"backbone": backbone, "dim": 64, "depth": 2, "heads": 2, "dim_head": 32, "ff_mult": 2, **text}
+    return ModelConfig(**{**values, "text_num_embeds": text_num_embeds, **overrides})
