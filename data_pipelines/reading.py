@@ -70,6 +70,9 @@ class RowRejected(Exception):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self):  # pickle (Ray) rebuilds it from the constructor's arguments
+        return (type(self), (self.reason, self.detail))
+
 
 @dataclass(frozen=True)
 class Rejection:

@@ -25,6 +25,7 @@ from flowtts.evaluation.gate import evaluate, log_to_mlflow, promote_if_better
 from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.report import summary_table
 from flowtts.model_source import resolve_model_source
+from trainer.job_exit import exit_on_project_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -22,6 +22,7 @@ from data_pipelines import MetadataError, PreprocessConfig, preprocess_corpus
 from data_pipelines.pipeline import check_locations
 from flowtts.options import add_model_options, model_from_args
 from trainer.cluster import connect_ray
+from trainer.job_exit import exit_on_project_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

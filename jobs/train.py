@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from trainer.cluster import connect_ray
+from trainer.job_exit import exit_on_project_error
 from trainer.launch import TrainJob, add_run_options, run_training
 
 
@@ -76,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(

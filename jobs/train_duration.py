@@ -20,6 +20,7 @@ import sys
 
 from trainer.cluster import connect_ray
 from trainer.duration_job import DurationJob, run_duration_training
+from trainer.job_exit import exit_on_project_error
 from trainer.launch import add_run_options
 
 
@@ -38,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(

@@ -41,6 +41,9 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
+    def __reduce__(self):  # pickle (Ray) rebuilds it from the constructor's arguments
+        return (type(self), (self.status, self.code, self.message, self.headers))
+
 
 HTTP_ERROR_CODES = {
     400: "bad_request",

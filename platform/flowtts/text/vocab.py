@@ -24,12 +24,15 @@ class UnknownCharactersError(ValueError):
     """The text holds characters the vocab lacks."""
 
     def __init__(self, text: str, missing: Sequence[str]):
-        self.missing = list(missing)
+        self.text, self.missing = text, list(missing)
         shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in self.missing)
         super().__init__(
             f"characters not in the vocab: {shown} in text {text[:80]!r}; extend the vocab "
             "(Vocab.extend / --vocab) or pass unknown='space' for upstream's silent behaviour"
         )
+
+    def __reduce__(self):  # pickle (Ray) rebuilds it from the constructor's arguments
+        return (type(self), (self.text, self.missing))
 
 
 class Vocab:
