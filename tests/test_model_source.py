@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from flowtts.checkpoint import load_bundle, save_checkpoint
-from flowtts.config import ModelConfig
 from flowtts.model import build_model
 from flowtts.model_source import (
     ModelNotFoundError,
@@ -24,6 +23,7 @@ from flowtts.model_source import (
 )
 from flowtts.synthesis import Synthesizer
 from flowtts.text import Vocab
+from tests.helpers.models import small_model_config
 from tests.helpers.registry import register_checkpoints
 
 NAME = "source-test"
@@ -32,9 +32,7 @@ NAME = "source-test"
 def tiny_checkpoint(folder: Path, seed: int) -> Path:
     vocab = Vocab.from_texts(["xin chào các bạn"])
     torch.manual_seed(seed)
-    config = ModelConfig(
-        backbone="DiT", dim=32, depth=1, heads=2, dim_head=16, ff_mult=2, text_dim=16, conv_layers=1
-    ).with_vocab_size(len(vocab))
+    config = small_model_config(len(vocab), depth=1)
     return save_checkpoint(build_model(config), folder, vocab, info={"seed": seed})
 
 
