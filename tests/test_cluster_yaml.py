@@ -18,7 +18,8 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.util import accelerators
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 CLUSTER_YAML = REPO / "cluster.yaml"
 SCHEMA_PATH = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
 COMMAND_LISTS = (

@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shards import write_dataset
-from conftest import REPO, SAMPLE_CORPUS
 from local_services import LocalRayHead, LocalS3Server, service_env
-from test_data_pipeline import write_text, write_wav
 
 from data_pipelines import OutputExistsError, PreprocessConfig, preprocess_corpus
 from flowtts.checkpoint import save_checkpoint
-from flowtts.config import ModelConfig
 from flowtts.evaluation.gate import evaluate
 from flowtts.evaluation.heldout import heldout_duration_mape
 from flowtts.model import build_model
@@ -26,6 +22,10 @@ from flowtts.model_source import resolve_model_source
 from flowtts.shards import read_table
 from flowtts.storage import Location, StorageError, resolve
 from flowtts.training import TrainingData, dataset_vocab
+from tests.helpers import REPO, SAMPLE_CORPUS
+from tests.helpers.models import small_model_config
+from tests.helpers.shards import write_dataset
+from tests.test_data_pipeline import write_text, write_wav
 
 pytestmark = pytest.mark.integration
 OUTPUTS = ("manifest.json", "rejected.jsonl", "shards", "vocab.txt")
@@ -138,17 +138,7 @@ def test_failed_overwrite_leaves_the_s3_output_as_it_was(ray_local, s3_bucket, t
 
 def small_model(vocab_size: int):
     torch.manual_seed(0)
-    config = ModelConfig(
-        backbone="DiT",
-        dim=32,
-        depth=1,
-        heads=2,
-        dim_head=16,
-        ff_mult=2,
-        text_dim=16,
-        conv_layers=1,
-        text_num_embeds=vocab_size,
-    )
+    config = small_model_config(vocab_size, depth=1)
     return build_model(config)
 
 

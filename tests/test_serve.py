@@ -29,6 +29,7 @@ from flowtts.synthesis import init_vocos_folder
 from flowtts.text import Vocab, normalize_vietnamese
 from serve.app import build_application
 from serve.settings import ServeSettings
+from tests.helpers import REPO
 from tests.helpers.audio import decode_stream_wav
 from tests.helpers.models import small_model_config
 from tests.helpers.registry import register_checkpoints
@@ -38,7 +39,6 @@ pytestmark = pytest.mark.integration
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "samples" / "vi-demo"
 API_KEY = "test-key"
 REGISTERED = "flowtts-test"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from serve.audio_formats import (
 from serve.batching import GenerateWork, plan_generate_calls
 from serve.settings import ServeSettings
 from serve.voices import LRUCache, VoiceNameTakenError, VoiceNotFoundError, VoiceStore
+from tests.helpers import REPO
 from tests.helpers.audio import decode_stream_wav
 
 RATE = 24000
@@ -207,7 +207,7 @@ def test_config_yaml_is_a_valid_serve_config_for_our_builder():
     from serve.model_deployment import TTSModel
     from serve.settings import BatchingSettings
 
-    path = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
+    path = REPO / "serve" / "config.yaml"
     config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     (app,) = config.applications
     assert app.import_path == "serve.app:build_app" and build_app.__name__ == "build_app"

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import string
 import unicodedata
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,9 +37,9 @@ from flowtts.synthesis import (
 from flowtts.synthesis.reference import clip_at_silence, condition_audio, prompt_text, reference_text
 from flowtts.synthesis.silence import detect_nonsilent, remove_silences, trim_silence_edges
 from flowtts.text import UnknownCharactersError, Vocab, normalize_vietnamese
+from tests.helpers import REPO
 from tests.helpers.models import small_model_config
 
-REPO = Path(__file__).resolve().parents[1]
 SR = 24000
 FIXTURE_TOL = 1e-4
 BATCH_TOL = 1e-5
