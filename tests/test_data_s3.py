@@ -23,9 +23,9 @@ from flowtts.shards import read_table
 from flowtts.storage import Location, StorageError, resolve
 from flowtts.training import TrainingData, dataset_vocab
 from tests.helpers import REPO, SAMPLE_CORPUS
+from tests.helpers.corpus import write_text, write_wav
 from tests.helpers.models import small_model_config
 from tests.helpers.shards import write_dataset
-from tests.test_data_pipeline import write_text, write_wav
 
 pytestmark = pytest.mark.integration
 OUTPUTS = ("manifest.json", "rejected.jsonl", "shards", "vocab.txt")
