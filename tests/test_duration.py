@@ -36,8 +36,9 @@ def examples(dataset: Path) -> DurationExamples:
 
 def all_pairs(data: TrainingData) -> list[tuple[int, int]]:
     """Every (target, reference) pair of different clips by the same speaker."""
+    speakers = data.speakers()
     return [
-        (a, b) for a in range(len(data)) for b in range(len(data)) if a != b and data.speakers[a] == data.speakers[b]
+        (a, b) for a in range(len(data)) for b in range(len(data)) if a != b and speakers[a] == speakers[b]
     ]
 
 
@@ -54,18 +55,18 @@ def tiny_model(vocab: Vocab, predictor: DurationPredictorConfig | None = SMALL):
 def test_predictor_learns_durations_better_than_the_byte_ratio_rule(dataset):
     pairs_of = examples(dataset)
     data, vocab = pairs_of.data, pairs_of.data.vocab
-    assert len(set(data.speakers)) == 2  # the sample corpus has two voices
+    assert len(set(data.speakers())) == 2  # the sample corpus has two voices
     model = tiny_model(vocab)
     losses = train_duration_predictor(model, pairs_of, steps=100, batch_size=12, lr=4e-3)
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     pairs = all_pairs(data)
     truth = [data.lengths[a] for a, _ in pairs]
     ratio = [
-        byte_ratio_frames(data.lengths[b], vocab.decode(pairs_of.prompt_ids[b]), data.texts[a], 1.0) - data.lengths[b]
+        byte_ratio_frames(data.lengths[b], vocab.decode(pairs_of.prompt_ids(b)), data.text(a), 1.0) - data.lengths[b]
         for a, b in pairs
     ]
     learned = [
-        predicted_frames(model.duration_predictor, pairs_of.prompt_ids[b], data.mel(b), [data.token_ids[a]], 1.0)[0]
+        predicted_frames(model.duration_predictor, pairs_of.prompt_ids(b), data.mel(b), [data.token_ids(a)], 1.0)[0]
         for a, b in pairs
     ]
     assert mape(learned, truth) < 0.6 * mape(ratio, truth), (mape(learned, truth), mape(ratio, truth))
@@ -75,7 +76,7 @@ def test_untrained_predictor_starts_at_the_character_ratio(dataset):
     pairs_of = examples(dataset)
     data = pairs_of.data
     model = tiny_model(data.vocab)
-    ref_ids, ref_mel, target_ids = pairs_of.prompt_ids[0], data.mel(0), data.token_ids[2]
+    ref_ids, ref_mel, target_ids = pairs_of.prompt_ids(0), data.mel(0), data.token_ids(2)
     got = predicted_frames(model.duration_predictor, ref_ids, ref_mel, [target_ids], 1.0)[0]
     want = ref_mel.shape[0] * len(target_ids) / len(ref_ids)
     assert got == pytest.approx(want, abs=1)
@@ -112,7 +113,7 @@ def test_synthesis_plan_names_the_rule(dataset):
     vocab = Vocab.load(dataset / "vocab.txt")
     ref_audio = SAMPLE_CORPUS / "wavs" / "demo_0001.wav"
     ref_text = (SAMPLE_CORPUS / "metadata.csv").read_text(encoding="utf-8").splitlines()[1].split("|", 1)[1]
-    text = examples(dataset).data.texts[3]
+    text = examples(dataset).data.text(3)
     vocoder = GriffinLimVocoder()
     with_predictor = Synthesizer(tiny_model(vocab), vocab, vocoder)
     without = Synthesizer(tiny_model(vocab, predictor=None), vocab, vocoder)
@@ -137,7 +138,7 @@ def test_joint_step_trains_the_predictor_and_the_cfm_together(dataset):
     torch.manual_seed(0)
     train = load_config("tiny").with_overrides({"train.num_warmup_updates": 1, "train.learning_rate": 3e-3}).train
     recipe = build_recipe(model, train)
-    batch = collate([data.mel(r)[:100] for r in (0, 1)], [data.token_ids[r] for r in (0, 1)], [0, 1])
+    batch = collate([data.mel(r)[:100] for r in (0, 1)], [data.token_ids(r) for r in (0, 1)], [0, 1])
     durations = pairs_of.batch([(0, 2), (1, 3), (2, 4), (3, 5)])
     durations.frames = durations.frames * 2
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -45,7 +45,7 @@ def trained_model(dataset, updates: int):
     train = load_config("tiny").with_overrides({"train.num_warmup_updates": 5, "train.max_updates": updates}).train
     recipe = build_recipe(model, train)
     halves = [list(range(0, len(data), 2)), list(range(1, len(data), 2))]
-    batches = [collate([data.mel(r)[:200] for r in rows], [data.token_ids[r] for r in rows], rows) for rows in halves]
+    batches = [collate([data.mel(r)[:200] for r in rows], [data.token_ids(r) for r in rows], rows) for rows in halves]
     for update in range(updates):
         train_step(model, recipe, [batches[update % 2]], max_grad_norm=1.0, device=torch.device("cpu"))
     return model.eval()

@@ -131,9 +131,9 @@ def test_training_data_reads_shards_and_collates(demo_dataset):
     assert batch.mel.shape == (2, max(data.lengths[0], data.lengths[3]), 100)
     short = int(batch.lens.argmin())
     assert torch.all(batch.mel[short, batch.lens[short] :] == 0)
-    assert batch.text.shape[1] == max(len(data.texts[0]), len(data.texts[3]))
-    assert int((batch.text[short] == -1).sum()) == batch.text.shape[1] - len(data.texts[[0, 3][short]])
-    assert vocab.decode(batch.text[0].tolist()) == data.texts[0]
+    assert batch.text.shape[1] == max(len(data.text(0)), len(data.text(3)))
+    assert int((batch.text[short] == -1).sum()) == batch.text.shape[1] - len(data.text([0, 3][short]))
+    assert vocab.decode(batch.text[0].tolist()) == data.text(0)
     assert batch.frames == data.lengths[0] + data.lengths[3]
 
 
@@ -193,7 +193,7 @@ def test_ema_uses_preset_settings():
 
 def cropped(data: TrainingData, rows: list[int], frames: int = 100):
     """A real batch of these rows with every mel cut to its first ``frames`` (keeps CPU tests quick)."""
-    return collate([data.mel(r)[:frames] for r in rows], [data.token_ids[r] for r in rows], rows)
+    return collate([data.mel(r)[:frames] for r in rows], [data.token_ids(r) for r in rows], rows)
 
 
 def small_batches(demo_dataset):
@@ -280,7 +280,7 @@ def test_warm_start_from_official_checkpoint_extends_its_vocab(dit_fixture, demo
     assert torch.equal(grown[: official.shape[0]], official)
     assert grown.shape[0] == official.shape[0] + len(start.added)
     data = TrainingData.from_folder(demo_dataset, start.vocab)  # texts re-tokenised with the final vocab
-    assert start.vocab.decode(data.token_ids[0]) == data.texts[0]
+    assert start.vocab.decode(data.token_ids(0)) == data.text(0)
 
 
 def test_warm_start_rejects_a_missing_vocab_and_another_architecture(dit_fixture, demo_dataset):
@@ -301,3 +301,46 @@ def test_fresh_start_uses_the_dataset_vocab(demo_dataset):
     start = prepare_start(load_config("tiny"), dataset_texts(demo_dataset), dataset_vocab(demo_dataset))
     assert start.model is None and start.vocab == dataset_vocab(demo_dataset)
     assert start.config.model.text_num_embeds == len(start.vocab)
+
+
+# ---------------------------------------------------------------- streaming rows
+
+
+def rewrite_in_row_groups(dataset, out, rows_per_group: int):
+    """A copy of ``dataset`` whose shards hold row groups of ``rows_per_group`` rows."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    shutil.copytree(dataset, out)
+    for shard in (out / "shards").glob("*.parquet"):
+        pq.write_table(pq.read_table(shard), shard, row_group_size=rows_per_group)
+    return out
+
+
+def test_a_rank_reads_only_the_row_groups_of_its_own_batches(demo_dataset, tmp_path):
+    dataset = rewrite_in_row_groups(demo_dataset, tmp_path / "ds", rows_per_group=1)
+    whole = TrainingData.from_folder(demo_dataset, dataset_vocab(demo_dataset))
+    for rank in (0, 1):
+        data = TrainingData.from_folder(dataset, dataset_vocab(dataset), cache_groups=1)
+        plan = EpochPlan(data.lengths, frame_budget=600, max_samples=1, seed=3, rank=rank, world=2)
+        mine = plan.rank_batches(0)
+        for rows in mine:
+            assert torch.equal(data.batch(rows).mel, whole.batch(rows).mel)
+        others = {row for batch in plan.rank_batches(0, rank=1 - rank) for row in batch}
+        assert set(data.reader.loads) == {data.index.group_of(row) for batch in mine for row in batch}
+        assert others and not set(data.reader.loads) & {data.index.group_of(row) for row in others}
+
+
+def test_training_rows_stream_from_s3(demo_dataset, s3_bucket):
+    from flowtts.storage import resolve
+
+    local = resolve(demo_dataset)
+    for file in local.files(recursive=True):
+        file.copy_file_to(resolve(f"{s3_bucket}/ds").join(file.path[len(local.path) + 1 :]))
+    remote = TrainingData.from_folder(f"{s3_bucket}/ds", dataset_vocab(f"{s3_bucket}/ds"))
+    whole = TrainingData.from_folder(demo_dataset, dataset_vocab(demo_dataset))
+    assert list(remote.lengths) == list(whole.lengths)
+    batch, expected = remote.batch([0, 5]), whole.batch([0, 5])
+    assert torch.equal(batch.mel, expected.mel) and torch.equal(batch.text, expected.text)
+    assert dataset_texts(f"{s3_bucket}/ds") == dataset_texts(demo_dataset)

@@ -1,4 +1,5 @@
-"""Training rows from a dataset folder of mel shards, tokenised with a vocab, and collated into batches."""
+"""Training rows streamed from a dataset's mel shards (a folder or a URI), tokenised with a vocab, collated into
+batches by a prefetch thread."""
 
 from __future__ import annotations
 
@@ -11,22 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from flowtts.shards import (
-    HELDOUT_DIR,
-    MANIFEST_FILE,
-    TRAIN_DIR,
-    VOCAB_FILE,
-    decode_mel,
-    read_table,
-    shard_files,
-)
+from flowtts.shards import HELDOUT_DIR, MANIFEST_FILE, TRAIN_DIR, VOCAB_FILE, decode_mel
 from flowtts.storage import Location, resolve
 from flowtts.text import UnknownCharactersError, Vocab, pad_token_ids
 from flowtts.training.batching import BatchPosition, EpochPlan
+from flowtts.training.rows import RowGroupReader, RowReader, ShardIndex, read_column, split_files
 
 MEL_PAD_VALUE = 0.0
 
@@ -70,10 +63,12 @@ def collate(mels: Sequence[torch.Tensor], token_ids: Sequence[Sequence[int]], ro
 
 
 def dataset_vocab(dataset: str | Path | Location) -> Vocab:
-    path = resolve(dataset).join(VOCAB_FILE)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: a dataset folder needs the {VOCAB_FILE} that preprocessing writes")
-    return Vocab.parse(path.read_text())
+    location = resolve(dataset).join(VOCAB_FILE)
+    if not location.is_file():
+        raise FileNotFoundError(
+            f"{location} is missing: a dataset folder needs the {VOCAB_FILE} that preprocessing writes"
+        )
+    return Vocab.parse(location.read_text())
 
 
 def manifest_fingerprint(dataset: str | Path | Location) -> str:
@@ -82,8 +77,8 @@ def manifest_fingerprint(dataset: str | Path | Location) -> str:
     if manifest.is_file():
         return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
     digest = hashlib.sha256()
-    for path in shard_files(dataset, TRAIN_DIR):
-        digest.update(f"{path.name}:{path.size()}".encode())
+    for file in split_files(resolve(dataset).join(TRAIN_DIR)):
+        digest.update(f"{file.name}:{file.size()}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -97,28 +92,48 @@ def corpus_fingerprint(dataset: str | Path | Location) -> str | None:
 
 
 class TrainingData:
-    """All rows of one split in memory: float16 mel bytes, lengths, texts and token ids."""
+    """One split for training: its length index in memory, its rows read on demand through a ``RowReader``.
 
-    def __init__(self, table: pa.Table, vocab: Vocab):
-        self.vocab = vocab
-        self.texts: list[str] = table.column("text").to_pylist()
-        self.speakers: list[str] = table.column("speaker").to_pylist()
-        self.lengths: list[int] = table.column("n_frames").to_pylist()
-        self._mels = table.column("mel").combine_chunks()
-        self.token_ids = [_encode(vocab, text, row) for row, text in enumerate(self.texts)]
+    Memory does not grow with the corpus beyond the index (16 bytes per row): texts and mels stay in
+    the shards until a batch needs them, and are tokenised and decoded then.
+    """
+
+    def __init__(self, index: ShardIndex, reader: RowReader, vocab: Vocab):
+        self.index, self.reader, self.vocab = index, reader, vocab
+        self.lengths = index.lengths
 
     @classmethod
-    def from_folder(cls, dataset: str | Path, vocab: Vocab, split: str = TRAIN_DIR) -> TrainingData:
-        return cls(read_table(dataset, split, columns=["text", "speaker", "n_frames", "mel"]), vocab)
+    def from_folder(
+        cls, dataset: str | Path, vocab: Vocab, split: str = TRAIN_DIR, cache_groups: int = 4
+    ) -> TrainingData:
+        """A dataset folder or URI (``s3://bucket/dataset``) written by preprocessing."""
+        index = ShardIndex.build(resolve(dataset).join(split))
+        return cls(index, RowGroupReader(index, cache_groups), vocab)
 
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def speakers(self) -> list[str]:
+        """The speaker of every row (reads that column alone)."""
+        return read_column(self.index.files, "speaker")
+
+    def text(self, row: int) -> str:
+        return self.reader.read([row])[0].text
+
+    def token_ids(self, row: int) -> list[int]:
+        return _encode(self.vocab, self.text(row), row)
+
     def mel(self, row: int) -> torch.Tensor:
-        return decode_mel(self._mels[row].as_py(), self.lengths[row])
+        found = self.reader.read([row])[0]
+        return decode_mel(found.mel, found.n_frames)
 
     def batch(self, rows: Sequence[int]) -> Batch:
-        return collate([self.mel(r) for r in rows], [self.token_ids[r] for r in rows], rows)
+        found = self.reader.read(rows)
+        return collate(
+            [decode_mel(r.mel, r.n_frames) for r in found],
+            [_encode(self.vocab, r.text, row) for r, row in zip(found, rows, strict=True)],
+            rows,
+        )
 
 
 def _encode(vocab: Vocab, text: str, row: int) -> list[int]:
@@ -134,19 +149,16 @@ def missing_characters(texts: Sequence[str], vocab: Vocab) -> list[str]:
 
 
 def dataset_texts(dataset: str | Path, split: str = TRAIN_DIR) -> list[str]:
-    return read_table(dataset, split, columns=["text"]).column("text").to_pylist()
+    return read_column(split_files(resolve(dataset).join(split)), "text")
 
 
 def sample_utterance(dataset: str | Path | Location) -> Utterance:
     """The fixed sentence for training samples: the first held-out row, else the last training row."""
     heldout = resolve(dataset).join(HELDOUT_DIR)
-    split, pick_last = (HELDOUT_DIR, False) if heldout.files(".parquet") else (TRAIN_DIR, True)
-    table = read_table(dataset, split, columns=["text", "n_frames", "mel"])
-    row = table.num_rows - 1 if pick_last else 0
-    return Utterance(
-        text=table.column("text")[row].as_py(),
-        mel=decode_mel(table.column("mel")[row].as_py(), table.column("n_frames")[row].as_py()),
-    )
+    split, pick_last = (heldout, False) if heldout.files(".parquet") else (resolve(dataset).join(TRAIN_DIR), True)
+    index = ShardIndex.build(split)
+    row = RowGroupReader(index, cache_groups=1).read([len(index) - 1 if pick_last else 0])[0]
+    return Utterance(text=row.text, mel=decode_mel(row.mel, row.n_frames))
 
 
 class BatchFeed:

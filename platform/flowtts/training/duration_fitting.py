@@ -19,6 +19,7 @@ import torch
 from flowtts.config import DurationPredictorConfig
 from flowtts.model import CFM, build_model
 from flowtts.model.duration_predictor import DurationBatch
+from flowtts.shards import decode_mel
 from flowtts.synthesis.reference import encode_prompt, prompt_text, reference_text
 from flowtts.text import normalize_text, pad_token_ids
 from flowtts.training.data import TrainingData
@@ -31,16 +32,12 @@ class DurationExamples:
 
     def __init__(self, data: TrainingData):
         groups = defaultdict(list)
-        for row, speaker in enumerate(data.speakers):
+        for row, speaker in enumerate(data.speakers()):
             groups[speaker].append(row)
         self.groups = [rows for rows in groups.values() if len(rows) > 1]
         if not self.groups:
             raise ValueError("no speaker has two clips: the duration predictor needs same-speaker pairs")
         self.data = data
-        self.prompt_ids = [
-            encode_prompt(data.vocab, prompt_text(reference_text(text, normalize_text)), unknown="space")
-            for text in data.texts
-        ]
 
     def sample(self, size: int, rng: random.Random | None = None) -> DurationBatch:
         """``size`` pairs: a random clip of a speaker with two or more clips, and another clip of theirs.
@@ -52,15 +49,24 @@ class DurationExamples:
             pairs.append(tuple(rng.sample(rows, 2)))
         return self.batch(pairs)
 
+    def prompt_ids(self, row: int) -> list[int]:
+        """The reference prompt of ``row`` as the predictor sees it."""
+        return self._prompt_ids(self.data.text(row))
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        return encode_prompt(self.data.vocab, prompt_text(reference_text(text, normalize_text)), unknown="space")
+
     def batch(self, pairs: Sequence[tuple[int, int]]) -> DurationBatch:
-        """Examples for (target row, reference row) pairs."""
-        ref_mels = [self.data.mel(ref) for _, ref in pairs]
+        """Examples for (target row, reference row) pairs; the rows are read through the data's reader."""
+        targets = self.data.reader.read([target for target, _ in pairs])
+        refs = self.data.reader.read([ref for _, ref in pairs])
+        ref_mels = [decode_mel(ref.mel, ref.n_frames) for ref in refs]
         return DurationBatch(
-            text=pad_token_ids([self.data.token_ids[target] for target, _ in pairs]),
-            ref_text=pad_token_ids([self.prompt_ids[ref] for _, ref in pairs]),
+            text=pad_token_ids([self.data.vocab.encode(target.text) for target in targets]),
+            ref_text=pad_token_ids([self._prompt_ids(ref.text) for ref in refs]),
             ref_mel=torch.nn.utils.rnn.pad_sequence(ref_mels, batch_first=True),
             ref_lens=torch.tensor([mel.shape[0] for mel in ref_mels]),
-            frames=torch.tensor([self.data.lengths[target] for target, _ in pairs]),
+            frames=torch.tensor([target.n_frames for target in targets]),
         )
 
 
