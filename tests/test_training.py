@@ -32,10 +32,10 @@ from flowtts.training import (
     shuffle_batches,
     train_step,
 )
-from flowtts.training.data import dataset_texts
+from flowtts.training.data import dataset_texts, sample_utterance
 from flowtts.training.warmstart import prepare_start
 from tests.helpers import SAMPLE_CORPUS
-from tests.helpers.shards import write_dataset
+from tests.helpers.shards import copy_dataset, write_dataset
 
 CPU = torch.device("cpu")
 
@@ -333,14 +333,11 @@ def test_a_rank_reads_only_the_row_groups_of_its_own_batches(demo_dataset, tmp_p
 
 
 def test_training_rows_stream_from_s3(demo_dataset, s3_bucket):
-    from flowtts.storage import resolve
-
-    local = resolve(demo_dataset)
-    for file in local.files(recursive=True):
-        file.copy_file_to(resolve(f"{s3_bucket}/ds").join(file.path[len(local.path) + 1 :]))
-    remote = TrainingData.from_folder(f"{s3_bucket}/ds", dataset_vocab(f"{s3_bucket}/ds"))
+    uri = copy_dataset(demo_dataset, f"{s3_bucket}/ds")
+    remote = TrainingData.from_folder(uri, dataset_vocab(uri))
     whole = TrainingData.from_folder(demo_dataset, dataset_vocab(demo_dataset))
     assert list(remote.lengths) == list(whole.lengths)
     batch, expected = remote.batch([0, 5]), whole.batch([0, 5])
     assert torch.equal(batch.mel, expected.mel) and torch.equal(batch.text, expected.text)
-    assert dataset_texts(f"{s3_bucket}/ds") == dataset_texts(demo_dataset)
+    assert dataset_texts(uri) == dataset_texts(demo_dataset)
+    assert sample_utterance(uri).text == whole.text(len(whole) - 1)  # no held-out split: the last row

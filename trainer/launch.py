@@ -16,49 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from flowtts.checkpoint import save_checkpoint
 from flowtts.config import load_config
+from flowtts.storage import resolve
 from flowtts.training.data import corpus_fingerprint, dataset_texts, dataset_vocab, manifest_fingerprint
 from flowtts.training.warmstart import prepare_start
 from trainer.loop import train_loop_per_worker
 from trainer.registry import Registration, git_commit, register_model
-from trainer.settings import INIT_DIR, TrainSettings
+from trainer.settings import INIT_DIR, RunOptions, TrainJob, TrainSettings, add_model_options
 from trainer.tracking import open_run
 
 logger = logging.getLogger(__name__)
 
 FAIL_AT_STEP_ENV = "FLOWTTS_TEST_FAIL_AT_STEP"  # test hook, see TrainSettings.fail_at_step
-
-
-class TrainJob(BaseModel):
-    """What the user asked for (the CLI's options)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    config: str  # preset name or YAML/JSON file
-    data: Path
-    overrides: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = None
-    storage: Path = Path("outputs/ray_train")
-    workers: int = Field(default=1, gt=0)
-    gpu: bool = False
-    cpus_per_worker: float = Field(default=0.5, gt=0)
-    max_steps: int | None = Field(default=None, gt=0)
-    seed: int = 0
-    init_from: Path | None = None
-    init_vocab: Path | None = None
-    checkpoint_every: int | None = Field(default=None, gt=0)
-    log_every: int = Field(default=10, gt=0)
-    sample_steps: int = Field(default=32, gt=0)
-    vocoder: str | None = None
-    max_failures: int = 2
-    experiment: str = "flowtts"
-    registered_model: str = "flowtts"
-    alias: str = "candidate"
 
 
 @dataclass(frozen=True)
@@ -75,8 +48,11 @@ class TrainOutcome:
 
 def prepare_run(job: TrainJob) -> TrainSettings:
     """Everything the workers need, decided once: final vocab and config, warm start, MLflow run."""
-    config = load_config(job.config).with_overrides(job.overrides)
-    data = job.data.resolve()
+    overrides = dict(job.overrides)
+    if job.duration_predictor:
+        overrides.setdefault("model.duration_predictor", {})  # the default predictor config
+    config = load_config(job.config).with_overrides(overrides)
+    data = resolve(job.data).uri  # a local path made absolute, or the URI as given
     storage = job.storage.resolve()
     name = job.name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = prepare_start(
@@ -96,27 +72,16 @@ def prepare_run(job: TrainJob) -> TrainSettings:
             )
         init_weights = str(init_dir)
     train = start.config.train
-    settings = dict(
-        config=start.config.model_dump(mode="json"),
-        vocab=start.vocab.tokens,
-        data=str(data),
+    resolved = dict(
+        data=data,
         name=name,
         storage=str(storage),
-        seed=job.seed,
         max_steps=job.max_steps or train.max_updates,
         checkpoint_every=job.checkpoint_every or train.save_per_updates,
-        log_every=job.log_every,
         sample_every=train.log_samples_per_updates,
-        sample_steps=job.sample_steps,
-        vocoder=job.vocoder,
         init_weights=init_weights,
-        workers=job.workers,
-        use_gpu=job.gpu,
-        cpus_per_worker=job.cpus_per_worker,
-        experiment=job.experiment,
-        fail_at_step=_fail_at_step(),
     )
-    job_params = {k: v for k, v in settings.items() if k not in {"config", "vocab", "fail_at_step"}}
+    job_params = {**job.model_dump(mode="json", exclude={"overrides"}), **resolved}
     tracking_uri, run_id = open_run(
         run_dir,
         storage=storage,
@@ -128,10 +93,18 @@ def prepare_run(job: TrainJob) -> TrainSettings:
         },
         tags=registry_tags(start.config.fingerprint(), data),
     )
-    return TrainSettings(**settings, tracking_uri=tracking_uri, mlflow_run_id=run_id)
+    return TrainSettings(
+        job=job,
+        config=start.config.model_dump(mode="json"),
+        vocab=start.vocab.tokens,
+        **resolved,
+        tracking_uri=tracking_uri,
+        mlflow_run_id=run_id,
+        fail_at_step=_fail_at_step(),
+    )
 
 
-def registry_tags(config_hash: str, data: Path) -> dict[str, str]:
+def registry_tags(config_hash: str, data: str) -> dict[str, str]:
     tags = {
         "config_hash": config_hash,
         "data_manifest_fingerprint": manifest_fingerprint(data),
@@ -143,21 +116,20 @@ def registry_tags(config_hash: str, data: Path) -> dict[str, str]:
     return tags
 
 
-def build_trainer(settings: TrainSettings, *, max_failures: int) -> TorchTrainer:
+def build_trainer(settings: TrainSettings) -> TorchTrainer:
     keep = settings.flowtts_config().train.keep_last_n_checkpoints
-    resources = {"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {})}
+    job = settings.job
+    resources = {"CPU": job.cpus_per_worker, **({"GPU": 1} if job.gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=settings.model_dump(mode="json"),
-        scaling_config=ScalingConfig(
-            num_workers=settings.workers, use_gpu=settings.use_gpu, resources_per_worker=resources
-        ),
-        torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if job.gpu else "gloo"),
         run_config=RunConfig(
             name=settings.name,
             storage_path=settings.storage,
             checkpoint_config=CheckpointConfig(num_to_keep=keep if keep > 0 else None),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=job.max_failures),
         ),
     )
 
@@ -168,20 +140,20 @@ def run_training(job: TrainJob, *, register: bool = True) -> TrainOutcome:
     logger.info(
         "run %s: %d worker(s), up to step %d, storage %s, MLflow %s run %s",
         settings.name,
-        settings.workers,
+        job.workers,
         settings.max_steps,
         settings.run_dir,
         settings.tracking_uri,
         settings.mlflow_run_id,
     )
-    result = build_trainer(settings, max_failures=job.max_failures).fit()
+    result = build_trainer(settings).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {settings.name} finished without a checkpoint in {settings.run_dir}")
     metrics = dict(result.metrics or {})
     registration = None
     with result.checkpoint.as_directory() as folder:
         if register:
-            tags = registry_tags(settings.flowtts_config().fingerprint(), Path(settings.data))
+            tags = registry_tags(settings.flowtts_config().fingerprint(), settings.data)
             registration = register_model(
                 folder,
                 tracking_uri=settings.tracking_uri,
@@ -204,17 +176,8 @@ def run_training(job: TrainJob, *, register: bool = True) -> TrainOutcome:
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options every training job shares: where it runs, where it is tracked and registered."""
-    parser.add_argument(
-        "--storage",
-        type=Path,
-        default=Path(os.environ.get("FLOWTTS_STORAGE", "outputs/ray_train")),
-        help="Ray Train storage folder (default: $FLOWTTS_STORAGE or ./outputs/ray_train)",
-    )
-    parser.add_argument("--experiment", default="flowtts", help="MLflow experiment (default flowtts)")
-    parser.add_argument("--registered-model", default="flowtts", help="MLflow registered model name")
-    parser.add_argument("--alias", default="candidate", help="alias set on the new model version")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with RAY_ADDRESS)")
+    """The options every training job shares (``RunOptions``): where it runs, is tracked and registered."""
+    add_model_options(parser, RunOptions)
 
 
 def _fail_at_step() -> int | None:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import resource
 import tempfile
 import time
 from collections import deque
@@ -68,6 +69,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (``ru_maxrss``: KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def batch_fingerprint(rows_per_rank: list[list[int]]) -> str:
@@ -143,11 +149,11 @@ class Worker:
             self.data.lengths,
             train.batch_size_per_gpu,
             train.max_samples,
-            seed=settings.seed,
+            seed=settings.job.seed,
             rank=self.rank,
             world=self.world,
         )
-        seed_everything(settings.seed)  # the same initial weights on every rank
+        seed_everything(settings.job.seed)  # the same initial weights on every rank
         self.model = build_cfm(self.config, settings.init_weights).to(self.device)
         self.recipe: Recipe = build_recipe(self.model, train)
         # joint training: the model has a duration predictor, trained on same-speaker pairs of this rank's data
@@ -159,7 +165,7 @@ class Worker:
     def _restore(self) -> tuple[TrainState, TrainState | None]:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            seed_everything(self.settings.seed + self.rank)
+            seed_everything(self.settings.job.seed + self.rank)
             fresh = TrainState(
                 step=0,
                 epoch=0,
@@ -180,7 +186,7 @@ class Worker:
                 logger.warning(
                     "no RNG state for rank %d in %s (world size changed?): reseeding", self.rank, checkpoint.path
                 )
-                seed_everything(self.settings.seed + self.rank + 7919 * state.step)
+                seed_everything(self.settings.job.seed + self.rank + 7919 * state.step)
         saved_world = state.info.get("world", self.world)
         if saved_world != self.world:  # positions are per rank share: start the next epoch afresh
             logger.warning(
@@ -202,12 +208,12 @@ class Worker:
         rows = [self.plan.batch_at(position, rank) for rank in range(self.world)]
         return batch_fingerprint(rows), rows
 
-    def reduce(self, values: list[float]) -> list[float]:
-        """Sums over ranks (one small all-reduce per step)."""
+    def reduce(self, values: list[float], op: dist.ReduceOp = dist.ReduceOp.SUM) -> list[float]:
+        """Sums (or ``op``) over ranks (one small all-reduce per step)."""
         if self.world == 1:
             return values
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, op=op)
         return tensor.tolist()
 
     def save_and_report(self, step: int, position: BatchPosition, metrics: dict[str, float]) -> None:
@@ -218,7 +224,7 @@ class Worker:
             batch_index=position.index,
             config=self.config.model_dump(mode="json"),
             mlflow_run_id=self.settings.mlflow_run_id,
-            info={"next_batch": fingerprint, "world": self.world, "seed": self.settings.seed},
+            info={"next_batch": fingerprint, "world": self.world, "seed": self.settings.job.seed},
         )
         with tempfile.TemporaryDirectory() as tmp:
             save_train_state(
@@ -249,7 +255,7 @@ class Worker:
 def train_loop_per_worker(loop_config: dict) -> None:
     setup_worker_logging()
     settings = TrainSettings.model_validate(loop_config)
-    torch.set_num_threads(max(1, int(settings.cpus_per_worker)))
+    torch.set_num_threads(max(1, int(settings.job.cpus_per_worker)))
     worker = Worker(settings)
     run = _open_run_logger(worker) if worker.rank == 0 else None
     step, position = worker.state.step, worker.position()
@@ -298,7 +304,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if run is not None:
                 progress.add(seconds, frames, wait_sum / worker.world, last_metrics["loss"])
                 run.log_metrics(step, last_metrics)
-                if step % settings.log_every == 0 or step == settings.max_steps:
+                if step % settings.job.log_every == 0 or step == settings.max_steps:
                     run.flush()
                     logger.info(progress.line(step, last_metrics))
                 if settings.sample_every and step % settings.sample_every == 0:
@@ -308,9 +314,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             worker.maybe_fail(step)
     finally:
         feed.close()
+    (peak_rss,) = worker.reduce([peak_rss_mb()], op=dist.ReduceOp.MAX)
     if run is not None:
         if step > progress.start_step:
             logger.info(progress.summary(step))
+            run.log_metrics(step, {"data_wait_share_mean": progress.wait / max(progress.busy, 1e-9)})
+        run.log_metrics(step, {"peak_rss_mb": peak_rss})
         if worker.duration is not None:
             _log_duration_mape(run, worker, step)
         run.finish()
@@ -366,7 +375,7 @@ def _log_sample(run, worker: Worker, step: int) -> None:
     from trainer.tracking import speak
 
     if worker.sample_parts is None:
-        vocoder = load_vocoder(worker.settings.vocoder, mel=worker.config.mel, device=worker.device)
+        vocoder = load_vocoder(worker.settings.job.vocoder, mel=worker.config.mel, device=worker.device)
         worker.sample_parts = (sample_utterance(worker.settings.data), vocoder)
     utterance, vocoder = worker.sample_parts
     started = time.perf_counter()
@@ -375,8 +384,8 @@ def _log_sample(run, worker: Worker, step: int) -> None:
         utterance,
         worker.vocab,
         vocoder,
-        steps=worker.settings.sample_steps,
-        seed=worker.settings.seed,
+        steps=worker.settings.job.sample_steps,
+        seed=worker.settings.job.seed,
     )
     run.log_sample(step, sample, worker.config.mel.target_sample_rate)
     logger.info("step %d: logged a sample (%.1f s)", step, time.perf_counter() - started)

@@ -1,11 +1,18 @@
-"""What one training run needs, resolved by the driver and handed to every Ray Train worker."""
+"""The training job's options, declared once, and what the driver resolves from them for every worker.
+
+``TrainJob`` is the only declaration of an option: ``jobs/train.py`` builds its argparse parser from the
+model's fields (flag ``--field-name``, type, default and help from the field), and the validated model
+travels unchanged to the Ray Train workers inside ``TrainSettings``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowtts.config import FlowTTSConfig
 from flowtts.text import Vocab
@@ -15,29 +22,110 @@ INIT_DIR = "init_weights"  # in <storage>/<name>/: the warm-start weights (our f
 FAIL_MARKER = ".flowtts_failure_injected"  # test hook: the injected failure happened already
 
 
-class TrainSettings(BaseModel):
-    """Validated once in the driver; a plain dict travels to the workers (``train_loop_config``)."""
+def _default_storage() -> Path:
+    return Path(os.environ.get("FLOWTTS_STORAGE", "outputs/ray_train"))
+
+
+class RunOptions(BaseModel):
+    """The options every training job shares: where it runs, where it is tracked and registered."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    storage: Path = Field(
+        default_factory=_default_storage,
+        description="Ray Train storage folder (default: $FLOWTTS_STORAGE or ./outputs/ray_train)",
+    )
+    experiment: str = Field(default="flowtts", description="MLflow experiment (default flowtts)")
+    registered_model: str = Field(default="flowtts", description="MLflow registered model name")
+    alias: str = Field(default="candidate", description="alias set on the new model version")
+    num_cpus: int | None = Field(default=None, description="CPUs of the local Ray instance (ignored with RAY_ADDRESS)")
+
+
+class TrainJob(RunOptions):
+    """What the user asked for: the options of ``jobs/train.py``."""
+
+    config: str = Field(description="preset name (tiny, F5TTS_v1_Base, ...) or a YAML file")
+    data: str = Field(description="dataset folder or URI (s3://bucket/dataset) written by preprocess.py")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="config override, e.g. train.learning_rate=1e-4 (repeatable)",
+        json_schema_extra={"flag": "--set", "metavar": "KEY=VALUE"},
+    )
+    name: str | None = Field(
+        default=None, description="run name; the same name resumes the run (default: preset-timestamp)"
+    )
+    workers: int = Field(default=1, gt=0, description="DDP workers (default 1)")
+    gpu: bool = Field(default=False, description="one GPU per worker, NCCL, bf16 autocast")
+    cpus_per_worker: float = Field(
+        default=0.5, gt=0, description="Ray CPUs per worker (default 0.5); torch threads = max(1, int(this))"
+    )
+    max_steps: int | None = Field(
+        default=None, gt=0, description="stop at this optimizer update (default train.max_updates)"
+    )
+    seed: int = Field(default=0, description="seed of the weights, the batch order and the noise")
+    init_from: Path | None = Field(
+        default=None, description="official F5-TTS checkpoint or a checkpoint folder of ours"
+    )
+    init_vocab: Path | None = Field(default=None, description="vocab.txt of an official --init-from checkpoint")
+    duration_predictor: bool = Field(
+        default=False,
+        description="train a duration predictor together with the CFM (its loss is logged as duration_loss; "
+        "same-speaker clip pairs, so the data needs speakers)",
+    )
+    checkpoint_every: int | None = Field(
+        default=None, gt=0, description="steps between checkpoints (default train.save_per_updates)"
+    )
+    log_every: int = Field(default=10, gt=0, description="steps between progress lines (default 10)")
+    sample_steps: int = Field(default=32, gt=0, description="NFE of the logged samples (default 32)")
+    vocoder: str | None = Field(
+        default=None, description="Vocos folder for samples and the registered model (default: Griffin-Lim)"
+    )
+    max_failures: int = Field(default=2, description="worker-failure restarts (default 2)")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+
+def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One flag per field of ``model``: ``--field-name`` (or the field's ``flag``), typed, with its default
+    and description; a field without a default is required, a bool is a switch, a dict is ``KEY=VALUE``
+    pairs (collected as strings; the job parses them)."""
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra or {}
+        flag = extra.get("flag", "--" + name.replace("_", "-"))
+        options: dict[str, Any] = {"dest": name, "help": field.description}
+        kind = next((t for t in get_args(field.annotation) if t is not type(None)), field.annotation)
+        if get_origin(field.annotation) is dict:
+            options.update(action="append", default=[], metavar=extra.get("metavar"))
+        elif kind is bool:
+            options["action"] = "store_true"
+        else:
+            options["type"] = kind
+            if field.is_required():
+                options["required"] = True
+            else:
+                options["default"] = field.get_default(call_default_factory=True)
+        parser.add_argument(flag, **options)
+
+
+class TrainSettings(BaseModel):
+    """The job as given, plus what the driver resolved once; a plain dict travels to the workers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job: TrainJob
     config: dict[str, Any]  # FlowTTSConfig, text_num_embeds == len(vocab)
     vocab: list[str]  # the final vocab (dataset texts are tokenised with it)
-    data: str  # dataset folder (absolute)
+    data: str  # dataset folder (absolute) or URI
     name: str
     storage: str  # absolute
-    seed: int = 0
     max_steps: int = Field(gt=0)
     checkpoint_every: int = Field(gt=0)
-    log_every: int = Field(default=10, gt=0)
     sample_every: int = Field(ge=0)  # 0: no samples
-    sample_steps: int = Field(default=32, gt=0)  # NFE of the training samples
-    vocoder: str | None = None  # Vocos folder / cached repo id for samples; None = Griffin-Lim
     init_weights: str | None = None  # folder of ours to start from
-    workers: int = Field(default=1, gt=0)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1.0, gt=0)
     tracking_uri: str
-    experiment: str
     mlflow_run_id: str
     fail_at_step: int | None = None  # test hook: the last rank dies once after this step
 

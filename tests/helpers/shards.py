@@ -70,3 +70,13 @@ def write_dataset(out: Path, corpus: Path, count: int, heldout: int = 0) -> Path
     manifest = {"inputs": {"fingerprint_sha256": fingerprint}, "counts": {"train": count, "heldout": heldout}}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
     return out
+
+
+def copy_dataset(source: Path, target: str) -> str:
+    """Copy a dataset folder, file by file, to a folder or URI (``s3://bucket/ds``); returns ``target``."""
+    from flowtts.storage import resolve
+
+    local = resolve(source)
+    for file in local.files(recursive=True):
+        file.copy_file_to(resolve(target).join(file.path[len(local.path) + 1 :]))
+    return target
