@@ -37,9 +37,7 @@ def examples(dataset: Path) -> DurationExamples:
 def all_pairs(data: TrainingData) -> list[tuple[int, int]]:
     """Every (target, reference) pair of different clips by the same speaker."""
     speakers = data.speakers()
-    return [
-        (a, b) for a in range(len(data)) for b in range(len(data)) if a != b and speakers[a] == speakers[b]
-    ]
+    return [(a, b) for a in range(len(data)) for b in range(len(data)) if a != b and speakers[a] == speakers[b]]
 
 
 def tiny_model(vocab: Vocab, predictor: DurationPredictorConfig | None = SMALL):

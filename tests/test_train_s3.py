@@ -22,9 +22,7 @@ pytestmark = pytest.mark.integration
 def ray_with_s3_env(s3_env):
     assert not ray.is_initialized()
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, runtime_env={"env_vars": s3_env}
-    )
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, runtime_env={"env_vars": s3_env})
     yield
     ray.shutdown()
 

@@ -123,7 +123,9 @@ class RowGroupReader:
                 at = int(self.index.offset[row])
                 found.append(
                     ShardRow(
-                        text=table["text"][at].as_py(), n_frames=table["n_frames"][at].as_py(), mel=table["mel"][at].as_py()
+                        text=table["text"][at].as_py(),
+                        n_frames=table["n_frames"][at].as_py(),
+                        mel=table["mel"][at].as_py(),
                     )
                 )
         return found
