@@ -55,7 +55,7 @@ def grow_dataset(base: Path, out: Path, size_gb: float, shard_mb: float) -> dict
     copies = max(1, math.ceil(size_gb * 1e9 / payload))
     (out / TRAIN_DIR).mkdir(parents=True)
     shutil.copy(base / VOCAB_FILE, out / VOCAB_FILE)
-    options = {**PARQUET_OPTIONS, "compression": "none"}
+    options = {"row_group_size": PARQUET_OPTIONS["row_group_size"], "compression": "none", "use_dictionary": False}
     shard, filled, index = [], 0, 0
 
     def flush() -> None:

@@ -90,6 +90,31 @@ def job(dataset: Path, storage: Path, name: str, max_steps: int, **changes) -> T
     return TrainJob(**{**values, **changes})
 
 
+def test_the_cli_flags_are_the_train_job_fields(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("FLOWTTS_STORAGE", "/runs")
+    spec = importlib.util.spec_from_file_location("train_job", REPO / "jobs" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    given = ["--config", "tiny", "--data", "s3://b/ds", "--workers", "2", "--gpu", "--duration-predictor"]
+    job = module.parse_args([*given, "--set", "train.learning_rate=0.0001", "--set", "train.max_samples=8"])
+    assert job == TrainJob(
+        config="tiny",
+        data="s3://b/ds",
+        workers=2,
+        gpu=True,
+        duration_predictor=True,
+        overrides={"train.learning_rate": 0.0001, "train.max_samples": 8},
+        storage=Path("/runs"),
+    )
+    assert job.max_steps is None and job.cpus_per_worker == 0.5 and job.log_every == 10
+    with pytest.raises(SystemExit):
+        module.parse_args(["--config", "tiny"])  # --data is required
+    with pytest.raises(ValueError, match="extra"):
+        TrainJob(config="tiny", data="d", batch_size=4)  # a misspelt option is refused, not ignored
+
+
 def attempts(tracking_uri: str, run_id: str) -> dict[int, dict]:
     """The per-attempt records rank 0 logs when it (re)starts, by start step."""
     found = {}
