@@ -3,11 +3,14 @@
 For each size, a dataset is grown from a small preprocessed one: every training row is repeated until the
 mel payload reaches the size, the copies of a row sit next to each other (so the shards stay sorted by
 length, as preprocessing writes them) and are written in shards of ``--shard-mb`` with the writer's row
-groups. The bench shards are uncompressed: zstd would fold the identical copies of a row into almost
-nothing, and the size on disk would no longer be the size read. Then the ``tiny`` preset trains
-``--steps`` steps with 2 Ray Train workers (a fresh local Ray per size, so worker processes are new) and
+groups. The bench shards are uncompressed and without dictionary encoding: either would fold the
+identical copies of a row into almost nothing, and the size on disk would no longer be the size read.
+Then the ``tiny`` preset trains ``--steps`` steps with 2 Ray Train workers (a fresh local Ray per size,
+so worker processes are new) and
 the run's MLflow metrics give the peak RSS (``peak_rss_mb``: max over ranks of ``ru_maxrss``), the mean
-data-wait share and the median frames/s. Each grown dataset is deleted after its run.
+data-wait share and the median frames/s. Before that, the reader alone is timed in this process on
+``--reader-preset``'s frame budget (how long a rank's prefetch thread takes per batch). Each grown dataset
+is deleted after its run.
 
     .venv/bin/python jobs/preprocess.py --corpus samples/vi-demo --out /tmp/demo-data
     .venv/bin/python bench/bench_train_memory.py --base /tmp/demo-data --work /tmp/bench-mem --sizes-gb 0.06 1 4 16
@@ -31,7 +34,9 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from data_pipelines.writing import PARQUET_OPTIONS, SHARD_NAME
+from flowtts.config import load_config
 from flowtts.shards import MANIFEST_FILE, SHARD_SCHEMA, TRAIN_DIR, VOCAB_FILE, read_table
+from flowtts.training import EpochPlan, TrainingData, dataset_vocab
 from trainer.launch import TrainJob, run_training
 
 WARMUP_STEPS = 3
@@ -42,7 +47,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--base", type=Path, required=True, help="a small dataset written by preprocess.py")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder for the grown datasets and runs")
     parser.add_argument("--sizes-gb", type=float, nargs="+", default=[0.06, 1.0, 4.0, 16.0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=24, help="training steps per size (0: the reader alone)")
+    parser.add_argument("--reader-preset", default="F5TTS_v1_Base", help="frame budget of the reader timing")
+    parser.add_argument("--reader-batches", type=int, default=50)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance (1 per worker)")
     parser.add_argument("--shard-mb", type=float, default=128.0)
     return parser.parse_args()
@@ -77,6 +84,23 @@ def grow_dataset(base: Path, out: Path, size_gb: float, shard_mb: float) -> dict
     info = {"rows": copies * len(rows), "copies": copies, "shards": index, "bytes": on_disk, "hours": hours}
     (out / MANIFEST_FILE).write_text(json.dumps({"counts": {"train": info["rows"]}, "bench": info}), encoding="utf-8")
     return info
+
+
+def time_reader(dataset: Path, preset: str, batches: int) -> dict[str, float]:
+    """The reader alone, in this process: rank 0 of 2 collating its first ``batches`` batches of
+    ``preset``'s frame budget (the files were just written, so mostly from the page cache)."""
+    train = load_config(preset).train
+    data = TrainingData.from_folder(dataset, dataset_vocab(dataset))
+    plan = EpochPlan(data.lengths, train.batch_size_per_gpu, train.max_samples, seed=0, rank=0, world=2)
+    chosen = plan.rank_batches(0)[:batches]
+    started = time.perf_counter()
+    frames = sum(data.batch(rows).frames for rows in chosen)
+    seconds = time.perf_counter() - started
+    return {
+        "reader_ms_per_batch": 1000 * seconds / len(chosen),
+        "reader_frames_per_sec": frames / seconds,
+        "row_groups_per_batch": sum(data.reader.loads.values()) / len(chosen),
+    }
 
 
 def measure(dataset: Path, storage: Path, name: str, steps: int, cpus: int) -> dict[str, float]:
@@ -123,12 +147,12 @@ def main() -> None:
         info = grow_dataset(args.base, dataset, size, args.shard_mb)
         grown = time.perf_counter() - started
         try:
-            result = {
-                "size_gb": size,
-                **info,
-                "grow_s": grown,
-                **measure(dataset, args.work / "runs", f"mem-{size:g}gb-{int(time.time())}", args.steps, args.cpus),
-            }
+            result = {"size_gb": size, **info, "grow_s": grown}
+            result.update(time_reader(dataset, args.reader_preset, args.reader_batches))
+            if args.steps:
+                result.update(
+                    measure(dataset, args.work / "runs", f"mem-{size:g}gb-{int(time.time())}", args.steps, args.cpus)
+                )
         finally:
             shutil.rmtree(dataset, ignore_errors=True)
         results.append(result)
@@ -137,10 +161,18 @@ def main() -> None:
     print("| on disk | rows | hours | shards | peak RSS per worker | data wait (mean / after warm-up) | frames/s |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        wait = f"{r['data_wait_mean']:.1%} / {r['data_wait_after_warmup']:.1%}"
+        wait = f"{r['data_wait_mean']:.1%} / {r['data_wait_after_warmup']:.1%}" if args.steps else "-"
+        rss, fps = (f"{r['peak_rss_mb']:.0f} MB", f"{r['frames_per_sec']:.0f}") if args.steps else ("-", "-")
         print(
-            f"| {r['bytes'] / 1e9:.2f} GB | {r['rows']} | {r['hours']:.1f} | {r['shards']} | "
-            f"{r['peak_rss_mb']:.0f} MB | {wait} | {r['frames_per_sec']:.0f} |"
+            f"| {r['bytes'] / 1e9:.2f} GB | {r['rows']} | {r['hours']:.1f} | {r['shards']} | {rss} | {wait} | {fps} |"
+        )
+    print(f"reader alone, {args.reader_preset} frame budget, rank 0 of 2:")
+    print("| on disk | ms per batch | frames/s | row groups read per batch |")
+    print("|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['bytes'] / 1e9:.2f} GB | {r['reader_ms_per_batch']:.1f} | {r['reader_frames_per_sec']:.0f} | "
+            f"{r['row_groups_per_batch']:.2f} |"
         )
 
 
