@@ -162,7 +162,8 @@ def sample_utterance(dataset: str | Path | Location) -> Utterance:
 
 
 class BatchFeed:
-    """Collates the next batches of a plan in a background thread while the model trains.
+    """Prefetch: a background thread reads the rows of the plan's next batches (through the data's reader)
+    and collates them while the model trains; at most ``depth`` collated batches wait in the queue.
 
     ``next()`` returns the position of the batch (its place in the plan), the batch, and the seconds the
     caller waited for it; only consumed batches count as progress, whatever was prefetched.
