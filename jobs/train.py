@@ -18,10 +18,11 @@ import sys
 
 import yaml
 
+from flowtts.options import add_model_options
 from trainer.cluster import connect_ray
 from trainer.job_exit import exit_on_project_error
 from trainer.launch import run_training
-from trainer.settings import TrainJob, add_model_options
+from trainer.settings import TrainJob
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -40,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> TrainJob:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser, TrainJob)
     values = vars(parser.parse_args(argv))
-    return TrainJob(**{**values, "overrides": parse_overrides(values["overrides"])})
+    return TrainJob(**{**values, "overrides": parse_overrides(values.get("overrides", []))})
 
 
 @exit_on_project_error

@@ -18,10 +18,11 @@ import json
 import logging
 import sys
 
+from flowtts.options import add_model_options, model_from_args
 from trainer.cluster import connect_ray
 from trainer.duration_job import DurationJob, run_duration_training
 from trainer.job_exit import exit_on_project_error
-from trainer.launch import add_run_options
+from trainer.settings import RunOptions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,13 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="run name (default: duration-timestamp)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="Ray CPUs of the worker (default 1)")
     parser.add_argument("--gpu", action="store_true", help="train on one GPU")
-    add_run_options(parser)
+    add_model_options(parser, RunOptions)  # where it runs, is tracked and registered
     return parser.parse_args(argv)
 
 
 @exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    run = model_from_args(RunOptions, args)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"
     )
@@ -53,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
         name=args.name,
-        storage=args.storage,
+        storage=run.storage,
         cpus_per_worker=args.cpus_per_worker,
         gpu=args.gpu,
-        experiment=args.experiment,
-        registered_model=args.registered_model,
-        alias=args.alias,
+        experiment=run.experiment,
+        registered_model=run.registered_model,
+        alias=run.alias,
     )
-    connect_ray(args.cpus_per_worker, args.num_cpus)
+    connect_ray(args.cpus_per_worker, run.num_cpus)
     outcome = run_duration_training(job)
     print(
         json.dumps(

@@ -8,11 +8,11 @@ import tempfile
 
 import pytest
 import ray
-from _shards import copy_dataset, write_dataset
-from conftest import SAMPLE_CORPUS
 from mlflow.tracking import MlflowClient
 
 from flowtts.training import read_train_state
+from tests.helpers import SAMPLE_CORPUS
+from tests.helpers.shards import copy_dataset, write_dataset
 from trainer.launch import FAIL_AT_STEP_ENV, TrainJob, run_training
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,6 @@ checkpoints and every worker starts from the latest one; the MLflow run id is ke
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
@@ -26,7 +25,7 @@ from flowtts.training.data import corpus_fingerprint, dataset_texts, dataset_voc
 from flowtts.training.warmstart import prepare_start
 from trainer.loop import train_loop_per_worker
 from trainer.registry import Registration, git_commit, register_model
-from trainer.settings import INIT_DIR, RunOptions, TrainJob, TrainSettings, add_model_options
+from trainer.settings import INIT_DIR, TrainJob, TrainSettings
 from trainer.tracking import open_run
 
 logger = logging.getLogger(__name__)
@@ -173,11 +172,6 @@ def run_training(job: TrainJob, *, register: bool = True) -> TrainOutcome:
         tracking_uri=settings.tracking_uri,
         registration=registration,
     )
-
-
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options every training job shares (``RunOptions``): where it runs, is tracked and registered."""
-    add_model_options(parser, RunOptions)
 
 
 def _fail_at_step() -> int | None:

@@ -7,10 +7,9 @@ travels unchanged to the Ray Train workers inside ``TrainSettings``.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -35,7 +34,7 @@ class RunOptions(BaseModel):
         default_factory=_default_storage,
         description="Ray Train storage folder (default: $FLOWTTS_STORAGE or ./outputs/ray_train)",
     )
-    experiment: str = Field(default="flowtts", description="MLflow experiment (default flowtts)")
+    experiment: str = Field(default="flowtts", description="MLflow experiment")
     registered_model: str = Field(default="flowtts", description="MLflow registered model name")
     alias: str = Field(default="candidate", description="alias set on the new model version")
     num_cpus: int | None = Field(default=None, description="CPUs of the local Ray instance (ignored with RAY_ADDRESS)")
@@ -54,14 +53,12 @@ class TrainJob(RunOptions):
     name: str | None = Field(
         default=None, description="run name; the same name resumes the run (default: preset-timestamp)"
     )
-    workers: int = Field(default=1, gt=0, description="DDP workers (default 1)")
+    workers: int = Field(default=1, gt=0, description="DDP workers")
     gpu: bool = Field(default=False, description="one GPU per worker, NCCL, bf16 autocast")
     cpus_per_worker: float = Field(
         default=0.5, gt=0, description="Ray CPUs per worker (default 0.5); torch threads = max(1, int(this))"
     )
-    max_steps: int | None = Field(
-        default=None, gt=0, description="stop at this optimizer update (default train.max_updates)"
-    )
+    max_steps: int | None = Field(default=None, gt=0, description="stop at this optimizer update")
     seed: int = Field(default=0, description="seed of the weights, the batch order and the noise")
     init_from: Path | None = Field(
         default=None, description="official F5-TTS checkpoint or a checkpoint folder of ours"
@@ -72,42 +69,18 @@ class TrainJob(RunOptions):
         description="train a duration predictor together with the CFM (its loss is logged as duration_loss; "
         "same-speaker clip pairs, so the data needs speakers)",
     )
-    checkpoint_every: int | None = Field(
-        default=None, gt=0, description="steps between checkpoints (default train.save_per_updates)"
-    )
-    log_every: int = Field(default=10, gt=0, description="steps between progress lines (default 10)")
-    sample_steps: int = Field(default=32, gt=0, description="NFE of the logged samples (default 32)")
+    checkpoint_every: int | None = Field(default=None, gt=0, description="steps between checkpoints")
+    log_every: int = Field(default=10, gt=0, description="steps between progress lines")
+    sample_steps: int = Field(default=32, gt=0, description="NFE of the logged samples")
     vocoder: str | None = Field(
         default=None, description="Vocos folder for samples and the registered model (default: Griffin-Lim)"
     )
-    max_failures: int = Field(default=2, description="worker-failure restarts (default 2)")
+    max_failures: int = Field(default=2, description="worker-failure restarts")
 
     @field_validator("data", mode="before")
     @classmethod
     def _data_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value
-
-
-def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    """One flag per field of ``model``: ``--field-name`` (or the field's ``flag``), typed, with its default
-    and description; a field without a default is required, a bool is a switch, a dict is ``KEY=VALUE``
-    pairs (collected as strings; the job parses them)."""
-    for name, field in model.model_fields.items():
-        extra = field.json_schema_extra or {}
-        flag = extra.get("flag", "--" + name.replace("_", "-"))
-        options: dict[str, Any] = {"dest": name, "help": field.description}
-        kind = next((t for t in get_args(field.annotation) if t is not type(None)), field.annotation)
-        if get_origin(field.annotation) is dict:
-            options.update(action="append", default=[], metavar=extra.get("metavar"))
-        elif kind is bool:
-            options["action"] = "store_true"
-        else:
-            options["type"] = kind
-            if field.is_required():
-                options["required"] = True
-            else:
-                options["default"] = field.get_default(call_default_factory=True)
-        parser.add_argument(flag, **options)
 
 
 class TrainSettings(BaseModel):

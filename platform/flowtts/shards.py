@@ -51,7 +51,11 @@ def decode_mel(blob: bytes, n_frames: int) -> torch.Tensor:
 
 def shard_files(dataset: str | Path | Location, split: str = TRAIN_DIR) -> list[Location]:
     """The split's Parquet files (a local folder or a URI, see ``flowtts.storage``), sorted by name."""
-    folder = resolve(dataset).join(split)
+    return split_files(resolve(dataset).join(split))
+
+
+def split_files(folder: Location) -> list[Location]:
+    """The Parquet files of one split folder, sorted by name; an empty or absent folder is an error."""
     files = folder.files(".parquet")
     if not files:
         raise FileNotFoundError(f"no parquet shards in {folder}")

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from flowtts.shards import HELDOUT_DIR, MANIFEST_FILE, TRAIN_DIR, VOCAB_FILE, decode_mel
+from flowtts.shards import HELDOUT_DIR, MANIFEST_FILE, TRAIN_DIR, VOCAB_FILE, decode_mel, split_files
 from flowtts.storage import Location, resolve
 from flowtts.text import UnknownCharactersError, Vocab, pad_token_ids
 from flowtts.training.batching import BatchPosition, EpochPlan
-from flowtts.training.rows import RowGroupReader, RowReader, ShardIndex, read_column, split_files
+from flowtts.training.rows import RowGroupReader, RowReader, ShardIndex, read_column
 
 MEL_PAD_VALUE = 0.0
 

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flowtts.shards import split_files
 from flowtts.storage import Location
 
 ROW_COLUMNS = ["text", "n_frames", "mel"]
@@ -37,13 +38,6 @@ class ShardRow:
     text: str
     n_frames: int
     mel: bytes
-
-
-def split_files(split: Location) -> list[Location]:
-    files = split.files(".parquet")
-    if not files:
-        raise FileNotFoundError(f"no parquet shards in {split}")
-    return files
 
 
 def read_column(files: Sequence[Location], name: str) -> list:
