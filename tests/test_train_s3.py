@@ -4,10 +4,7 @@ Ray runtime environment."""
 
 from __future__ import annotations
 
-import tempfile
-
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from flowtts.training import read_train_state
@@ -18,16 +15,8 @@ from trainer.launch import FAIL_AT_STEP_ENV, TrainJob, run_training
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def ray_with_s3_env(s3_env):
-    assert not ray.is_initialized()
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, runtime_env={"env_vars": s3_env})
-    yield
-    ray.shutdown()
-
-
-def test_training_reads_its_dataset_from_s3(tmp_path, s3_bucket, ray_with_s3_env, monkeypatch):
+def test_training_reads_its_dataset_from_s3(tmp_path, s3_bucket, ray_local, monkeypatch):
+    # ray_local: the session's Ray, whose runtime_env gives every worker the loopback S3 server's variables
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv(FAIL_AT_STEP_ENV, raising=False)
     local = write_dataset(tmp_path / "ds", SAMPLE_CORPUS, count=8, heldout=1)
