@@ -209,8 +209,7 @@ class LocalMlflowServer:
         self.uri = f"http://127.0.0.1:{port}"
         self.root.mkdir(parents=True, exist_ok=True)
         env = {**self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: 2 processes, not 10
-        log = open(self.root / "mlflow_server.log", "ab")  # noqa: SIM115 - lives with the process
-        self.process = subprocess.Popen(
+        self.process = start_server(
             [
                 MLFLOW,
                 "server",
@@ -227,15 +226,10 @@ class LocalMlflowServer:
             ],
             env=env,
             cwd=self.root,
-            start_new_session=True,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log_name="mlflow_server.log",
+            health_url=f"{self.uri}/health",
+            timeout_s=timeout_s,
         )
-        try:
-            wait_until_answers(f"{self.uri}/health", timeout_s, self.process)
-        except BaseException:
-            self.stop()
-            raise
         return self.uri
 
     def stop(self) -> None:
@@ -257,20 +251,14 @@ class LocalS3Server:
         (port,) = free_ports(1)
         self.endpoint = f"http://127.0.0.1:{port}"
         self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / "moto_server.log", "ab")  # noqa: SIM115 - lives with the process
-        self.process = subprocess.Popen(
+        self.process = start_server(
             [MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
             env={**os.environ, **self.extra_env},
             cwd=self.root,
-            start_new_session=True,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log_name="moto_server.log",
+            health_url=f"{self.endpoint}/moto-api/",
+            timeout_s=timeout_s,
         )
-        try:
-            wait_until_answers(f"{self.endpoint}/moto-api/", timeout_s, self.process)
-        except BaseException:
-            self.stop()
-            raise
         self.env = {
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_ACCESS_KEY_ID": "testing",
@@ -282,6 +270,21 @@ class LocalS3Server:
     def stop(self) -> None:
         stop_process_group(self.process)
         self.process = None
+
+
+def start_server(
+    argv: list[str], *, env: dict[str, str], cwd: Path, log_name: str, health_url: str, timeout_s: float
+) -> subprocess.Popen:
+    """Start a server in its own process group, logging to ``cwd/log_name``; return it once ``health_url``
+    answers 200, or stop it and raise."""
+    log = open(cwd / log_name, "ab")  # noqa: SIM115 - lives with the process
+    process = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_answers(health_url, timeout_s, process)
+    except BaseException:
+        stop_process_group(process)
+        raise
+    return process
 
 
 def stop_process_group(process: subprocess.Popen | None) -> None:
