@@ -115,9 +115,14 @@ def check_bearer(request: Request, api_key: str | None) -> None:
         )
 
 
+def ingress_replica() -> Any:
+    """FastAPI dependency: the ``TTSIngress`` instance serving this request (for routes outside its class)."""
+    return serve.get_replica_context().servable_object
+
+
 async def require_api_key(request: Request) -> None:
-    """FastAPI dependency of every route but ``/healthz``: the serving ingress replica's ``api_key``."""
-    check_bearer(request, serve.get_replica_context().servable_object.api_key)
+    """FastAPI dependency of every route but ``/healthz`` and the page: the serving ingress' ``api_key``."""
+    check_bearer(request, ingress_replica().api_key)
 
 
 AUTHORIZED = [Depends(require_api_key)]

@@ -57,12 +57,15 @@ from serve.schemas import (
     VoiceList,
 )
 from serve.settings import ServeSettings
+from serve.studio_routes import router as studio_router
+from serve.training_jobs import TrainingJobs
 from serve.voices import Voice, VoiceNameTakenError, VoiceNotFoundError, VoiceStore
 
 logger = logging.getLogger("ray.serve")
 
 api = FastAPI(title="flowtts", description="F5-TTS serving: native and OpenAI-compatible speech API")
 install_error_handlers(api)
+api.include_router(studio_router)  # the studio page and the routes only it needs
 
 
 @serve.deployment(
@@ -77,6 +80,7 @@ class TTSIngress:
         self.stream_model = model.options(stream=True)
         self.voices = VoiceStore(settings.voices_uri)
         self.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        self.training = TrainingJobs(settings.training, settings.tracking_uri) if settings.training.enabled else None
 
     # ------------------------------------------------------------ plumbing
 

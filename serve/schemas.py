@@ -138,3 +138,59 @@ class ModelList(ApiModel):
 class Health(ApiModel):
     status: Literal["ok"] = "ok"
     model_version: str | None
+
+
+class RegistryVersion(ApiModel):
+    """One version of the served model's registered model, with what the evaluation gate wrote on it."""
+
+    version: str
+    aliases: list[str]
+    run_id: str | None
+    created_at: float
+    status: str
+    metrics: dict[str, float] = Field(description="held-out metrics of its run (eval/..., from the gate)")
+    tags: dict[str, str]
+
+
+class RegistryView(ApiModel):
+    name: str
+    versions: list[RegistryVersion]
+
+
+class TrainRequest(ApiModel):
+    """``POST /v1/train``: what the studio's Train form sends; becomes a ``jobs/train.py`` command line."""
+
+    data: str = Field(min_length=1, description="dataset folder or URI written by jobs/preprocess.py")
+    preset: str = Field(default="tiny", description="a preset name (GET /v1/train lists them)")
+    init_from: str | None = Field(default=None, description="checkpoint to fine-tune from (server path)")
+    max_steps: int = Field(default=100, ge=1, le=10_000_000)
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    overrides: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="more config overrides, e.g. {'train.batch_size_per_gpu': 1500}"
+    )
+
+    @model_validator(mode="after")
+    def _override_keys(self) -> TrainRequest:
+        for key in self.overrides:
+            if not key.replace(".", "").replace("_", "").isalnum():
+                raise ValueError(f"override key {key!r} must look like section.field (letters, digits, _ and .)")
+        return self
+
+
+class TrainJobInfo(ApiModel):
+    """A training job submitted by the studio, as the Ray Jobs API and MLflow report it."""
+
+    id: str
+    status: Literal["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"]
+    message: str | None
+    entrypoint: str
+    start_time: float | None
+    end_time: float | None
+    logs: str | None = Field(default=None, description="the last lines of the job's log")
+    loss: list[tuple[int, float]] | None = Field(default=None, description="(step, loss) from the MLflow run")
+    model_version: str | None = Field(default=None, description="the version it registered, once it succeeded")
+
+
+class TrainJobList(ApiModel):
+    presets: list[str]
+    jobs: list[TrainJobInfo]

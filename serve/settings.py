@@ -56,6 +56,24 @@ class LimitSettings(StrictSettings):
         return self
 
 
+class TrainingSettings(StrictSettings):
+    """The studio's Train section: ``jobs/train.py`` submitted through the Ray Jobs API. Off unless enabled,
+    and only with ``api_key`` set (the routes require the key)."""
+
+    enabled: bool = False
+    ray_address: str | None = Field(
+        default=None, description="Ray Jobs API (dashboard) address; default: the cluster the app runs on"
+    )
+    working_dir: str | None = Field(
+        default=None, description="the job's working_dir, holding jobs/train.py; default: this code's checkout"
+    )
+    storage: str | None = Field(default=None, description="--storage of the job (default: the job's own)")
+    experiment: str = Field(default="flowtts", description="MLflow experiment of the runs")
+    registered_model: str | None = Field(default=None, description="default: the served model's name")
+    cpus_per_worker: float = Field(default=0.5, gt=0, description="Ray CPUs of the one training worker")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="extra environment of the job")
+
+
 class ServeSettings(StrictSettings):
     """Everything the application needs; ``args:`` in the Serve config are these fields."""
 
@@ -76,12 +94,15 @@ class ServeSettings(StrictSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     reference_cache_size: int = Field(default=64, ge=1)
     warmup: bool = Field(default=True, description="run a tiny synthesis at start; /healthz fails if it fails")
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @model_validator(mode="after")
-    def _default_nfe_allowed(self) -> ServeSettings:
+    def _consistent(self) -> ServeSettings:
         low, high = self.limits.nfe_range
         if not low <= self.default_nfe <= high:
             raise ValueError(f"default_nfe={self.default_nfe} is outside limits.nfe_range {(low, high)}")
+        if self.training.enabled and self.api_key is None:
+            raise ValueError("training.enabled needs api_key: the Train routes only answer requests that carry it")
         return self
 
     @property

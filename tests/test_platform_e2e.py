@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import requests
 import soundfile as sf
-import yaml
 from local_services import LocalMlflowServer, LocalRayHead, free_ports, service_env, wait_until_answers
 
 from tests.helpers import REPO, SAMPLE_CORPUS
+from tests.helpers.serving import small_serve_config
 
 pytestmark = pytest.mark.integration
 
@@ -54,21 +54,6 @@ def rest(tracking_uri: str, endpoint: str, **params) -> dict:
     response = requests.get(f"{tracking_uri}/api/2.0/mlflow/{endpoint}", params=params, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def serve_config(folder: Path, port: int) -> Path:
-    """The shipped Serve config, on a free port, with fewer ODE steps and CPUs sized for 2 cores."""
-    config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
-    config["http_options"]["port"] = port
-    app = config["applications"][0]
-    app["args"]["default_nfe"] = 4
-    model, ingress = app["deployments"]
-    model["autoscaling_config"].update(min_replicas=1, max_replicas=1)
-    model["ray_actor_options"]["num_cpus"] = 0.5
-    ingress["autoscaling_config"].update(min_replicas=1, max_replicas=1)
-    path = folder / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_preprocess_train_evaluate_promote_and_serve(platform):
@@ -163,7 +148,7 @@ def test_preprocess_train_evaluate_promote_and_serve(platform):
 
     # serve deploy of models:/NAME@production (the replicas inherit the head's MLflow URI)
     (port,) = free_ports(1)
-    head.serve_deploy(serve_config(root, port))
+    head.serve_deploy(small_serve_config(root, port))
     url = f"http://127.0.0.1:{port}"
     assert json.loads(wait_until_answers(f"{url}/healthz", timeout_s=300))["model_version"] == f"{MODEL}/1"
     card = requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]

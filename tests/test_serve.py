@@ -9,7 +9,6 @@ import base64
 import io
 import json
 import socket
-import string
 import tempfile
 import threading
 import time
@@ -21,17 +20,13 @@ import numpy as np
 import pytest
 import requests
 import soundfile as sf
-import torch
 
-from flowtts.checkpoint import save_checkpoint
-from flowtts.model import build_model
 from flowtts.synthesis import init_vocos_folder
-from flowtts.text import Vocab, normalize_vietnamese
 from serve.app import build_application
 from serve.settings import ServeSettings
 from tests.helpers import REPO
 from tests.helpers.audio import decode_stream_wav
-from tests.helpers.models import small_model_config
+from tests.helpers.models import save_tiny_model
 from tests.helpers.registry import register_checkpoints
 
 pytestmark = pytest.mark.integration
@@ -52,6 +47,7 @@ def corpus_rows() -> list[tuple[Path, str]]:
 
 
 ROWS = corpus_rows()
+TEXTS_ALL = [text for _, text in ROWS]
 REF_PATH, REF_TEXT = ROWS[0]
 TEXTS = [text for _, text in ROWS[1:17]]
 LONG_TEXT = " ".join(text for _, text in ROWS[20:32])  # more than one chunk for a short transcript
@@ -80,22 +76,14 @@ def pcm(content: bytes) -> np.ndarray:
 # ---------------------------------------------------------------- assets: tiny model, vocoder, registry
 
 
-def save_tiny_model(folder: Path, seed: int) -> Path:
-    texts = [normalize_vietnamese(text) for _, text in ROWS]
-    vocab = Vocab.from_texts([*texts, string.ascii_letters + string.digits + ",.!?;:'-"])
-    torch.manual_seed(seed)
-    config = small_model_config(len(vocab))
-    return save_checkpoint(build_model(config), folder, vocab, info={"preset": "serve-test", "seed": seed})
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     with pytest.MonkeyPatch.context() as monkeypatch:
         # the folders are named "checkpoint": flowtts.model_source.download_model looks for artifacts/checkpoint
         versions = [
-            save_tiny_model(root / "v1" / "checkpoint", 0),
-            save_tiny_model(root / "v2" / "checkpoint", 1),
+            save_tiny_model(root / "v1" / "checkpoint", TEXTS_ALL, 0),
+            save_tiny_model(root / "v2" / "checkpoint", TEXTS_ALL, 1),
         ]
         tracking = f"sqlite:///{root}/mlflow.db"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)

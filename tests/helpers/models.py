@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import string
+from pathlib import Path
+
+import torch
+
+from flowtts.checkpoint import save_checkpoint
 from flowtts.config import ModelConfig
+from flowtts.model import build_model
+from flowtts.text import Vocab, normalize_vietnamese
 
 
 def small_model_config(text_num_embeds: int, backbone: str = "DiT", **overrides) -> ModelConfig:
@@ -11,3 +19,12 @@ def small_model_config(text_num_embeds: int, backbone: str = "DiT", **overrides)
     text = {"text_dim": 32, "conv_layers": 1} if backbone == "DiT" else {}
     values = {"backbone": backbone, "dim": 64, "depth": 2, "heads": 2, "dim_head": 32, "ff_mult": 2, **text}
     return ModelConfig(**{**values, "text_num_embeds": text_num_embeds, **overrides})
+
+
+def save_tiny_model(folder: Path, texts: list[str], seed: int) -> Path:
+    """An untrained small DiT checkpoint folder whose vocab covers ``texts`` and ASCII letters/digits."""
+    normalized = [normalize_vietnamese(text) for text in texts]
+    vocab = Vocab.from_texts([*normalized, string.ascii_letters + string.digits + ",.!?;:'-"])
+    torch.manual_seed(seed)
+    config = small_model_config(len(vocab))
+    return save_checkpoint(build_model(config), folder, vocab, info={"preset": "serve-test", "seed": seed})
