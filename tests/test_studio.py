@@ -75,7 +75,7 @@ def page(platform, tmp_path_factory):
     with browser_page(tmp_path_factory.mktemp("chromium-profile")) as page:
         page.set_default_timeout(UI_TIMEOUT_MS)
         page.goto(platform["url"] + "/")
-        page.get_by_label("API key").fill(API_KEY)
+        page.get_by_label("API key", exact=True).fill(API_KEY)
         page.get_by_role("button", name="Use this key").click()
         page.wait_for_selector("body[data-ready=true]")
         yield page
