@@ -1,5 +1,5 @@
 """The ingress deployment: ``TTSIngress`` (FastAPI) with the native API, the OpenAI speech API, voices,
-health and models.
+health and models; the studio page and the routes only it needs come from ``serve.studio_routes``.
 
 Request path: the ingress validates and decodes (size caps, base64, audio, ranges; auth is a route
 dependency), then calls ``TTSModel.synthesize`` (or ``synthesize_stream``) through a handle; a
