@@ -8,6 +8,7 @@ key, training enabled), and a training job the page submits through the Ray Jobs
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import mlflow
@@ -169,6 +170,26 @@ def test_save_a_voice_from_a_file_pick_it_and_speak(page):
     assert "lan" in section(page, "speak").get_by_label("Voice").inner_text()
 
 
+def test_record_a_voice_from_the_microphone_then_delete_it(page):
+    voices = section(page, "voices")
+    voices.get_by_label("Reference audio").set_input_files([])
+    voices.get_by_role("button", name="Record from microphone").click()
+    page.wait_for_selector("#voice-record-status:has-text('Recording')")
+    page.wait_for_timeout(2500)
+    voices.get_by_role("button", name="Stop recording").click()
+    page.wait_for_selector("#voice-record-status:has-text('Recorded')")
+    seconds = float(re.search(r"Recorded ([\d.]+) s", page.inner_text("#voice-record-status"))[1])
+    assert 1.5 <= seconds <= 8
+    voices.get_by_label("Transcript").fill("xin chào các bạn")
+    voices.get_by_label("Name", exact=True).fill("mic")
+    voices.get_by_role("button", name="Save voice").click()
+    page.wait_for_selector("#voice-status:has-text('Saved mic.')")
+    voices.get_by_role("button", name="Delete mic").click()
+    voices.get_by_role("button", name="Play mic").wait_for(state="detached")
+    assert "mic" not in section(page, "speak").get_by_label("Voice").inner_text()
+    assert voices.get_by_role("button", name="Play lan").is_visible()
+
+
 def test_streamed_speech_plays_as_it_comes_and_ends_in_the_player(page):
     speak = section(page, "speak")
     speak.get_by_label("Text").fill(" ".join(text for _, text in ROWS[2:6]))
@@ -205,7 +226,16 @@ def test_invalid_requests_show_their_error_next_to_the_control(page):
     error.wait_for()
     assert "not readable audio" in error.inner_text() and "(422)" in error.inner_text()
 
+    # no transcript: this server has no ASR model, so the voice needs one (issue 17b transcribes when it has)
     voices.get_by_label("Reference audio").set_input_files(str(REF_FILE))
+    voices.get_by_label("Transcript").fill("")
+    voices.get_by_role("button", name="Save voice").click()
+    error = page.locator("#voice-transcript-error")
+    error.wait_for()
+    assert "transcript" in error.inner_text() and "(422)" in error.inner_text()
+    voices.get_by_label("Transcript").fill("xin chào")
+    assert not error.is_visible()  # the error goes as soon as the control changes
+
     voices.get_by_label("Name", exact=True).fill("lan")  # taken
     voices.get_by_role("button", name="Save voice").click()
     error = page.locator("#voice-name-error")
@@ -243,10 +273,14 @@ def test_model_section_shows_the_served_model_and_the_registry(page):
     assert "production" in row.inner_text()
 
 
-def test_a_training_job_from_the_page_runs_and_its_version_appears_in_model(page, platform):
-    data = write_dataset(platform["root"] / "dataset", SAMPLE_CORPUS, 8)
+@pytest.fixture(scope="module")
+def dataset(platform) -> str:
+    return str(write_dataset(platform["root"] / "dataset", SAMPLE_CORPUS, 8))
+
+
+def test_a_training_job_from_the_page_runs_and_its_version_appears_in_model(page, platform, dataset):
     train = section(page, "train")
-    train.get_by_label("Dataset URI").fill(str(data))
+    train.get_by_label("Dataset URI").fill(dataset)
     train.get_by_label("Preset").select_option("tiny")
     train.get_by_label("Training steps").fill("2")
     train.get_by_label("Learning rate").fill("0.0005")
@@ -272,6 +306,23 @@ def test_a_training_job_from_the_page_runs_and_its_version_appears_in_model(page
         filter_string=f"attributes.run_name = '{job_id}'",
     )[0]
     assert run.data.params["train.learning_rate"] == "0.0005"
+
+
+def test_a_training_job_can_be_stopped_from_the_page(page, dataset):
+    train = section(page, "train")
+    first = page.locator("li.job").first.get_attribute("data-job") if page.locator("li.job").count() else None
+    train.get_by_label("Dataset URI").fill(dataset)
+    train.get_by_label("Training steps").fill("100000")
+    train.get_by_role("button", name="Start training").click()
+    page.wait_for_function(
+        "first => { const j = document.querySelector('li.job'); return j && j.dataset.job !== first; }", arg=first
+    )
+    job_id = page.locator("li.job").first.get_attribute("data-job")
+    job = page.locator(f"li.job[data-job='{job_id}']")
+    page.wait_for_selector(f"li.job[data-job='{job_id}'][data-status=RUNNING]")
+    job.get_by_role("button", name=f"Stop {job_id}").click()
+    page.wait_for_selector(f"li.job[data-job='{job_id}'][data-status=STOPPED]")
+    assert not job.get_by_role("button", name=f"Stop {job_id}").is_visible()
 
 
 @pytest.mark.parametrize("width,height,name", [(1280, 800, "studio.png"), (390, 844, "studio-phone.png")])

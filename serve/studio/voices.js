@@ -2,9 +2,10 @@
 // list them with play and delete; the Speak section's voice picker follows the list.
 
 import { api, apiJson, clearError, setStatus, showError } from "./api.js";
+import { decodeAudio, SAMPLE_RATE, wavBlob } from "./audio.js";
 
 const FIELDS = { audio: "voice-file", transcript: "voice-transcript", name: "voice-name" };
-let recorded = null; // a Blob from the microphone, used when no file is chosen
+let recorded = null; // the microphone's recording as a WAV File, used when no file is chosen
 let playerUrl = null;
 
 function label(voice) {
@@ -84,7 +85,7 @@ async function save(event) {
     return;
   }
   const form = new FormData();
-  form.append("audio", file, file.name || "recording.webm");
+  form.append("audio", file, file.name);
   form.append("transcript", document.getElementById("voice-transcript").value);
   const name = document.getElementById("voice-name").value.trim();
   if (name) form.append("name", name);
@@ -111,12 +112,15 @@ async function record() {
     const recorder = new MediaRecorder(stream);
     const chunks = [];
     recorder.ondataavailable = (e) => chunks.push(e.data);
-    recorder.onstop = () => {
+    recorder.onstop = async () => {
       stream.getTracks().forEach((t) => t.stop());
-      recorded = new Blob(chunks, { type: recorder.mimeType });
       control.recorder = null;
       control.textContent = "Record from microphone";
-      setStatus("voice-record-status", "Recorded: it is saved when no file is chosen.");
+      // the browser's own format (webm/opus) becomes a WAV here, which every server reads
+      const samples = await decodeAudio(new Blob(chunks, { type: recorder.mimeType }));
+      recorded = new File([wavBlob(samples)], "microphone.wav", { type: "audio/wav" });
+      const seconds = (samples.length / SAMPLE_RATE).toFixed(1);
+      setStatus("voice-record-status", `Recorded ${seconds} s: it is saved when no file is chosen.`);
     };
     recorder.start();
     control.recorder = recorder;

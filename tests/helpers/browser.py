@@ -21,6 +21,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-ui-for-media-stream",  # the microphone: allowed without asking, and a synthetic one
+    "--use-fake-device-for-media-stream",
 ]
 # Chrome logs every non-2xx fetch as a console error; the answers a test provokes on purpose are these.
 HTTP_STATUS_LINE = re.compile(r"^Failed to load resource: the server responded with a status of 4\d\d")
