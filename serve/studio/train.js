@@ -37,8 +37,9 @@ function drawLoss(canvas, points) {
   if (points.length < 1) return;
   const steps = points.map((p) => p[0]);
   const losses = points.map((p) => p[1]);
-  const [x0, x1] = [Math.min(...steps), Math.max(...steps)];
-  const [y0, y1] = [Math.min(...losses), Math.max(...losses)];
+  const range = (values) => values.reduce(([lo, hi], v) => [Math.min(lo, v), Math.max(hi, v)], [Infinity, -Infinity]);
+  const [x0, x1] = range(steps); // long runs have many points: no Math.min(...spread)
+  const [y0, y1] = range(losses);
   const x = (step) => 8 + ((step - x0) / (x1 - x0 || 1)) * (width - 16);
   const y = (loss) => height - 8 - ((loss - y0) / (y1 - y0 || 1)) * (height - 24);
   g.strokeStyle = "#1d4ed8";
