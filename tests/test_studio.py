@@ -247,7 +247,7 @@ def test_edit_a_span_of_a_recording(page, platform):
     if "/v1/edit" not in requests.get(platform["url"] + "/openapi.json", timeout=30).json()["paths"]:
         pytest.skip("POST /v1/edit is issue 17's (branch issue-17a); this server has no such route")
     edit = section(page, "edit")
-    edit.get_by_label("Recording").set_input_files(str(REF_FILE))
+    edit.get_by_label("Recording", exact=True).set_input_files(str(REF_FILE))
     page.wait_for_selector("#edit-status:has-text('loaded')")
     box = page.locator("#edit-wave").bounding_box()
     page.mouse.move(box["x"] + 0.25 * box["width"], box["y"] + box["height"] / 2)
