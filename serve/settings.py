@@ -97,10 +97,14 @@ class ServeSettings(StrictSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @model_validator(mode="after")
-    def _consistent(self) -> ServeSettings:
+    def _default_nfe_allowed(self) -> ServeSettings:
         low, high = self.limits.nfe_range
         if not low <= self.default_nfe <= high:
             raise ValueError(f"default_nfe={self.default_nfe} is outside limits.nfe_range {(low, high)}")
+        return self
+
+    @model_validator(mode="after")
+    def _training_needs_the_key(self) -> ServeSettings:
         if self.training.enabled and self.api_key is None:
             raise ValueError("training.enabled needs api_key: the Train routes only answer requests that carry it")
         return self
