@@ -47,7 +47,11 @@ def platform(tmp_path_factory):
     try:
         checkpoint = save_tiny_model(root / "v1" / "checkpoint", [text for _, text in ROWS], 0)
         register_checkpoints(tracking_uri, root / "artifacts", [checkpoint], MODEL)
-        mlflow.MlflowClient(tracking_uri, tracking_uri).set_registered_model_alias(MODEL, "production", "1")
+        client = mlflow.MlflowClient(tracking_uri, tracking_uri)
+        client.set_registered_model_alias(MODEL, "production", "1")
+        # what the evaluation gate leaves on a version: held-out metrics on its run, its decision as a tag
+        client.log_metric(client.get_model_version(MODEL, "1").run_id, "eval/model/truth/mcd_dtw", 61.25)
+        client.set_model_version_tag(MODEL, "1", "promotion.production.decision", "promoted")
         head.start()
         (port,) = free_ports(1)
         config = small_serve_config(
@@ -269,8 +273,8 @@ def test_edit_a_span_of_a_recording(page, platform):
 def test_model_section_shows_the_served_model_and_the_registry(page):
     served = page.inner_text("#model-served")
     assert f"Name\n{MODEL}" in served and "Version\n1" in served and "Alias\nproduction" in served
-    row = page.locator("#registry-table tr[data-version='1']")
-    assert "production" in row.inner_text()
+    row = page.locator("#registry-table tr[data-version='1']").inner_text()
+    assert "production" in row and "truth/mcd_dtw 61.250" in row and "production: promoted" in row
 
 
 @pytest.fixture(scope="module")
