@@ -42,7 +42,7 @@ function fillRegistry(view) {
     row.dataset.version = version.version;
     cell(row, version.version);
     cell(row, version.aliases.join(", ") || "—");
-    cell(row, new Date(version.created_at * 1000).toLocaleString());
+    cell(row, new Date(version.created_at * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC");
     const metrics = Object.entries(version.metrics).filter(([key]) => key.startsWith("eval/model/"));
     cell(row, metrics.map(([key, value]) => `${key.slice(11)} ${value.toFixed(3)}`).join(", ") || "not evaluated");
     cell(row, gate(version.tags) || "—");
