@@ -84,7 +84,7 @@ class TrainingJobs:
 
             try:
                 self._client = JobSubmissionClient(self.settings.ray_address or cluster_address())
-            except (ConnectionError, RuntimeError, ValueError) as exc:
+            except (OSError, RuntimeError, ValueError) as exc:
                 raise ApiError(503, "jobs_api_unavailable", f"the Ray Jobs API cannot be reached: {exc}") from exc
         return self._client
 
@@ -101,13 +101,17 @@ class TrainingJobs:
         if self.tracking_uri:
             env_vars.setdefault("MLFLOW_TRACKING_URI", self.tracking_uri)
         runtime_env = {"working_dir": str(self.working_dir), **({"env_vars": env_vars} if env_vars else {})}
-        self.client.submit_job(
-            entrypoint=shlex.join(command), submission_id=job_id, runtime_env=runtime_env, metadata=STUDIO_METADATA
+        self._ask(
+            "submit_job",
+            entrypoint=shlex.join(command),
+            submission_id=job_id,
+            runtime_env=runtime_env,
+            metadata=STUDIO_METADATA,
         )
         return self.get(job_id, details=False)
 
     def list(self) -> list[TrainJobInfo]:
-        jobs = [job for job in self.client.list_jobs() if (job.metadata or {}).get("flowtts") == "studio"]
+        jobs = [job for job in self._ask("list_jobs") if (job.metadata or {}).get("flowtts") == "studio"]
         jobs.sort(key=lambda job: job.start_time or 0, reverse=True)
         return [self._info(job) for job in jobs]
 
@@ -116,14 +120,14 @@ class TrainingJobs:
         info = self._info(job)
         if not details:
             return info
-        logs = self.client.get_job_logs(job_id)
+        logs = self._ask("get_job_logs", job_id)
         return info.model_copy(
             update={"logs": tail(logs), "loss": self.loss_curve(job_id), "model_version": registered_version(logs)}
         )
 
     def stop(self, job_id: str) -> TrainJobInfo:
         self._job(job_id)
-        self.client.stop_job(job_id)
+        self._ask("stop_job", job_id)
         return self.get(job_id, details=False)
 
     def loss_curve(self, run_name: str) -> list[tuple[int, float]]:
@@ -140,13 +144,24 @@ class TrainingJobs:
         history = client.get_metric_history(runs[0].info.run_id, "loss")
         return sorted((int(m.step), float(m.value)) for m in history)
 
+    def _ask(self, method: str, *args, **kwargs):
+        """A Jobs API call; an unreachable or refusing Jobs API becomes a 503/502 answer that says why."""
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except OSError as exc:  # requests' connection errors too
+            raise ApiError(503, "jobs_api_unavailable", f"the Ray Jobs API cannot be reached: {exc}") from exc
+        except RuntimeError as exc:  # the SDK's "Request failed with status code ..."
+            raise ApiError(502, "jobs_api_error", f"the Ray Jobs API refused {method}: {exc}") from exc
+
     def _job(self, job_id: str):
         if not JOB_ID_PATTERN.match(job_id):
             raise ApiError(404, "job_not_found", f"training job {job_id!r} not found (ids look like studio-...)")
         try:
-            job = self.client.get_job_info(job_id)
-        except RuntimeError as exc:  # the Jobs API answers 404 for an unknown id
-            raise ApiError(404, "job_not_found", f"training job {job_id!r} not found") from exc
+            job = self._ask("get_job_info", job_id)
+        except ApiError as exc:
+            if exc.status == 502 and "404" in exc.message:  # the Jobs API has no job with this id
+                raise ApiError(404, "job_not_found", f"training job {job_id!r} not found") from exc
+            raise
         if (job.metadata or {}).get("flowtts") != "studio":
             raise ApiError(404, "job_not_found", f"training job {job_id!r} was not submitted by the studio")
         return job

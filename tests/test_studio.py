@@ -357,5 +357,6 @@ def test_training_routes_refuse_bad_requests_in_words(platform):
     auth = {"Authorization": f"Bearer {API_KEY}"}
     bad = requests.post(f"{platform['url']}/v1/train", json={"data": "/x", "preset": "huge"}, headers=auth, timeout=30)
     assert bad.status_code == 422 and "preset 'huge' is not one of" in bad.json()["error"]["message"]
-    missing = requests.get(f"{platform['url']}/v1/train/studio-nope", headers=auth, timeout=30)
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"
+    for job_id in ("studio-nope", "studio-20260101-000000-abcdef"):  # not an id; an id Ray does not know
+        missing = requests.get(f"{platform['url']}/v1/train/{job_id}", headers=auth, timeout=30)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found", missing.text

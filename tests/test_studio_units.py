@@ -9,13 +9,14 @@ import re
 
 import mlflow
 import pytest
+from local_services import free_ports
 
 from serve.http_layer import ApiError
 from serve.registry_view import registry_view
 from serve.schemas import TrainRequest
 from serve.settings import ServeSettings, TrainingSettings
 from serve.studio_routes import STUDIO_FOLDER, studio_file
-from serve.training_jobs import registered_version, tail, train_command
+from serve.training_jobs import TrainingJobs, registered_version, tail, train_command
 from tests.helpers import REPO
 from tests.helpers.models import save_tiny_model
 from tests.helpers.registry import register_checkpoints
@@ -101,6 +102,15 @@ def test_training_needs_the_api_key():
         ServeSettings.from_args({"training": {"enabled": True}}, environ={})
     settings = ServeSettings.from_args({"training": {"enabled": True}}, environ={"FLOWTTS_API_KEY": "k"})
     assert settings.training.enabled and settings.training.experiment == "flowtts"
+
+
+def test_an_unreachable_jobs_api_is_a_503_in_words():
+    (port,) = free_ports(1)  # nothing listens there
+    jobs = TrainingJobs(TrainingSettings(enabled=True, ray_address=f"http://127.0.0.1:{port}"), None)
+    with pytest.raises(ApiError) as caught:
+        jobs.list()
+    assert caught.value.status == 503 and caught.value.code == "jobs_api_unavailable"
+    assert f"127.0.0.1:{port}" in caught.value.message
 
 
 def test_the_registered_version_is_read_from_the_jobs_summary_line():
