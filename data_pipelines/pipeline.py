@@ -30,12 +30,11 @@ from data_pipelines.manifest import (
 )
 from data_pipelines.processing import PROCESSED_SCHEMA, SILENCE_PEAK, ClipLimits, process_batch
 from data_pipelines.reading import (
-    TEXT_FRONTENDS,
     ClipRow,
     MetadataFormat,
+    Normalizer,
     Reason,
     Rejection,
-    TextFrontend,
     check_rows,
     clip_key,
     read_metadata,
@@ -54,7 +53,7 @@ from data_pipelines.writing import (
 from flowtts.config import MelConfig
 from flowtts.shards import HELDOUT_DIR, MANIFEST_FILE, REJECTED_FILE, SHARD_SCHEMA, TRAIN_DIR, VOCAB_FILE
 from flowtts.storage import Location, StorageUri, resolve
-from flowtts.text import Vocab
+from flowtts.text import TextFrontend, Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +79,8 @@ class PreprocessConfig(BaseModel):
     min_duration: float = Field(0.3, ge=0, description="shortest clip kept, seconds")
     max_duration: float = Field(30.0, gt=0, description="longest clip kept, seconds")
     vocab: StorageUri | None = Field(None, description="extend this vocab.txt instead of building one")
-    text_frontend: TextFrontend = Field("plain", description="text normalisation")
+    text_frontend: Normalizer = Field("plain", description="text normalisation")
+    lowercase: bool = Field(False, description="lowercase the texts after the normaliser")
     num_workers: int | None = Field(None, ge=1, description="parallel decode/mel tasks (default: cluster CPUs)")
     seed: int = Field(0, description="seed of the held-out choice")
     holdout_fraction: float = Field(0.0, ge=0, lt=1, description="share of each speaker held out")
@@ -105,6 +105,11 @@ class PreprocessConfig(BaseModel):
     @property
     def limits(self) -> ClipLimits:
         return ClipLimits(self.min_duration, self.max_duration)
+
+    @property
+    def frontend(self) -> TextFrontend:
+        """What the texts go through; recorded in the manifest, and by training in the model's metadata."""
+        return TextFrontend(normalizer=self.text_frontend, lowercase=self.lowercase)
 
 
 def check_locations(config: PreprocessConfig) -> None:
@@ -232,7 +237,7 @@ def _read_inputs(config: PreprocessConfig) -> _Inputs:
         for role, uri in (("vocab", config.vocab), ("holdout_list", config.holdout_list))
         if uri
     ]
-    checked = check_rows(table.rows, speakers, TEXT_FRONTENDS[config.text_frontend])
+    checked = check_rows(table.rows, speakers, config.frontend)
     return _Inputs(checked.clips, table.rejections + checked.rejections, table.rows_read, table.format, files)
 
 
@@ -321,6 +326,7 @@ def _manifest(
             "max_duration_s": config.max_duration,
             "silence_peak": SILENCE_PEAK,
             "text_frontend": config.text_frontend,
+            "lowercase": config.lowercase,
             "seed": config.seed,
             "shard_mb": config.shard_mb,
         },

@@ -26,10 +26,9 @@ from enum import StrEnum
 from typing import Literal
 
 from flowtts.storage import Location, StorageError
-from flowtts.text import normalize_text, normalize_vietnamese
 
 MetadataFormat = Literal["auto", "f5", "ljspeech"]
-TextFrontend = Literal["plain", "vietnamese"]
+Normalizer = Literal["plain", "vietnamese"]
 F5_HEADER = ["audio_file", "text"]
 SPEAKERS_HEADER = ["audio_file", "speaker"]
 DEFAULT_SPEAKER = "default"
@@ -37,10 +36,6 @@ DEFAULT_SPEAKER = "default"
 # reported as a malformed row, where the lenient default would silently drop the quote characters.
 F5_DIALECT = {"delimiter": "|", "strict": True}
 LJSPEECH_DIALECT = {"delimiter": "|", "quoting": csv.QUOTE_NONE}
-TEXT_FRONTENDS: dict[str, Callable[[str], str]] = {
-    "plain": normalize_text,
-    "vietnamese": normalize_vietnamese,
-}
 
 
 class Reason(StrEnum):

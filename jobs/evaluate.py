@@ -4,10 +4,13 @@
         [--margin 0.0] [--max-items N] [--nfe 16] [--seed 0] [--vocoder DIR] [--out DIR]
         [--asr-model DIR_OR_REPO] [--speaker-model DIR_OR_REPO] [--allow-download]
 
-``--model`` is a registered model URI or a checkpoint folder in our format. With a registered model,
-metrics and the report are logged to the MLflow run of that model version (tracking URI from
-``MLFLOW_TRACKING_URI``). ``--promote ALIAS`` moves the alias to the candidate only when it beats the
-alias's current version on held-out MCD-DTW by ``--margin`` dB, and tags both versions with the decision.
+``--model`` is a registered model URI, a checkpoint folder in our format, or an official F5-TTS
+``.safetensors``/``.pt`` file (``--vocab`` unless its ``vocab.txt`` lies beside it, ``--model-config``:
+preset name or YAML/JSON, default F5TTS_v1_Base; ``--text-frontend``/``--lowercase``: how it reads
+text). With a registered model, metrics and the report are logged to the MLflow run of that model
+version (tracking URI from ``MLFLOW_TRACKING_URI``). ``--promote ALIAS`` moves the alias to the
+candidate only when it beats the alias's current version on held-out MCD-DTW by ``--margin`` dB, and
+tags both versions with the decision.
 ``--asr-model`` (a CTC model, e.g. nguyenvulebinh/wav2vec2-base-vietnamese-250h) and ``--speaker-model``
 (a WavLM x-vector model, e.g. microsoft/wavlm-base-plus-sv) add ASR word error rate and speaker
 similarity; they need ``pip install -e ".[eval-models]"`` and a local folder or a cached repo id
@@ -24,13 +27,17 @@ from pathlib import Path
 from flowtts.evaluation.gate import evaluate, log_to_mlflow, promote_if_better
 from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.report import summary_table
+from flowtts.model_loading import add_official_model_options, text_frontend_option
 from flowtts.model_source import resolve_model_source
 from trainer.job_exit import exit_on_project_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder")
+    parser.add_argument(
+        "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, a folder or an official file"
+    )
+    add_official_model_options(parser)
     parser.add_argument("--data", required=True, help="dataset folder or URI (s3://...) with a heldout/ split")
     parser.add_argument("--promote", metavar="ALIAS", help="move this alias to the model if it is better")
     parser.add_argument("--margin", type=float, default=0.0, help="dB of MCD-DTW the candidate must gain")
@@ -67,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         vocoder=args.vocoder,
         out_dir=args.out,
         judges=judges,
+        vocab=args.vocab,
+        model_config=args.model_config,
+        text_frontend=text_frontend_option(args),
     )
     print(summary_table(result.summary))
     log_to_mlflow(candidate, result)

@@ -2,9 +2,13 @@
 
     python jobs/synthesize.py --model CHECKPOINT_DIR --ref-audio ref.wav --ref-text "..." \\
         --text "Hôm nay là ngày 15/8/2024, trời 30°C." --out out.wav
+    python jobs/synthesize.py --model model_1250000.safetensors --ref-audio lan.wav --ref-text "..." \\
+        --voice "minh=minh.wav|Xin chào." --text "Chào anh. [minh] Chào em. [main] Hẹn gặp lại." --out talk.wav
 
 --model takes a folder in our format, an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION,
-runs:/RUN/path) or an official F5-TTS .pt/.safetensors together with --vocab and --model-config.
+runs:/RUN/path) or an official F5-TTS .pt/.safetensors as downloaded (its vocab.txt beside it or --vocab;
+--model-config: preset name or YAML/JSON, default F5TTS_v1_Base). The text front end is the model's own
+(recorded by training; --text-frontend/--lowercase set it, e.g. for an official file).
 The output format follows the extension: wav, flac, ogg/opus, mp3, raw/pcm (16-bit). Chunks of long
 texts are sampled in batches of --batch-chunks with a progress bar; the result does not depend on the
 batching. Ends with one summary line.
@@ -13,7 +17,6 @@ batching. Ends with one summary line.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import sys
 import time
@@ -22,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from flowtts.model_loading import add_official_model_options, text_frontend_option
 from flowtts.synthesis import (
     DEFAULT_VOCOS_REPO,
     SamplingSettings,
@@ -31,17 +35,27 @@ from flowtts.synthesis import (
     output_format,
     write_output,
 )
-from flowtts.text import normalize_vietnamese
 from trainer.job_exit import exit_on_project_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder, MLflow URI or official .pt/.safetensors")
-    parser.add_argument("--vocab", type=Path, help="vocab.txt of an official checkpoint")
-    parser.add_argument("--model-config", help="JSON/YAML model config or preset name of an official checkpoint")
+    add_official_model_options(parser)
     parser.add_argument("--ref-audio", type=Path, required=True, help="reference voice clip (any soundfile format)")
-    parser.add_argument("--ref-text", required=True, help="transcript of the reference clip")
+    parser.add_argument(
+        "--ref-text", default="", help="transcript of the reference clip (empty: transcribed with --asr-model)"
+    )
+    parser.add_argument(
+        "--voice",
+        action="append",
+        default=[],
+        type=voice_option,
+        metavar="NAME=AUDIO|TRANSCRIPT",
+        help="a voice that [NAME] tags in the text switch to (repeatable); '|TRANSCRIPT' may be left out "
+        "or empty to transcribe it with --asr-model",
+    )
+    parser.add_argument("--asr-model", help="ASR model folder or cached HF repo id (CTC or Whisper-style)")
     text = parser.add_mutually_exclusive_group(required=True)
     text.add_argument("--text", help="text to speak")
     text.add_argument("--text-file", type=Path, help="UTF-8 file with the text to speak")
@@ -59,12 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_VOCOS_REPO,
         help=f"Vocos folder or cached HF repo id (default {DEFAULT_VOCOS_REPO}; Griffin-Lim when unavailable)",
     )
-    parser.add_argument("--allow-download", action="store_true", help="let the vocoder be downloaded from HF")
+    parser.add_argument("--allow-download", action="store_true", help="let the vocoder and ASR model download")
     parser.add_argument("--batch-chunks", type=int, default=8, help="chunks per sample() call (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument(
-        "--lowercase", action="store_true", help="lowercase after the front end (for lowercase-only vocabs)"
-    )
     parser.add_argument(
         "--unknown-characters",
         choices=["error", "space"],
@@ -72,6 +83,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="characters missing from the vocab: fail naming them (default) or read them as a space",
     )
     return parser.parse_args(argv)
+
+
+def voice_option(value: str) -> tuple[str, Path, str]:
+    """``NAME=AUDIO|TRANSCRIPT`` (the corpus metadata's ``audio|text`` after a name) -> (name, audio, text)."""
+    name, sep, rest = value.partition("=")
+    audio, _, transcript = rest.partition("|")
+    if not sep or not name.strip() or not audio.strip():
+        raise argparse.ArgumentTypeError(f"--voice {value!r}: expected NAME=AUDIO|TRANSCRIPT")
+    return name.strip(), Path(audio.strip()), transcript.strip()
 
 
 @exit_on_project_error
@@ -98,12 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             vocoder=args.vocoder,
             device=args.device,
             allow_download=args.allow_download,
-            frontend=functools.partial(normalize_vietnamese, lowercase=args.lowercase),
+            text_frontend=text_frontend_option(args),
             unknown_characters=args.unknown_characters,
+            asr_model=args.asr_model,
         )
         started = time.perf_counter()
         reference = synthesizer.prepare_reference(args.ref_audio, args.ref_text)
-        plan = synthesizer.plan(text, reference, options)
+        voices = {name: synthesizer.prepare_reference(audio, transcript) for name, audio, transcript in args.voice}
+        plan = synthesizer.plan_voices(text, reference, options, voices)
     except (SynthesisError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -113,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             group = plan.items[start : start + max(args.batch_chunks, 1)]
             mels += synthesizer.generate(group, options.sampling)
             bar.update(len(group))
-    result = synthesizer.render(plan, mels)
+    result = synthesizer.render_voices(plan, mels)
+    given = [("--ref-audio", reference, args.ref_text), *((f"--voice {n}", voices[n], t) for n, _, t in args.voice)]
+    for flag, ref, transcript in given:
+        if not transcript.strip():
+            print(f"{flag} transcribed: {ref.transcript}")
     elapsed = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_output(args.out, result.audio, result.sample_rate)

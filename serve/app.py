@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from flowtts.model_source import ModelSourceError, resolve_model_source
+from flowtts.model_source import resolve_model_source
 from serve.ingress import TTSIngress
 from serve.model_deployment import TTSModel
 from serve.settings import ServeSettings
@@ -33,11 +33,6 @@ def build_application(
     """The bound application. ``loader(settings, source) -> Synthesizer`` replaces the default loader;
     ``*_options`` are ``Deployment.options(...)`` overrides (a Serve config's ``deployments:`` also are)."""
     source = resolve_model_source(settings.model_uri, settings.tracking_uri)
-    if source.kind == "official":
-        raise ModelSourceError(
-            f"model_uri {settings.model_uri!r} is an official checkpoint file; serve a checkpoint folder of ours "
-            "or a registered model (import it with flowtts.checkpoint.load_f5_checkpoint + save_checkpoint)"
-        )
     model_options = {"user_config": settings.batching.model_dump(), **(model_options or {})}
     model = TTSModel.options(**model_options).bind(settings, source, loader)
     return TTSIngress.options(**(ingress_options or {})).bind(settings, model)

@@ -15,6 +15,7 @@ import email.policy
 import hmac
 import json
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -233,13 +234,17 @@ def overloaded(exc: BackPressureError) -> ApiError:
 
 
 def audio_headers(reply: SynthesisReply | StreamStart) -> dict[str, str]:
-    return {
+    """``X-Ref-Text`` (percent-encoded UTF-8) only when the model transcribed the reference."""
+    headers = {
         "X-Model-Version": reply.model_version,
         "X-Seed": str(reply.seed),
         "X-Duration-Rule": reply.duration_rule,
         "X-Chunks": str(reply.chunks),
         "X-Sample-Rate": str(reply.sample_rate),
     }
+    if reply.ref_text is not None:
+        headers["X-Ref-Text"] = urllib.parse.quote(reply.ref_text)
+    return headers
 
 
 async def audio_stream(start: StreamStart, chunks: AsyncIterator[np.ndarray], fmt: str) -> AsyncIterator[bytes]:

@@ -42,6 +42,7 @@ from serve.http_layer import (
     validate_model,
 )
 from serve.messages import SAMPLE_RATE, ClientError, ReferenceSpec, SynthesisJob
+from serve.references import inline_reference, lookup_voice, stored_reference, tag_references
 from serve.schemas import (
     OPENAI_MAX_INPUT_CHARS,
     DeletedVoice,
@@ -110,20 +111,18 @@ class TTSIngress:
         return SynthesisOptions(sampling=sampling, speed=speed, seed=seed)
 
     async def _voice(self, id_or_name: str) -> Voice:
-        try:
-            return await asyncio.to_thread(self.voices.lookup, id_or_name)
-        except VoiceNotFoundError as exc:
-            raise ApiError(404, "voice_not_found", str(exc)) from exc
+        return await lookup_voice(self.voices, id_or_name)
 
     async def _voice_reference(self, id_or_name: str) -> ReferenceSpec:
-        voice = await self._voice(id_or_name)
-        return ReferenceSpec(key=f"{voice.id}:{voice.audio_sha256}", text=voice.transcript, voice_id=voice.id)
+        return stored_reference(await self._voice(id_or_name))
 
     def _inline_reference(self, ref_audio: str, ref_text: str) -> ReferenceSpec:
         data = decode_base64(ref_audio, "ref_audio")
-        audio = decode_reference_audio(data, self.limits)
-        key = hashlib.sha256(data + b"\0" + ref_text.encode("utf-8")).hexdigest()
-        return ReferenceSpec(key=f"inline:{key}", text=ref_text, audio=audio)
+        return inline_reference(data, decode_reference_audio(data, self.limits), ref_text)
+
+    async def _job(self, text: str, reference: ReferenceSpec, options: SynthesisOptions) -> SynthesisJob:
+        """A job with the stored voice of every ``[name]`` tag of ``text``."""
+        return SynthesisJob(text, reference, options, await tag_references(self.voices, text, self.limits))
 
     # ------------------------------------------------------------ running jobs
 
@@ -180,7 +179,7 @@ class TTSIngress:
             reference = await self._voice_reference(req.voice)
         else:
             reference = self._inline_reference(req.ref_audio, req.ref_text)
-        job = SynthesisJob(text=req.text, reference=reference, options=options)
+        job = await self._job(req.text, reference, options)
         if req.stream:
             return await self._stream(job, req.response_format)
         return await self._synthesize(job, req.response_format)
@@ -205,7 +204,7 @@ class TTSIngress:
                 "response_format 'aac' is not supported; use mp3, opus, flac, wav or pcm",
             )
         options = self._options(None, None, None, req.speed, req.seed)
-        job = SynthesisJob(text=req.input, reference=await self._voice_reference(req.voice_key), options=options)
+        job = await self._job(req.input, await self._voice_reference(req.voice_key), options)
         if req.stream_format == "sse":
             return await self._stream_sse(job, req.response_format, len(req.input))
         if req.response_format in ("wav", "pcm"):
@@ -242,11 +241,11 @@ class TTSIngress:
             text=req.transcript,
             audio=audio,
         )
-        problem = await self._call("check_reference", spec)
-        if problem is not None:
-            raise ApiError(problem.status, problem.code, problem.message)
+        transcript = await self._call("check_reference", spec)
+        if isinstance(transcript, ClientError):
+            raise ApiError(transcript.status, transcript.code, transcript.message)
         try:
-            voice = await asyncio.to_thread(self.voices.create, audio, SAMPLE_RATE, req.transcript, req.name)
+            voice = await asyncio.to_thread(self.voices.create, audio, SAMPLE_RATE, transcript, req.name)
         except VoiceNameTakenError as exc:
             raise ApiError(409, "voice_name_taken", str(exc)) from exc
         return VoiceInfo.model_validate(asdict(voice))

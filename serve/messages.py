@@ -17,6 +17,8 @@ from flowtts.synthesis import (
     ReferenceAudioError,
     SynthesisError,
     SynthesisOptions,
+    TranscriptRequiredError,
+    UnknownVoiceError,
     UnspeakableTextError,
 )
 from flowtts.text import UnknownCharactersError
@@ -40,6 +42,7 @@ class SynthesisJob:
     text: str
     reference: ReferenceSpec
     options: SynthesisOptions
+    voices: tuple[tuple[str, ReferenceSpec], ...] = ()  # the reference of each [name] tag of the text
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class StreamStart:
     chunks: int
     sample_rate: int
     model_version: str
+    ref_text: str | None = None  # what the ASR model heard, when the reference came without a transcript
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,15 @@ class SynthesisReply:
     chunks: int
     sample_rate: int
     model_version: str
+    ref_text: str | None = None  # what the ASR model heard, when the reference came without a transcript
 
 
 # Exceptions of the model path that are the client's doing: (type, HTTP status, error code), first match wins.
 CLIENT_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (VoiceNotFoundError, 404, "voice_not_found"),  # deleted between the ingress' lookup and the model's read
+    (UnknownVoiceError, 404, "voice_not_found"),  # a [name] tag the ingress did not resolve
     (ReferenceAudioError, 422, "invalid_reference_audio"),
+    (TranscriptRequiredError, 422, "transcript_required"),
     (EmptyTextError, 422, "empty_text"),
     (UnspeakableTextError, 422, "unspeakable_text"),
     (UnknownCharactersError, 422, "unknown_characters"),

@@ -47,7 +47,15 @@ BATCH_LOG_LENGTH = 1000
 def load_synthesizer(settings: ServeSettings, source: ModelSource) -> Synthesizer:
     """The default loader: the pinned source (a registry model is downloaded into a temporary folder that is
     removed once the weights are in memory; replicas come and go with autoscaling)."""
-    return Synthesizer.from_pretrained(source, vocoder=settings.vocoder, device=settings.device)
+    return Synthesizer.from_pretrained(
+        source,
+        vocab=settings.vocab,
+        model_config=settings.model_arch,
+        text_frontend=settings.text_frontend,
+        vocoder=settings.vocoder,
+        device=settings.device,
+        asr_model=settings.asr_model,
+    )
 
 
 @serve.deployment(
@@ -198,23 +206,25 @@ class TTSModel:
 
     async def _plan(self, job: SynthesisJob):
         reference = await self._reference(job.reference)
-        return await asyncio.to_thread(self.synth.plan, job.text, reference, job.options)
+        voices = {name: await self._reference(spec) for name, spec in job.voices}
+        plan = await asyncio.to_thread(self.synth.plan_voices, job.text, reference, job.options, voices)
+        return plan, (reference.transcript if not job.reference.text.strip() else None)
 
-    async def check_reference(self, spec: ReferenceSpec) -> ClientError | None:
-        """Prepare (and cache) a reference; a ClientError says why it cannot be used."""
+    async def check_reference(self, spec: ReferenceSpec) -> str | ClientError:
+        """Prepare (and cache) a reference: its transcript (as given, or as the ASR model heard it), or a
+        ClientError saying why it cannot be used."""
         try:
-            await self._reference(spec)
+            return (await self._reference(spec)).transcript
         except CLIENT_EXCEPTIONS as exc:
             return client_error(exc)
-        return None
 
     async def synthesize(self, job: SynthesisJob) -> SynthesisReply | ClientError:
         try:
-            plan = await self._plan(job)
+            plan, heard = await self._plan(job)
         except CLIENT_EXCEPTIONS as exc:
             return client_error(exc)
         mels = await self._generate(plan.items, job.options)
-        result = await asyncio.to_thread(self.synth.render, plan, mels)
+        result = await asyncio.to_thread(self.synth.render_voices, plan, mels)
         return SynthesisReply(
             audio=result.audio,
             seed=result.seed,
@@ -222,12 +232,13 @@ class TTSModel:
             chunks=len(result.chunks),
             sample_rate=result.sample_rate,
             model_version=self.version,
+            ref_text=heard,
         )
 
     async def synthesize_stream(self, job: SynthesisJob) -> AsyncIterator[StreamStart | ClientError | np.ndarray]:
         """A StreamStart (or a ClientError, then nothing), then each chunk's audio as soon as it is ready."""
         try:
-            plan = await self._plan(job)
+            plan, heard = await self._plan(job)
         except CLIENT_EXCEPTIONS as exc:
             yield client_error(exc)
             return
@@ -237,10 +248,12 @@ class TTSModel:
             chunks=len(plan.items),
             sample_rate=self.synth.mel.target_sample_rate,
             model_version=self.version,
+            ref_text=heard,
         )
         joiner = CrossFadeJoiner(self.synth.mel.target_sample_rate)
-        for item in plan.items:
-            (mel,) = await self._generate([item], job.options)
-            (wave,) = await asyncio.to_thread(self.synth.vocode, [mel])
-            yield joiner.push(wave * plan.reference.rms_scale)
+        for segment in plan.segments:
+            for item in segment.items:
+                (mel,) = await self._generate([item], job.options)
+                (wave,) = await asyncio.to_thread(self.synth.vocode, [mel])
+                yield joiner.push(wave * segment.reference.rms_scale)
         yield joiner.finish()

@@ -29,12 +29,13 @@ class ErrorResponse(ApiModel):
 
 
 class TTSRequest(ApiModel):
-    """``POST /v1/tts``: a stored ``voice`` OR an inline reference (``ref_audio`` base64 + ``ref_text``)."""
+    """``POST /v1/tts``: a stored ``voice`` OR an inline reference (``ref_audio`` base64 + ``ref_text``).
+    ``[name]`` tags in ``text`` switch to other stored voices (``flowtts.synthesis.multivoice``)."""
 
     text: str = Field(min_length=1, description="text to speak")
     voice: str | None = Field(default=None, description="id or name of a stored voice")
     ref_audio: str | None = Field(default=None, description="reference audio file, base64 (wav, flac, ogg, mp3)")
-    ref_text: str | None = Field(default=None, description="transcript of ref_audio")
+    ref_text: str = Field(default="", description="transcript of ref_audio (empty: transcribed by the ASR model)")
     nfe: int | None = Field(default=None, description="ODE steps (default: the server's)")
     cfg_strength: float | None = Field(default=None, ge=0.0, le=10.0)
     sway_sampling_coef: float | None = Field(default=None, ge=-1.0, le=1.0)
@@ -47,8 +48,6 @@ class TTSRequest(ApiModel):
     def _one_reference(self) -> TTSRequest:
         if (self.voice is None) == (self.ref_audio is None):
             raise ValueError("give exactly one of 'voice' or 'ref_audio' (with 'ref_text')")
-        if self.ref_audio is not None and not (self.ref_text or "").strip():
-            raise ValueError("'ref_text' (the transcript of ref_audio) is required with 'ref_audio'")
         if self.stream and self.response_format not in ("wav", "pcm"):
             raise ValueError(f"stream=true needs response_format 'wav' or 'pcm', got {self.response_format!r}")
         return self
@@ -86,7 +85,7 @@ class SpeechRequest(BaseModel):
 class VoiceFields(ApiModel):
     """The text fields of a voice upload (the multipart form's non-file parts)."""
 
-    transcript: str = Field(min_length=1)
+    transcript: str = Field(default="", description="empty: transcribed by the server's ASR model")
     name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\w.\- ]+$")
 
 

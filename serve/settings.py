@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from flowtts.synthesis import SamplingSettings
+from flowtts.text import TextFrontend
 
 ENV_VARS = {
     "model_uri": "FLOWTTS_MODEL_URI",
@@ -77,9 +78,30 @@ class TrainingSettings(StrictSettings):
 class ServeSettings(StrictSettings):
     """Everything the application needs; ``args:`` in the Serve config are these fields."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True)
+
     model_uri: str = Field(
         default=DEFAULT_MODEL_URI,
-        description=("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local checkpoint folder"),
+        description=(
+            "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, a local checkpoint folder, or an "
+            "official F5-TTS .safetensors/.pt file (vocab.txt beside it or `vocab`, and `model_config`)"
+        ),
+    )
+    vocab: str | None = Field(default=None, description="vocab.txt of an official file (default: the one beside it)")
+    model_arch: str | None = Field(
+        default=None,
+        alias="model_config",
+        description="an official file's model config: preset name, YAML/JSON of ours or upstream's (F5TTS_v1_Base)",
+    )
+    text_frontend: TextFrontend | None = Field(
+        default=None,
+        description="text front end {normalizer: vietnamese|plain, lowercase}: an official file's (default "
+        "vietnamese); replaces a model's recorded one. A vocab without capitals always lowercases",
+    )
+    asr_model: str | None = Field(
+        default=None,
+        description="ASR model (HF-layout folder or cached repo id, CTC or Whisper-style) that transcribes "
+        "references and voices given without a transcript; without one those get 422",
     )
     revision: str | None = Field(default=None, description="free text; change it to force a rolling update")
     vocoder: str | None = Field(default=None, description="local Vocos folder (config.yaml + weights)")

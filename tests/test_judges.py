@@ -12,11 +12,13 @@ import torch
 from flowtts.checkpoint import save_checkpoint
 from flowtts.evaluation.gate import evaluate
 from flowtts.evaluation.heldout import build_eval_items, score_other_sentence, summarise
-from flowtts.evaluation.judges import AsrJudge, JudgeError, Judges, SpeakerJudge, resolve_pretrained
+from flowtts.evaluation.judges import Judges, SpeakerJudge
 from flowtts.evaluation.report import summary_table
 from flowtts.model import build_model
 from flowtts.model_source import resolve_model_source
 from flowtts.synthesis import GriffinLimVocoder
+from flowtts.synthesis.pretrained import PretrainedModelError, resolve_pretrained
+from flowtts.synthesis.transcription import Transcriber
 from flowtts.training import dataset_vocab
 from tests.helpers import SAMPLE_CORPUS
 from tests.helpers.models import small_model_config
@@ -88,9 +90,9 @@ def dataset(tmp_path_factory):
 def test_pretrained_sources_are_a_folder_or_a_cached_repo_id(speaker_model, tmp_path, monkeypatch):
     assert resolve_pretrained(speaker_model) == speaker_model
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(JudgeError, match="nobody-here/no-such-asr is not in the Hugging Face cache"):
+    with pytest.raises(PretrainedModelError, match="nobody-here/no-such-asr is not in the Hugging Face cache"):
         resolve_pretrained("nobody-here/no-such-asr")
-    with pytest.raises(JudgeError, match="neither a folder nor a Hugging Face repo id"):
+    with pytest.raises(PretrainedModelError, match="neither a folder nor a Hugging Face repo id"):
         resolve_pretrained(str(tmp_path / "missing" / "folder"))
 
 
@@ -105,7 +107,7 @@ def test_speaker_similarity_is_one_for_the_same_clip_and_lower_for_another(speak
 
 
 def test_asr_transcript_is_scored_against_the_text(asr_model):
-    judge = AsrJudge(asr_model)
+    judge = Transcriber(asr_model)
     assert judge.transcribe(torch.randn(16000)) == "a"
     judges = Judges(vocoder=GriffinLimVocoder(), asr=judge)
     mel = torch.randn(90, 100) - 4.0

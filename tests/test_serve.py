@@ -449,7 +449,7 @@ def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]
             409,
             "voice_name_taken",
         ),
-        ("post", "/v1/voices", {"json": {"audio": ref, "transcript": "   "}}, 422, "empty_text"),
+        ("post", "/v1/voices", {"json": {"audio": ref, "transcript": "   "}}, 422, "transcript_required"),
         ("post", "/v1/voices", {"files": {"transcript": (None, "a")}}, 422, "invalid_request"),
         ("get", "/v1/voices/voice_" + "f" * 24, {}, 404, "voice_not_found"),
         ("delete", "/v1/voices/nope", {}, 404, "voice_not_found"),

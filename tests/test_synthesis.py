@@ -367,15 +367,17 @@ def test_from_pretrained_our_folder(tmp_path, vocos_dir):
     vocab = small_vocab()
     folder = save_checkpoint(random_model(vocab, seed=3), tmp_path / "ckpt", vocab, info={"step": 5})
     synthesizer = Synthesizer.from_pretrained(folder, vocoder=vocos_dir)
-    assert synthesizer.model_info == {"step": 5, "source": str(folder)}
+    frontend = {"normalizer": "vietnamese", "lowercase": False}  # nothing recorded: the default; capitals in the vocab
+    assert synthesizer.model_info == {"step": 5, "source": str(folder), "text_frontend": frontend}
     assert isinstance(synthesizer.vocoder, VocosVocoder) and synthesizer.vocab == vocab
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         Synthesizer.from_pretrained(tmp_path / "missing")
 
 
-def test_official_checkpoint_needs_vocab_and_config(dit_fixture):
-    with pytest.raises(CheckpointError, match="vocab="):
-        Synthesizer.from_pretrained(dit_fixture / "model.safetensors")
+def test_official_checkpoint_without_a_vocab_beside_it_needs_one(tmp_path, dit_fixture):
+    (tmp_path / "model.safetensors").write_bytes((dit_fixture / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="needs its vocab.txt"):
+        Synthesizer.from_pretrained(tmp_path / "model.safetensors", model_config=dit_fixture / "config.json")
 
 
 @pytest.mark.parametrize("fmt", sorted(OUTPUT_FORMATS))

@@ -21,7 +21,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from flowtts.checkpoint import save_checkpoint
 from flowtts.config import load_config
 from flowtts.storage import resolve
-from flowtts.training.data import corpus_fingerprint, dataset_texts, dataset_vocab, manifest_fingerprint
+from flowtts.training.data import (
+    corpus_fingerprint,
+    dataset_text_frontend,
+    dataset_texts,
+    dataset_vocab,
+    manifest_fingerprint,
+)
 from flowtts.training.warmstart import prepare_start
 from trainer.loop import train_loop_per_worker
 from trainer.registry import Registration, git_commit, register_model
@@ -161,6 +167,7 @@ def run_training(job: TrainJob, *, register: bool = True) -> TrainOutcome:
                 alias=job.alias,
                 vocoder=job.vocoder,
                 tags=tags,
+                text_frontend=dataset_text_frontend(settings.data),
             )
     return TrainOutcome(
         name=settings.name,

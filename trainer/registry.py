@@ -17,7 +17,8 @@ from flowtts.config import FlowTTSConfig, MelConfig
 from flowtts.model import CFM, build_model
 from flowtts.model_source import CHECKPOINT_ARTIFACT
 from flowtts.pyfunc import OFFICIAL_ARTIFACT, VOCODER_ARTIFACT, FlowTTSPyfunc, pyfunc_signature
-from flowtts.text import Vocab
+from flowtts.text import TextFrontend, Vocab
+from flowtts.text.frontend import INFO_KEY as FRONTEND_INFO_KEY
 from flowtts.training.state import EMA_FILE, read_train_state
 from flowtts.training.state import load_vocab as load_state_vocab
 
@@ -80,8 +81,10 @@ def register_model(
     alias: str,
     tags: dict[str, str],
     vocoder: str | Path | None = None,
+    text_frontend: TextFrontend | None = None,
 ) -> Registration:
-    """Register the EMA weights of a training-state folder (see ``register_cfm``)."""
+    """Register the EMA weights of a training-state folder (see ``register_cfm``); ``text_frontend`` (the
+    dataset's, from its manifest) is recorded in the model's metadata for synthesis to read text with."""
     model, config, step = ema_model_from_state(state_folder)
     info = {
         "step": step,
@@ -90,6 +93,8 @@ def register_model(
         "train": config.train.model_dump(mode="json"),
         **tags,
     }
+    if text_frontend is not None:
+        info[FRONTEND_INFO_KEY] = text_frontend.model_dump()
     return register_cfm(
         model,
         load_state_vocab(state_folder),

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from flowtts.checkpoint import ModelBundle, load_bundle
+from flowtts.checkpoint import ModelBundle
 from flowtts.evaluation.heldout import (
     EvalItem,
     ItemScore,
@@ -28,7 +28,10 @@ from flowtts.evaluation.heldout import (
 from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.report import write_report
 from flowtts.model import build_model
+from flowtts.model_loading import ModelConfigSpec, load_model
 from flowtts.model_source import ModelSource, local_model, resolve_model_source
+from flowtts.text import TextFrontend
+from flowtts.text.frontend import INFO_KEY
 
 logger = logging.getLogger(__name__)
 PRIMARY_METRIC = "model/truth/mcd_dtw"
@@ -52,12 +55,16 @@ def evaluate(
     vocoder: str | None = None,
     out_dir: Path | None = None,
     judges: Judges | None = None,
+    vocab: str | Path | None = None,
+    model_config: ModelConfigSpec | None = None,
+    text_frontend: TextFrontend | None = None,
 ) -> Evaluation:
     """Score the candidate and both baselines on the same held-out items (with the judged metrics too when
-    ``judges`` are given); write the report."""
+    ``judges`` are given); write the report. ``vocab``, ``model_config`` and ``text_frontend`` are the
+    settings of an official checkpoint file (see ``flowtts.model_loading``)."""
     with local_model(candidate) as folder:
-        bundle = load_bundle(folder)
-    items = build_eval_items(dataset, max_items=max_items, seed=seed)
+        bundle = load_model(candidate, folder, vocab=vocab, model_config=model_config, text_frontend=text_frontend)
+    items = read_with(bundle, build_eval_items(dataset, max_items=max_items, seed=seed))
     logger.info("evaluating %s on %d held-out items (NFE %d)", candidate.uri, len(items), nfe)
     scores, mels = score_model("model", bundle.model, bundle.vocab, items, nfe=nfe, seed=seed, judges=judges)
     untrained_scores, _ = score_model(
@@ -68,6 +75,13 @@ def evaluate(
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="flowtts-eval-"))
     report = write_report(out_dir, candidate.uri, summary, as_rows(scores), items, mels["truth"], vocoder=vocoder)
     return Evaluation(summary=summary, scores=scores, report=report)
+
+
+def read_with(bundle: ModelBundle, items: list[EvalItem]) -> list[EvalItem]:
+    """The items' texts as the model reads them: through its text front end (the shards hold the
+    dataset's front end output; a model that lowercases, for one, reads them lowercased)."""
+    frontend = TextFrontend.model_validate(bundle.info[INFO_KEY])
+    return [replace(item, text=frontend(item.text), ref_text=frontend(item.ref_text)) for item in items]
 
 
 def untrained_like(bundle: ModelBundle, seed: int):
@@ -117,9 +131,10 @@ def promote_if_better(
     elif str(current.version) == candidate.version:
         decision = {"decision": "unchanged", "reason": f"version {candidate.version} already has alias {alias!r}"}
     else:
-        with local_model(resolve_model_source(f"models:/{candidate.name}/{current.version}")) as folder:
-            incumbent = load_bundle(folder)
-        items: list[EvalItem] = build_eval_items(dataset, max_items=max_items, seed=seed)
+        incumbent_source = resolve_model_source(f"models:/{candidate.name}/{current.version}")
+        with local_model(incumbent_source) as folder:
+            incumbent = load_model(incumbent_source, folder)
+        items: list[EvalItem] = read_with(incumbent, build_eval_items(dataset, max_items=max_items, seed=seed))
         old_scores, _ = score_model("model", incumbent.model, incumbent.vocab, items, nfe=nfe, seed=seed)
         old_value = summarise(old_scores)[metric]
         better = new_value <= old_value - margin

@@ -1,13 +1,13 @@
 """Optional model-based metrics of the held-out evaluation: ASR word error rate and speaker similarity.
 
-Both need pretrained models that flowtts does not ship. They load from a local folder in the Hugging Face
-layout, or from a repo id already in the local Hugging Face cache; nothing is downloaded unless the caller
-allows it. They are off by default, and ``transformers`` is imported only when one is asked for
-(``pip install -e ".[eval-models]"``).
+Both need pretrained models that flowtts does not ship, loaded by ``flowtts.synthesis.pretrained`` (a
+local folder in the Hugging Face layout, or a repo id already in the local cache; nothing is downloaded
+unless the caller allows it). They are off by default.
 
-- ASR: a CTC model (``Wav2Vec2ForCTC`` and its processor) decoded greedily, e.g.
-  ``nguyenvulebinh/wav2vec2-base-vietnamese-250h``. Upstream F5-TTS scores with Whisper / Paraformer; a CTC
-  model has no language model to fill in words it did not hear.
+- ASR: ``flowtts.synthesis.transcription.Transcriber`` (the one that transcribes references too): a CTC
+  model decoded greedily, e.g. ``nguyenvulebinh/wav2vec2-base-vietnamese-250h``, or a Whisper-style
+  model. Upstream F5-TTS scores with Whisper / Paraformer; a CTC model has no language model to fill in
+  words it did not hear.
 - Speaker similarity: cosine of the x-vectors of a ``WavLMForXVector``, e.g. ``microsoft/wavlm-base-plus-sv``
   (upstream uses a WavLM-large ECAPA-TDNN, so values compare only within one model).
 
@@ -25,64 +25,13 @@ import torch
 import torchaudio
 
 from flowtts.evaluation.metrics import word_error_rate
-from flowtts.synthesis.vocoder import REPO_ID, Vocoder
+from flowtts.synthesis.pretrained import load_pretrained
+from flowtts.synthesis.transcription import ASR_SAMPLE_RATE, Transcriber
+from flowtts.synthesis.vocoder import Vocoder
 
 logger = logging.getLogger(__name__)
 
-JUDGE_SAMPLE_RATE = 16000
-
-
-class JudgeError(ValueError):
-    """A judge model is missing, unreadable, or its library is not installed (the message says which)."""
-
-
-def resolve_pretrained(source: str | Path, *, allow_download: bool = False) -> Path:
-    """A local model folder, or the snapshot folder of a Hugging Face repo id from the cache (or a permitted
-    download)."""
-    folder = Path(source).expanduser()
-    if folder.is_dir():
-        return folder
-    if not REPO_ID.match(str(source)):
-        raise JudgeError(f"judge model {str(source)!r} is neither a folder nor a Hugging Face repo id")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(str(source), local_files_only=not allow_download))
-    except LocalEntryNotFoundError as exc:
-        raise JudgeError(
-            f"judge model {source} is not in the Hugging Face cache; fetch it once "
-            f"(`hf download {source}`) or allow downloading"
-        ) from exc
-
-
-def _load_pretrained(
-    source: str | Path, allow_download: bool, device: torch.device, processor_class: str, model_class: str
-):
-    """(processor, model in eval mode on ``device``), both by their ``transformers`` Auto class names."""
-    try:
-        import transformers
-    except ImportError as exc:
-        raise JudgeError('model-based metrics need transformers: pip install -e ".[eval-models]"') from exc
-    folder = resolve_pretrained(source, allow_download=allow_download)
-    processor = getattr(transformers, processor_class).from_pretrained(folder)
-    return processor, getattr(transformers, model_class).from_pretrained(folder).to(device).eval()
-
-
-class AsrJudge:
-    """Greedy CTC transcription of 16 kHz audio."""
-
-    def __init__(self, source: str | Path, *, allow_download: bool = False, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
-        self.processor, self.model = _load_pretrained(
-            source, allow_download, self.device, "AutoProcessor", "AutoModelForCTC"
-        )
-
-    @torch.no_grad()
-    def transcribe(self, audio: torch.Tensor) -> str:
-        inputs = self.processor(audio.numpy(), sampling_rate=JUDGE_SAMPLE_RATE, return_tensors="pt")
-        logits = self.model(inputs.input_values.to(self.device)).logits
-        return self.processor.batch_decode(logits.argmax(-1).cpu())[0]
+JUDGE_SAMPLE_RATE = ASR_SAMPLE_RATE
 
 
 class SpeakerJudge:
@@ -90,7 +39,7 @@ class SpeakerJudge:
 
     def __init__(self, source: str | Path, *, allow_download: bool = False, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        self.features, self.model = _load_pretrained(
+        self.features, self.model = load_pretrained(
             source, allow_download, self.device, "AutoFeatureExtractor", "AutoModelForAudioXVector"
         )
 
@@ -113,7 +62,7 @@ class Judges:
     """The judges asked for, and the vocoder that turns mels into the audio they hear."""
 
     vocoder: Vocoder
-    asr: AsrJudge | None = None
+    asr: Transcriber | None = None
     speaker: SpeakerJudge | None = None
     # x-vector of each recording, by clip: every system is compared with the same recordings
     _voice_prints: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -135,7 +84,7 @@ class Judges:
 
         return cls(
             vocoder=load_vocoder(vocoder, device=device),
-            asr=AsrJudge(asr_model, allow_download=allow_download, device=device) if asr_model else None,
+            asr=Transcriber(asr_model, allow_download=allow_download, device=device) if asr_model else None,
             speaker=SpeakerJudge(speaker_model, allow_download=allow_download, device=device)
             if speaker_model
             else None,

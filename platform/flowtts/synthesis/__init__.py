@@ -15,11 +15,13 @@ from flowtts.synthesis.errors import (
     SynthesisError,
     UnspeakableTextError,
 )
+from flowtts.synthesis.multivoice import Segment, UnknownVoiceError, VoicedPlan, split_voice_tags, voice_names
 from flowtts.synthesis.output import OUTPUT_FORMATS, encode_audio, output_format, write_output
 from flowtts.synthesis.planning import SampleItem, SynthesisOptions, SynthesisPlan, plan_synthesis
 from flowtts.synthesis.reference import Reference, prepare_reference
 from flowtts.synthesis.sampling import SamplingSettings
 from flowtts.synthesis.synthesizer import SynthesisResult, Synthesizer
+from flowtts.synthesis.transcription import Transcriber, TranscriptRequiredError
 from flowtts.synthesis.vocoder import (
     DEFAULT_VOCOS_REPO,
     GriffinLimVocoder,
@@ -40,16 +42,21 @@ __all__ = [
     "Reference",
     "ReferenceAudioError",
     "SampleItem",
+    "Segment",
     "SamplingSettings",
     "SynthesisError",
     "SynthesisOptions",
     "SynthesisPlan",
     "SynthesisResult",
     "Synthesizer",
+    "Transcriber",
+    "TranscriptRequiredError",
+    "UnknownVoiceError",
     "UnspeakableTextError",
     "Vocoder",
     "VocoderError",
     "VocosVocoder",
+    "VoicedPlan",
     "balanced_chunks",
     "byte_ratio_frames",
     "chunk_text",
@@ -62,5 +69,7 @@ __all__ = [
     "output_format",
     "plan_synthesis",
     "prepare_reference",
+    "split_voice_tags",
+    "voice_names",
     "write_output",
 ]

@@ -78,6 +78,10 @@ class SynthesisPlan:
     duration_rule: Literal["byte_ratio", "fixed", "predictor"]
 
 
+def draw_seed() -> int:
+    return secrets.randbelow(SEED_LIMIT)
+
+
 def plan_synthesis(
     text: str,
     reference: Reference,
@@ -111,7 +115,7 @@ def plan_synthesis(
         totals = [
             byte_ratio_frames(reference.prompt_frames, reference.prompt_text, chunk, options.speed) for chunk in chunks
         ]
-    seed = options.seed if options.seed is not None else secrets.randbelow(SEED_LIMIT)
+    seed = options.seed if options.seed is not None else draw_seed()
     items = [
         SampleItem(
             cond=reference.mel,

@@ -51,6 +51,7 @@ class Reference:
     rms_scale: float  # factor for the generated audio: original RMS / TARGET_RMS when raised, else 1
     duration_s: float  # seconds of audio
     prompt_frames: int  # samples // hop: frames upstream cuts from the front of the generated mel
+    transcript: str = ""  # the transcript as given (or as an ASR model heard it), before the front end
 
 
 def prepare_reference(
@@ -80,6 +81,7 @@ def prepare_reference(
         rms_scale=rms_scale,
         duration_s=len(wav) / mel.target_sample_rate,
         prompt_frames=len(wav) // mel.hop_length,
+        transcript=text,
     )
 
 

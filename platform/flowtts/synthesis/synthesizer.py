@@ -4,6 +4,7 @@ It holds the model, vocab, vocoder and text front end and no per-request state: 
 travel with every call, so one object serves concurrent callers. ``synthesize`` = ``plan`` (front end,
 chunks, durations, seeds) + ``generate`` (ONE batched ``CFM.sample`` for any rows, from any requests
 sharing one ``SamplingSettings``) + ``render`` (vocoder, loudness, cross-fade, optional silence removal).
+``plan_voices``/``render_voices`` do the same for a text with ``[name]`` voice tags, segment by segment.
 
 Rows of a batch are independent: noise is seeded per row and ``CFM.sample(isolate_items=True)`` masks
 padded frames as attention keys and embeds each row's text at its own length, so a row's mel equals
@@ -12,23 +13,23 @@ its unbatched mel, which is what upstream (one chunk at a time) computes.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import yaml
 from torch.nn.utils.rnn import pad_sequence
 
 from flowtts.audio import DEFAULT_MEL
-from flowtts.checkpoint import CheckpointError, load_bundle, load_f5_checkpoint
-from flowtts.config import MelConfig, ModelConfig, load_config, preset_names
+from flowtts.checkpoint import CheckpointError
+from flowtts.config import MelConfig
 from flowtts.model import CFM
+from flowtts.model_loading import ModelConfigSpec, load_model
 from flowtts.model_source import ModelSource, local_model, resolve_model_source
 from flowtts.synthesis.chunking import CROSS_FADE_S, cross_fade
+from flowtts.synthesis.multivoice import VoicedPlan, plan_voices
 from flowtts.synthesis.output import limit_peak
 from flowtts.synthesis.planning import (
     DEFAULT_OPTIONS,
@@ -37,11 +38,18 @@ from flowtts.synthesis.planning import (
     SynthesisPlan,
     plan_synthesis,
 )
-from flowtts.synthesis.reference import AudioInput, Reference, prepare_reference
+from flowtts.synthesis.reference import (
+    AudioInput,
+    Reference,
+    condition_audio,
+    load_reference_audio,
+    prepare_reference,
+)
 from flowtts.synthesis.sampling import SamplingSettings
 from flowtts.synthesis.silence import remove_silences
+from flowtts.synthesis.transcription import Transcriber, TranscriptRequiredError
 from flowtts.synthesis.vocoder import Vocoder, load_vocoder
-from flowtts.text import Vocab, normalize_vietnamese, pad_token_ids
+from flowtts.text import TextFrontend, Vocab, pad_token_ids
 
 
 @dataclass
@@ -65,13 +73,16 @@ class Synthesizer:
         vocab: Vocab,
         vocoder: Vocoder,
         *,
-        frontend: Callable[[str], str] = normalize_vietnamese,
+        frontend: Callable[[str], str] | None = None,
         mel: MelConfig = DEFAULT_MEL,
         model_info: dict[str, Any] | None = None,
         unknown_characters: Literal["error", "space"] = "error",
+        transcriber: Transcriber | None = None,
     ):
-        """``unknown_characters="space"`` maps characters missing from the vocab to the space id, as
-        upstream does silently; the default raises ``UnknownCharactersError`` naming them."""
+        """``frontend`` reads every text (default: the one ``model_info`` records, see
+        ``TextFrontend.of_model``). ``unknown_characters="space"`` maps characters missing from the vocab
+        to the space id, as upstream does silently; the default raises ``UnknownCharactersError``.
+        ``transcriber`` transcribes references given with an empty transcript."""
         if len(vocab) != model.config.text_num_embeds:
             raise CheckpointError(
                 f"vocab has {len(vocab)} tokens but the model expects {model.config.text_num_embeds} (text_num_embeds)"
@@ -83,10 +94,11 @@ class Synthesizer:
         self.model = model
         self.vocab = vocab
         self.vocoder = vocoder
-        self.frontend = frontend
+        self.frontend = frontend if frontend is not None else TextFrontend.of_model(model_info or {}, vocab)
         self.mel = mel
         self.model_info = dict(model_info or {})
         self.unknown_characters = unknown_characters
+        self.transcriber = transcriber
 
     @classmethod
     def from_pretrained(
@@ -94,39 +106,48 @@ class Synthesizer:
         source: str | Path | ModelSource,
         *,
         vocab: str | Path | None = None,
-        model_config: str | Path | dict | None = None,
+        model_config: ModelConfigSpec | None = None,
+        text_frontend: TextFrontend | None = None,
         vocoder: str | Path | None = None,
         device: str = "cpu",
         allow_download: bool = False,
-        frontend: Callable[[str], str] = normalize_vietnamese,
         unknown_characters: Literal["error", "space"] = "error",
+        asr_model: str | Path | None = None,
     ) -> Synthesizer:
         """Load from anything ``flowtts.model_source`` accepts: a folder in our format, an MLflow model or
         run URI (an alias is pinned here), an official ``.pt``/``.safetensors``, or a ``ModelSource``.
 
-        An official file needs ``vocab`` (its ``vocab.txt``; the one beside the file by default) and
-        ``model_config`` (a JSON like the fixtures' ``config.json``, a YAML config, a preset name, or a
-        dict). ``vocoder`` is a Vocos folder or a cached Hugging Face repo id; ``None`` means Griffin-Lim
-        (see ``load_vocoder``).
+        An official file takes ``vocab`` (default: the ``vocab.txt`` beside it), ``model_config`` (a JSON
+        like the fixtures' ``config.json``, a YAML config of ours or upstream's, a preset name, or a dict;
+        default ``F5TTS_v1_Base``) and ``text_frontend`` (see ``flowtts.model_loading``); for a model of
+        ours ``text_frontend`` replaces the recorded one. ``vocoder`` is a Vocos folder or a cached
+        Hugging Face repo id; ``None`` means Griffin-Lim (see ``load_vocoder``). ``asr_model`` (a CTC or
+        Whisper-style model folder or cached repo id) transcribes references given without a transcript.
         """
         pinned = resolve_model_source(source)
         with local_model(pinned) as path:  # a downloaded model is removed once it is in memory
-            model, model_vocab, mel, info = _load_model(pinned, path, vocab, model_config)
+            bundle = load_model(pinned, path, vocab=vocab, model_config=model_config, text_frontend=text_frontend)
         return cls(
-            model.to(device),
-            model_vocab,
-            load_vocoder(vocoder, allow_download=allow_download, mel=mel, device=device),
-            frontend=frontend,
-            mel=mel,
-            model_info=info,
+            bundle.model.to(device),
+            bundle.vocab,
+            load_vocoder(vocoder, allow_download=allow_download, mel=bundle.mel, device=device),
+            mel=bundle.mel,
+            model_info=bundle.info,
             unknown_characters=unknown_characters,
+            transcriber=Transcriber(asr_model, allow_download=allow_download, device=device) if asr_model else None,
         )
 
     # ------------------------------------------------------------ the three stages
 
     def prepare_reference(self, audio: AudioInput, text: str, sample_rate: int | None = None) -> Reference:
         """Raises ReferenceAudioError (not audio, under 0.3 s after trimming), EmptyTextError or
-        UnspeakableTextError (transcript), UnknownCharactersError (characters missing from the vocab)."""
+        UnspeakableTextError (transcript), UnknownCharactersError (characters missing from the vocab).
+        An empty ``text`` is transcribed by the ASR model (``Reference.transcript`` holds what it heard);
+        without one it raises TranscriptRequiredError."""
+        if not text or not text.strip():
+            rate = self.mel.target_sample_rate
+            audio, sample_rate = load_reference_audio(audio, sample_rate, rate), rate
+            text = self.transcribe(audio)
         return prepare_reference(
             audio,
             text,
@@ -136,6 +157,20 @@ class Synthesizer:
             mel=self.mel,
             unknown=self.unknown_characters,
         )
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        """What the ASR model hears in a reference (float32 mono at the model's rate), conditioned as a
+        reference is (clipped, trimmed), so the transcript matches the prompt audio."""
+        if self.transcriber is None:
+            raise TranscriptRequiredError(
+                "the reference text (its transcript) is empty and no ASR model is configured to transcribe it "
+                "(asr_model / --asr-model); give the transcript"
+            )
+        rate = self.mel.target_sample_rate
+        heard = self.transcriber.transcribe(condition_audio(audio, rate)[0], rate)
+        if not heard:
+            raise TranscriptRequiredError(f"the ASR model {self.transcriber.source} heard no words in the reference")
+        return heard
 
     def plan(self, text: str, reference: Reference, options: SynthesisOptions = DEFAULT_OPTIONS) -> SynthesisPlan:
         """Front end, chunks, per-chunk durations and seeds (chunk i uses seed + i)."""
@@ -192,11 +227,46 @@ class Synthesizer:
             sample_rate=self.mel.target_sample_rate,
         )
 
+    def plan_voices(
+        self,
+        text: str,
+        reference: Reference | None,
+        options: SynthesisOptions = DEFAULT_OPTIONS,
+        voices: Mapping[str, Reference] | None = None,
+    ) -> VoicedPlan:
+        """``plan`` for a text with ``[name]`` voice tags (see ``flowtts.synthesis.multivoice``): one
+        ``SynthesisPlan`` per segment, ``voices`` giving the reference of each tag's name."""
+        return plan_voices(text, reference, options, voices or {}, self.plan)
+
+    def render_voices(self, plan: VoicedPlan, mels: list[torch.Tensor]) -> SynthesisResult:
+        """``render`` each segment, then join the segments with the chunks' cross-fade."""
+        if len(mels) != len(plan.items):
+            raise ValueError(f"got {len(mels)} mels for a plan of {len(plan.items)} chunks")
+        results, start = [], 0
+        for segment in plan.segments:
+            results.append(self.render(segment, mels[start : start + len(segment.items)]))
+            start += len(segment.items)
+        if len(results) == 1:
+            return results[0]
+        return SynthesisResult(
+            audio=cross_fade([r.audio for r in results], self.mel.target_sample_rate, CROSS_FADE_S),
+            seed=plan.seed,
+            duration_rule=plan.duration_rule,
+            chunks=[chunk for r in results for chunk in r.chunks],
+            mel=torch.cat([r.mel for r in results]),
+            sample_rate=self.mel.target_sample_rate,
+        )
+
     def synthesize(
-        self, text: str, reference: Reference, options: SynthesisOptions = DEFAULT_OPTIONS
+        self,
+        text: str,
+        reference: Reference | None,
+        options: SynthesisOptions = DEFAULT_OPTIONS,
+        voices: Mapping[str, Reference] | None = None,
     ) -> SynthesisResult:
-        plan = self.plan(text, reference, options)
-        return self.render(plan, self.generate(plan.items, options.sampling))
+        """Speak ``text``; ``[name]`` tags switch to ``voices[name]``, all chunks sampled in one call."""
+        plan = self.plan_voices(text, reference, options, voices)
+        return self.render_voices(plan, self.generate(plan.items, options.sampling))
 
     def vocode(self, mels: list[torch.Tensor]) -> list[np.ndarray]:
         """Each ``[frames, n_mels]`` mel to float32 audio; mels of equal length share one decode call."""
@@ -210,50 +280,3 @@ class Synthesizer:
             for row, index in enumerate(indices):
                 waves[index] = decoded[row]
         return waves
-
-
-# ---------------------------------------------------------------- loading
-
-
-def _load_model(
-    source: ModelSource, path: Path, vocab: str | Path | None, model_config: str | Path | dict | None
-) -> tuple[CFM, Vocab, MelConfig, dict[str, Any]]:
-    """The model at ``path`` (the local copy of ``source``)."""
-    if source.kind != "official":
-        bundle = load_bundle(path)
-        model_vocab = Vocab.load(vocab) if vocab is not None else bundle.vocab
-        if model_vocab is None:
-            raise CheckpointError(f"{path} has no vocab.txt; pass vocab=")
-        return bundle.model, model_vocab, bundle.mel, {**bundle.info, "source": source.uri}
-    vocab = vocab if vocab is not None else source.vocab
-    if vocab is None or model_config is None:
-        raise CheckpointError(
-            f"official checkpoint {path} needs vocab= (its vocab.txt, found beside it when present) and "
-            "model_config= (a JSON like config.json, a YAML config or a preset name)"
-        )
-    official_vocab = Vocab.load(vocab)
-    config = read_model_config(model_config).with_vocab_size(len(official_vocab))
-    model = load_f5_checkpoint(path, config)
-    return model, official_vocab, MelConfig(), {"source": source.uri, "format": "f5-tts"}
-
-
-def read_model_config(spec: str | Path | dict) -> ModelConfig:
-    """A model config from a dict, a JSON/YAML file (ours, upstream's ``model.arch`` layout, or a flat
-    ``config.json``) or a preset name."""
-    if isinstance(spec, dict):
-        return ModelConfig.from_upstream(spec)
-    path = Path(spec)
-    if not path.is_file():
-        if str(spec) in preset_names():
-            return load_config(str(spec)).model
-        raise FileNotFoundError(
-            f"model config {str(spec)!r} is neither a file nor a preset ({', '.join(preset_names())})"
-        )
-    text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    section = data.get("model", data) if isinstance(data, dict) else data
-    if isinstance(section, dict) and "arch" in section:  # upstream YAML: model: {backbone, arch: {...}}
-        section = {**section["arch"], "backbone": section.get("backbone", "DiT")}
-    if not isinstance(section, dict):
-        raise CheckpointError(f"model config {path} does not hold a mapping of model settings")
-    return ModelConfig.from_upstream(section)

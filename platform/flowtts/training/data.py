@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from flowtts.shards import HELDOUT_DIR, MANIFEST_FILE, TRAIN_DIR, VOCAB_FILE, decode_mel, split_files
 from flowtts.storage import Location, resolve
-from flowtts.text import UnknownCharactersError, Vocab, pad_token_ids
+from flowtts.text import TextFrontend, UnknownCharactersError, Vocab, pad_token_ids
 from flowtts.training.batching import BatchPosition, EpochPlan
 from flowtts.training.rows import RowGroupReader, RowReader, ShardIndex, read_column
 
@@ -80,6 +80,16 @@ def manifest_fingerprint(dataset: str | Path | Location) -> str:
     for file in split_files(resolve(dataset).join(TRAIN_DIR)):
         digest.update(f"{file.name}:{file.size()}".encode())
     return digest.hexdigest()[:16]
+
+
+def dataset_text_frontend(dataset: str | Path | Location) -> TextFrontend | None:
+    """The text front end preprocessing recorded in the manifest (``settings.text_frontend`` and
+    ``settings.lowercase``); None for a dataset without a manifest."""
+    manifest = resolve(dataset).join(MANIFEST_FILE)
+    if not manifest.is_file():
+        return None
+    settings = json.loads(manifest.read_text()).get("settings", {})
+    return TextFrontend(normalizer=settings.get("text_frontend", "plain"), lowercase=settings.get("lowercase", False))
 
 
 def corpus_fingerprint(dataset: str | Path | Location) -> str | None:
