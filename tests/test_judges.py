@@ -4,8 +4,6 @@ downloaded); one ASR judge is rigged to hear a fixed word, so its word error rat
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -21,28 +19,11 @@ from flowtts.synthesis.pretrained import PretrainedModelError, resolve_pretraine
 from flowtts.synthesis.transcription import Transcriber
 from flowtts.training import dataset_vocab
 from tests.helpers import SAMPLE_CORPUS
+from tests.helpers.asr import ENCODER, feature_extractor, write_ctc_asr
 from tests.helpers.models import small_model_config
 from tests.helpers.shards import write_dataset
 
 transformers = pytest.importorskip("transformers")
-
-ENCODER = {
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 48,
-    "conv_dim": (16, 16, 16),
-    "conv_stride": (5, 4, 4),
-    "conv_kernel": (10, 8, 8),
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 2,
-}
-LETTERS = "abcdeghiklmnopqrstuvxyđ"
-
-
-def feature_extractor():
-    return transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=True)
-
 
 @pytest.fixture(scope="module")
 def speaker_model(tmp_path_factory):
@@ -64,22 +45,8 @@ def speaker_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def asr_model(tmp_path_factory):
-    """A CTC model whose output layer always prefers the letter "a": every clip is heard as the word "a"."""
-    folder = tmp_path_factory.mktemp("ctc-asr")
-    vocab = {"<pad>": 0, "|": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(LETTERS)}}
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    tokenizer = transformers.Wav2Vec2CTCTokenizer(
-        str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|"
-    )
-    transformers.Wav2Vec2Processor(feature_extractor=feature_extractor(), tokenizer=tokenizer).save_pretrained(folder)
-    torch.manual_seed(0)
-    model = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**ENCODER, vocab_size=len(vocab), pad_token_id=0))
-    with torch.no_grad():
-        model.lm_head.weight.zero_()
-        model.lm_head.bias.zero_()
-        model.lm_head.bias[vocab["a"]] = 1.0
-    model.save_pretrained(folder)
-    return folder
+    """A CTC model that hears every clip as the word "a"."""
+    return write_ctc_asr(tmp_path_factory.mktemp("ctc-asr"))
 
 
 @pytest.fixture(scope="module")
