@@ -25,6 +25,7 @@ from tests.helpers.shards import write_dataset
 
 transformers = pytest.importorskip("transformers")
 
+
 @pytest.fixture(scope="module")
 def speaker_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wavlm-xvector")
