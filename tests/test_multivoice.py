@@ -4,6 +4,7 @@ Python ``Synthesizer`` and the CLI. A small random DiT, Griffin-Lim, and a tiny 
 from __future__ import annotations
 
 import importlib.util
+import re
 import string
 
 import numpy as np
@@ -28,7 +29,7 @@ from flowtts.synthesis import (
 )
 from flowtts.text import Vocab
 from tests.helpers import REPO
-from tests.helpers.asr import write_ctc_asr
+from tests.helpers.asr import write_ctc_asr, write_whisper_asr
 from tests.helpers.models import small_model_config
 
 SR = 24000
@@ -114,11 +115,20 @@ def test_unknown_voices_and_fixed_duration_with_tags_are_refused_by_name(synth):
 def test_an_empty_transcript_needs_an_asr_model_and_is_transcribed_with_one(synth, asr_model):
     with pytest.raises(TranscriptRequiredError, match="no ASR model is configured"):
         synth.prepare_reference(voice(1.0, 140), "  ", SR)
-    listening = Synthesizer(synth.model, synth.vocab, synth.vocoder, transcriber=Transcriber(asr_model))
+    ctc = Transcriber(asr_model)
+    assert not ctc.seq2seq
+    listening = Synthesizer(synth.model, synth.vocab, synth.vocoder, transcriber=ctc)
     reference = listening.prepare_reference(voice(1.0, 140), "", SR)
     assert (reference.transcript, reference.text) == ("a", "a. ")
     given = listening.prepare_reference(voice(1.0, 140), "Xin chào", SR)
     assert given.transcript == "Xin chào" and np.array_equal(given.mel, reference.mel)
+
+
+def test_whisper_style_models_transcribe_with_generate(tmp_path):
+    pytest.importorskip("transformers")
+    whisper = Transcriber(write_whisper_asr(tmp_path / "whisper"))
+    assert whisper.seq2seq
+    assert re.fullmatch("a+", whisper.transcribe(voice(1.0, 140), SR))
 
 
 def test_cli_speaks_several_voices_and_transcribes_an_empty_one(synth, asr_model, tmp_path, capsys):
