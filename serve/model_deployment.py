@@ -130,6 +130,8 @@ class TTSModel:
                 "heads": config.heads,
                 "parameters": sum(p.numel() for p in self.synth.model.parameters()),
                 "vocab_size": len(self.synth.vocab),
+                "text_frontend": self.synth.model_info.get("text_frontend"),
+                "asr_model": self.settings.asr_model,
                 "sample_rate": self.synth.mel.target_sample_rate,
                 "vocoder": type(self.synth.vocoder).__name__,
                 "device": self.settings.device,

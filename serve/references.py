@@ -54,4 +54,4 @@ async def tag_references(store: VoiceStore, text: str, limits: LimitSettings) ->
                 f"[{low}, {high}]",
             )
     names = dict.fromkeys(s.voice for s in segments if s.voice is not None)
-    return tuple((name, stored_reference(await lookup_voice(store, name, f"voice tag [{name}]"))) for name in names)
+    return tuple([(name, stored_reference(await lookup_voice(store, name, f"voice tag [{name}]"))) for name in names])

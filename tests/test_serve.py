@@ -24,7 +24,8 @@ import soundfile as sf
 from flowtts.synthesis import init_vocos_folder
 from serve.app import build_application
 from serve.settings import ServeSettings
-from tests.helpers import REPO
+from tests.helpers import FIXTURES, REPO, require
+from tests.helpers.asr import write_ctc_asr
 from tests.helpers.audio import decode_stream_wav
 from tests.helpers.models import save_tiny_model
 from tests.helpers.registry import register_checkpoints
@@ -373,6 +374,10 @@ def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]
             "invalid_request",
         ),
         ("post", "/v1/tts", {"json": {**speak, "nfe": 64}}, 422, "invalid_option"),
+        ("post", "/v1/tts", {"json": {"text": "a", "ref_audio": ref}}, 422, "transcript_required"),
+        ("post", "/v1/tts", {"json": {**speak, "text": "Chào. [anna] Chào."}}, 404, "voice_not_found"),
+        ("post", "/v1/tts", {"json": {**speak, "text": "Chào. [lan speed=9] Chào."}}, 422, "invalid_option"),
+        ("post", "/v1/tts", {"json": {**speak, "text": "[lan]"}}, 422, "empty_text"),
         ("post", "/v1/tts", {"json": {**speak, "speed": 9.0}}, 422, "invalid_option"),
         ("post", "/v1/tts", {"json": {**speak, "text": "こんにちは"}}, 422, "unknown_characters"),
         ("post", "/v1/tts", {"json": {**speak, "text": "…!?"}}, 422, "unspeakable_text"),
@@ -468,6 +473,100 @@ def test_every_error_has_its_status_and_json_body_and_the_replica_keeps_serving(
         assert body["error"]["message"]
     assert tts(http, base, text=TEXTS[5], voice=voice["id"]).status_code == 200
     assert http.get(f"{base}/healthz").status_code == 200
+
+
+# ---------------------------------------------------------------- several voices in one text
+
+
+def test_voice_tags_switch_voices_and_equal_each_segment_alone_up_to_the_cross_fades(base, http, voice):
+    second = http.post(
+        f"{base}/v1/voices",
+        json={"audio": b64(ROWS[2][0].read_bytes()), "transcript": ROWS[2][1], "name": "minh"},
+        timeout=TIMEOUT,
+    )
+    assert second.status_code == 201, second.text
+    segments = [(TEXTS[0], "lan", 1.0), (TEXTS[1], "minh", 1.3), (TEXTS[2], voice["id"], 1.0)]
+    text = f"{TEXTS[0]} [minh speed=1.3] {TEXTS[1]} [{voice['id']}] {TEXTS[2]}"
+    before = len(model_stats()["batches"])
+    together = tts(http, base, text=text, voice="lan", seed=5, response_format="pcm")
+    assert together.status_code == 200, together.text
+    batches = model_stats()["batches"][before:]
+    assert [b["requests"] for b in batches] == [1]  # every chunk of every segment in one batch
+    alone, seed = [], 5
+    for segment_text, name, speed in segments:
+        reply = tts(http, base, text=segment_text, voice=name, seed=seed, speed=speed, response_format="pcm")
+        assert reply.status_code == 200, reply.text
+        alone.append(pcm(reply.content))
+        seed += int(reply.headers["X-Chunks"])
+    assert int(together.headers["X-Chunks"]) == seed - 5 == sum(c["items"] for c in batches[0]["calls"])
+    mixed, fade = pcm(together.content), int(0.15 * 24000)
+    assert len(mixed) == sum(len(a) for a in alone) - 2 * fade
+    start = 0
+    for index, audio in enumerate(alone):  # away from the joins, each segment's own samples (PCM16: +-1)
+        inner = slice(fade if index else 0, len(audio) - (fade if index < 2 else 0))
+        assert np.abs(mixed[start:][inner] - audio[inner]).max() <= 1
+        start += len(audio) - fade
+    unknown = tts(http, base, text="Chào. [anna] Chào [bao] nhé.", voice="lan")
+    assert unknown.status_code == 404 and "[anna]" in unknown.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- an official file with an ASR model
+
+
+@pytest.fixture(scope="module")
+def official(cluster, assets):
+    """The shared official fixture as downloaded (model.safetensors + vocab.txt, lowercase only), served
+    with its config.json and a tiny local CTC model that hears every clip as "a"."""
+    pytest.importorskip("transformers")
+    folder = require(FIXTURES / "dit-v1-tiny")
+    settings = ServeSettings.from_args(
+        {
+            "model_uri": str(folder / "model.safetensors"),
+            "model_config": str(folder / "config.json"),
+            "asr_model": str(write_ctc_asr(assets["root"] / "asr")),
+            "vocoder": str(assets["vocoder"]),
+            "voices_uri": str(assets["root"] / "official-voices"),
+            "default_nfe": 4,
+            "limits": {"nfe_range": [2, 8]},
+        },
+        environ={},
+    )
+    serve.run(
+        build_application(settings, model_options=SMALL, ingress_options=SMALL),
+        name="official",
+        route_prefix="/official",
+    )
+    yield f"{cluster}/official"
+    serve.delete("official")
+
+
+def test_an_official_file_serves_as_downloaded_and_reads_capitals_lowercased(official):
+    body = {"text": "Xin chào", "ref_audio": b64(REF_PATH.read_bytes()), "ref_text": REF_TEXT, "seed": 1}
+    response = requests.post(f"{official}/v1/tts", json=body, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    assert "X-Ref-Text" not in response.headers and len(response.content) > 1000
+    card = requests.get(f"{official}/v1/models", timeout=TIMEOUT).json()["data"][0]
+    assert card["uri"].endswith("model.safetensors") and card["config"]["vocab_size"] == 143
+    assert card["config"]["text_frontend"] == {"normalizer": "vietnamese", "lowercase": True}
+
+
+def test_the_asr_model_transcribes_empty_references_and_stores_the_voice_transcript(official):
+    upload = requests.post(
+        f"{official}/v1/voices",
+        files={"audio": ("ref.wav", REF_PATH.read_bytes(), "audio/wav")},
+        data={"transcript": "", "name": "heard"},
+        timeout=TIMEOUT,
+    )
+    assert upload.status_code == 201, upload.text
+    assert upload.json()["transcript"] == "a"
+    assert requests.get(f"{official}/v1/voices/heard", timeout=TIMEOUT).json()["transcript"] == "a"
+    inline = {"text": "Xin chào", "ref_audio": b64(ROWS[3][0].read_bytes()), "seed": 2}
+    for stream in (False, True):
+        response = requests.post(f"{official}/v1/tts", json={**inline, "stream": stream}, timeout=TIMEOUT)
+        assert response.status_code == 200, response.text
+        assert response.headers["X-Ref-Text"] == "a"
+    stored = requests.post(f"{official}/v1/tts", json={"text": "Xin chào", "voice": "heard"}, timeout=TIMEOUT)
+    assert stored.status_code == 200 and "X-Ref-Text" not in stored.headers
 
 
 def test_api_key_is_required_except_for_health(base, voice):
