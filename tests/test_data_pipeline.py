@@ -33,7 +33,8 @@ from data_pipelines.writing import split_by_size
 from flowtts.audio import load_audio, log_mel_spectrogram
 from flowtts.shards import SHARD_SCHEMA, decode_mel, read_table, shard_files
 from flowtts.storage import resolve
-from flowtts.text import Vocab
+from flowtts.text import TextFrontend, Vocab
+from flowtts.training.data import dataset_text_frontend
 from tests.helpers import REPO
 from tests.helpers.corpus import tone, write_text, write_wav
 
@@ -373,6 +374,19 @@ def test_existing_output_is_refused_or_replaced_atomically(run, tmp_path: Path):
     result = run(corpus, out, overwrite=True)
     assert result.kept == 4 and not (out / "keep.txt").exists() and not staging_leftovers(out)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "rejected.jsonl", "shards", "vocab.txt"]
+
+
+def test_lowercase_front_end_is_applied_and_recorded_for_training(run, tmp_path: Path):
+    corpus = tmp_path / "corpus"
+    for name in ("a", "b"):
+        write_wav(corpus / "wavs" / f"{name}.wav")
+    write_text(corpus / "metadata.csv", ["audio_file|text", "wavs/a.wav|Xin Chào.", "wavs/b.wav|Hà Nội 5 giờ."])
+    run(corpus, text_frontend="vietnamese", lowercase=True)
+    out = tmp_path / "out"
+    assert sorted(read_table(out)["text"].to_pylist()) == ["hà nội năm giờ.", "xin chào."]
+    assert (manifest(out)["settings"]["text_frontend"], manifest(out)["settings"]["lowercase"]) == ("vietnamese", True)
+    assert dataset_text_frontend(out) == TextFrontend(normalizer="vietnamese", lowercase=True)
+    assert not any(token != token.lower() for token in Vocab.load(out / "vocab.txt").tokens)
 
 
 def test_holdout_list_vocab_extension_and_vietnamese_front_end(run, tmp_path: Path):
