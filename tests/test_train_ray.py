@@ -184,6 +184,7 @@ def test_run_tracks_checkpoints_registers_and_synthesises(dataset, tmp_path, loc
     mlflow.set_tracking_uri(outcome.tracking_uri)
     synthesizer = Synthesizer.from_pretrained(registration.model_uri)
     assert synthesizer.model_info["step"] == 4 and synthesizer.model.duration_predictor is not None
+    assert synthesizer.model_info["text_frontend"] == {"normalizer": "plain", "lowercase": False}  # the dataset's
     (ref_file, ref_text), (_, text) = corpus_entries(2)  # texts the trained vocab covers
     reference = synthesizer.prepare_reference(ref_file, ref_text)
     result = synthesizer.synthesize(text, reference, SynthesisOptions(sampling=SamplingSettings(nfe=2), seed=1))
