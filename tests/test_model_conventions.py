@@ -3,6 +3,7 @@ downloaded (part 1): the reference fixtures written by the official package, loa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -100,13 +101,18 @@ def test_upstream_yaml_and_presets_are_model_configs(tmp_path, dit_fixture):
         read_model_config("F5TTS_v9_Huge")
 
 
-def test_evaluation_takes_an_official_file(dit_fixture, tmp_path):
+def test_evaluation_takes_an_official_file(dit_fixture, tmp_path, capsys):
     dataset = write_dataset(tmp_path / "data", SAMPLE_CORPUS, count=4, heldout=2)
     source = resolve_model_source(dit_fixture / "model.safetensors")
-    result = evaluate(
-        source, dataset, nfe=2, max_items=1, out_dir=tmp_path / "eval", model_config=dit_fixture / "config.json"
-    )
+    config = dit_fixture / "config.json"
+    result = evaluate(source, dataset, nfe=2, max_items=1, out_dir=tmp_path / "eval", model_config=config)
     assert result.summary["model/truth/mcd_dtw"] > 0 and result.report.is_file()
+    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    argv = ["--model", str(dit_fixture / "model.safetensors"), "--model-config", str(config), "--data", str(dataset)]
+    assert job.main([*argv, "--nfe", "2", "--max-items", "1", "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "report.md").is_file() and "MCD" in capsys.readouterr().out
 
 
 def test_preprocessing_records_the_front_end_that_training_reads(tmp_path):
