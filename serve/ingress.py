@@ -178,7 +178,7 @@ class TTSIngress:
         if req.voice is not None:
             reference = await self._voice_reference(req.voice)
         else:
-            reference = self._inline_reference(req.ref_audio, req.ref_text)
+            reference = self._inline_reference(req.ref_audio, req.ref_text or "")
         job = await self._job(req.text, reference, options)
         if req.stream:
             return await self._stream(job, req.response_format)

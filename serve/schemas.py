@@ -35,7 +35,9 @@ class TTSRequest(ApiModel):
     text: str = Field(min_length=1, description="text to speak")
     voice: str | None = Field(default=None, description="id or name of a stored voice")
     ref_audio: str | None = Field(default=None, description="reference audio file, base64 (wav, flac, ogg, mp3)")
-    ref_text: str = Field(default="", description="transcript of ref_audio (empty: transcribed by the ASR model)")
+    ref_text: str | None = Field(
+        default=None, description="transcript of ref_audio (empty or absent: transcribed by the ASR model)"
+    )
     nfe: int | None = Field(default=None, description="ODE steps (default: the server's)")
     cfg_strength: float | None = Field(default=None, ge=0.0, le=10.0)
     sway_sampling_coef: float | None = Field(default=None, ge=-1.0, le=1.0)
