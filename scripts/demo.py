@@ -133,7 +133,7 @@ def main() -> int:
         )
         step("deploying models:/flowtts@production with serve deploy")
         head.serve_deploy(REPO / "serve" / "config.yaml")
-        wait_until_answers(f"{url}/healthz", timeout_s=600)
+        wait_until_answers(f"{url}/readyz", timeout_s=600)
         step("speaking")
         wav = speak(url, out)
         step("done")

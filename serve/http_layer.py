@@ -1,5 +1,5 @@
 """The HTTP layer of the ingress: JSON errors, body limits and parsers, bearer auth as a FastAPI
-dependency, and the streamed audio and SSE bodies.
+dependency, CORS.
 
 Errors crossing HTTP are JSON ``{"error": {"code", "message"}}``; ``ApiError`` carries status, code and
 message from anywhere in a route to ``install_error_handlers``' handler.
@@ -7,7 +7,6 @@ message from anywhere in a route to ``install_error_handlers``' handler.
 No ``from __future__ import annotations`` here: FastAPI reads the real annotations of the dependency.
 """
 
-import asyncio
 import base64
 import binascii
 import email.parser
@@ -15,22 +14,19 @@ import email.policy
 import hmac
 import json
 import logging
-import urllib.parse
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flowtts.audio import AudioError, load_audio
-from serve.audio_formats import encode_audio, pcm16_bytes, streaming_wav_header
-from serve.messages import SAMPLE_RATE, StreamStart, SynthesisReply
+from serve.messages import SAMPLE_RATE
 from serve.schemas import ErrorResponse
 from serve.settings import LimitSettings
 
@@ -122,27 +118,63 @@ def ingress_replica() -> Any:
 
 
 async def require_api_key(request: Request) -> None:
-    """FastAPI dependency of every route but ``/healthz`` and the page: the serving ingress' ``api_key``."""
+    """FastAPI dependency of every route but the probes and the page: the serving ingress' ``api_key``."""
     check_bearer(request, ingress_replica().api_key)
 
 
 AUTHORIZED = [Depends(require_api_key)]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it (or its declared length) exceeds ``limit`` bytes."""
+async def read_body(request: Request, limit: int, drain: int = 0) -> bytes:
+    """The body, refused with 413 when it (or its declared length) exceeds ``limit`` bytes. An oversized
+    body of up to ``drain`` bytes is read to its end (and dropped) first: a server that answers before the
+    client has sent everything resets the connection, and the client never sees the 413."""
     declared = request.headers.get("content-length")
     if declared is not None and not declared.isdigit():
         raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number")
-    if declared is not None and int(declared) > limit:
+    if declared is not None and int(declared) > max(limit, drain):
         raise ApiError(413, "payload_too_large", f"request body of {declared} bytes exceeds {limit} bytes")
     size, parts = 0, []
     async for part in request.stream():
         size += len(part)
         if size > limit:
-            raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
-        parts.append(part)
+            parts.clear()
+            if size > drain:
+                break
+        else:
+            parts.append(part)
+    if size > limit:
+        raise ApiError(413, "payload_too_large", f"request body of {size}+ bytes exceeds {limit} bytes")
     return b"".join(parts)
+
+
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_EXPOSED = "X-Model-Version, X-Seed, X-Duration-Rule, X-Chunks, X-Sample-Rate, X-Instructions-Ignored"
+
+
+def install_cors(app: FastAPI) -> None:
+    """CORS for the serving ingress replica's ``cors_origins`` (``["*"]`` for any); none: no CORS headers."""
+
+    @app.middleware("http")
+    async def _cors(request: Request, call_next):
+        origin = request.headers.get("origin")
+        allowed = ingress_replica().settings.cors_origins
+        if origin is None or not ("*" in allowed or origin in allowed):
+            return await call_next(request)
+        headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+            asked = request.headers.get("access-control-request-headers", "authorization, content-type")
+            headers.update(
+                {
+                    "Access-Control-Allow-Methods": CORS_METHODS,
+                    "Access-Control-Allow-Headers": asked,
+                    "Access-Control-Max-Age": "600",
+                }
+            )
+            return Response(status_code=204, headers=headers)
+        response = await call_next(request)
+        response.headers.update({**headers, "Access-Control-Expose-Headers": CORS_EXPOSED})
+        return response
 
 
 # ---------------------------------------------------------------- parsers
@@ -228,59 +260,3 @@ def overloaded(exc: BackPressureError) -> ApiError:
         f"the server is busy: {exc.message}; retry later",
         {"Retry-After": str(retry_after)},
     )
-
-
-# ---------------------------------------------------------------- audio responses and SSE
-
-
-def audio_headers(reply: SynthesisReply | StreamStart) -> dict[str, str]:
-    """``X-Ref-Text`` (percent-encoded UTF-8) only when the model transcribed the reference."""
-    headers = {
-        "X-Model-Version": reply.model_version,
-        "X-Seed": str(reply.seed),
-        "X-Duration-Rule": reply.duration_rule,
-        "X-Chunks": str(reply.chunks),
-        "X-Sample-Rate": str(reply.sample_rate),
-    }
-    if reply.ref_text is not None:
-        headers["X-Ref-Text"] = urllib.parse.quote(reply.ref_text)
-    return headers
-
-
-async def audio_stream(start: StreamStart, chunks: AsyncIterator[np.ndarray], fmt: str) -> AsyncIterator[bytes]:
-    """Raw streamed audio: ``wav`` (a header of unknown length) or ``pcm``, each chunk as it comes."""
-    if fmt == "wav":
-        yield streaming_wav_header(start.sample_rate)
-    async for samples in chunks:
-        if len(samples):
-            yield pcm16_bytes(samples)
-
-
-async def speech_events(
-    start: StreamStart, chunks: AsyncIterator[np.ndarray], fmt: str, input_chars: int
-) -> AsyncIterator[bytes]:
-    """OpenAI's ``stream_format=sse``: ``speech.audio.delta`` events (wav/pcm chunk by chunk, other formats
-    once encoded), then ``speech.audio.done``."""
-    streamable = fmt in ("wav", "pcm")
-    collected = []
-    if fmt == "wav":
-        yield sse_event({"type": "speech.audio.delta", "audio": b64(streaming_wav_header(start.sample_rate))})
-    async for samples in chunks:
-        if not streamable:
-            collected.append(samples)
-        elif len(samples):
-            yield sse_event({"type": "speech.audio.delta", "audio": b64(pcm16_bytes(samples))})
-    if not streamable:
-        audio = np.concatenate(collected) if collected else np.zeros(0, dtype=np.float32)
-        encoded = await asyncio.to_thread(encode_audio, audio, start.sample_rate, fmt)
-        yield sse_event({"type": "speech.audio.delta", "audio": b64(encoded)})
-    usage = {"input_tokens": input_chars, "output_tokens": 0, "total_tokens": input_chars}
-    yield sse_event({"type": "speech.audio.done", "usage": usage})
-
-
-def sse_event(event: dict) -> bytes:
-    return f"data: {json.dumps(event)}\n\n".encode()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")

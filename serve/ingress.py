@@ -1,9 +1,9 @@
 """The ingress deployment: ``TTSIngress`` (FastAPI) with the native API, the OpenAI speech API, voices,
-health and models; the studio page and the routes only it needs come from ``serve.studio_routes``.
+probes and models; the studio page and the routes only it needs come from ``serve.studio_routes``.
 
 Request path: the ingress validates and decodes (size caps, base64, audio, ranges; auth is a route
-dependency), then calls ``TTSModel.synthesize`` (or ``synthesize_stream``) through a handle; a
-``ClientError`` reply becomes a 4xx answer.
+dependency), then calls ``TTSModel.synthesize`` (or ``synthesize_stream``) through ``ModelClient``
+(overload, a lost replica and ``ClientError`` replies become HTTP answers there).
 
 No ``from __future__ import annotations`` here: FastAPI must see the real ``Request`` annotations of the
 class-based routes that ``serve.ingress`` rewrites.
@@ -14,43 +14,41 @@ import hashlib
 import logging
 import time
 from dataclasses import asdict, replace
-from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from flowtts.synthesis import SynthesisOptions
-from serve.audio_formats import content_type, encode_audio
+from serve.audio_responses import speech_events, streamed_audio, whole_audio
 from serve.http_layer import (
     AUTHORIZED,
     ApiError,
-    audio_headers,
-    audio_stream,
     check_text_length,
     decode_base64,
     decode_reference_audio,
+    install_cors,
     install_error_handlers,
     json_body_schema,
-    overloaded,
     parse_model,
     parse_multipart,
     read_body,
-    speech_events,
     validate_model,
 )
-from serve.messages import SAMPLE_RATE, ClientError, ReferenceSpec, SynthesisJob
+from serve.messages import SAMPLE_RATE, ReferenceSpec, SynthesisJob
+from serve.model_client import ModelClient, answer
+from serve.openai_compat import ignored_headers, speech_voices, stored_voice_key
 from serve.references import inline_reference, lookup_voice, stored_reference, tag_references
 from serve.schemas import (
-    OPENAI_MAX_INPUT_CHARS,
     DeletedVoice,
     ErrorResponse,
     Health,
     ModelCard,
     ModelList,
+    Ready,
     SpeechRequest,
+    SpeechVoices,
     TTSRequest,
     VoiceCreateRequest,
     VoiceFields,
@@ -59,6 +57,7 @@ from serve.schemas import (
 )
 from serve.settings import ServeSettings
 from serve.studio_routes import router as studio_router
+from serve.telemetry import IngressMetrics, install_request_metrics
 from serve.training_jobs import TrainingJobs
 from serve.voices import Voice, VoiceNameTakenError, VoiceNotFoundError, VoiceStore
 
@@ -67,6 +66,8 @@ logger = logging.getLogger("ray.serve")
 api = FastAPI(title="flowtts", description="F5-TTS serving: native and OpenAI-compatible speech API")
 install_error_handlers(api)
 api.include_router(studio_router)  # the studio page and the routes only it needs
+install_request_metrics(api)
+install_cors(api)
 
 
 @serve.deployment(
@@ -77,22 +78,18 @@ class TTSIngress:
     def __init__(self, settings: ServeSettings, model: DeploymentHandle):
         self.settings = settings
         self.limits = settings.limits
-        self.model = model
-        self.stream_model = model.options(stream=True)
+        self.model = ModelClient(model)
         self.voices = VoiceStore(settings.voices_uri)
         self.api_key = settings.api_key.get_secret_value() if settings.api_key else None
         self.training = TrainingJobs(settings.training, settings.tracking_uri) if settings.training.enabled else None
+        self.metrics = IngressMetrics()
 
     # ------------------------------------------------------------ plumbing
 
-    def _json_limit(self) -> int:
-        return self.limits.max_upload_bytes * 4 // 3 + 4 * self.limits.max_text_chars + 65536
-
-    async def _call(self, method: str, *args) -> Any:
-        try:
-            return await getattr(self.model, method).remote(*args)
-        except BackPressureError as exc:
-            raise overloaded(exc) from exc
+    async def _body(self, request: Request) -> bytes:
+        text_chars = max(self.limits.max_text_chars, self.settings.openai.max_input_chars)
+        limit = self.limits.max_upload_bytes * 4 // 3 + 4 * text_chars + 65536
+        return await read_body(request, limit, self.limits.drain_body_bytes)
 
     # ------------------------------------------------------------ requests -> jobs
 
@@ -126,36 +123,17 @@ class TTSIngress:
 
     # ------------------------------------------------------------ running jobs
 
-    async def _synthesize(self, job: SynthesisJob, fmt: str) -> Response:
-        reply = await self._call("synthesize", job)
-        if isinstance(reply, ClientError):
-            raise ApiError(reply.status, reply.code, reply.message)
-        audio = await asyncio.to_thread(encode_audio, reply.audio, reply.sample_rate, fmt)
-        return Response(audio, media_type=content_type(fmt), headers=audio_headers(reply))
+    async def _run(self, request: Request, job: SynthesisJob, fmt: str, stream: bool, headers: dict) -> Response:
+        started = request.state.started
+        if stream:
+            start, chunks = await self.model.open_stream(job)
+            return streamed_audio(start, chunks, fmt, self.metrics, started, headers)
+        reply = answer(await self.model.call("synthesize", job))
+        return await whole_audio(reply, fmt, self.metrics, started, headers)
 
-    async def _open_stream(self, job: SynthesisJob):
-        """Start a streamed synthesis; the first item (start or client error) decides the status."""
-        stream = self.stream_model.synthesize_stream.remote(job)
-        try:
-            first = await stream.__anext__()
-        except BackPressureError as exc:
-            raise overloaded(exc) from exc
-        if isinstance(first, ClientError):
-            stream.cancel()
-            raise ApiError(first.status, first.code, first.message)
-        return first, stream
-
-    async def _stream(self, job: SynthesisJob, fmt: str) -> StreamingResponse:
-        start, stream = await self._open_stream(job)
-        return StreamingResponse(
-            audio_stream(start, stream, fmt), media_type=content_type(fmt), headers=audio_headers(start)
-        )
-
-    async def _stream_sse(self, job: SynthesisJob, fmt: str, input_chars: int) -> StreamingResponse:
-        start, stream = await self._open_stream(job)
-        return StreamingResponse(
-            speech_events(start, stream, fmt, input_chars), media_type="text/event-stream", headers=audio_headers(start)
-        )
+    def _streamed(self, options: SynthesisOptions) -> SynthesisOptions:
+        """A streamed request's options: a short first chunk, so that the first audio comes soon."""
+        return replace(options, first_chunk_bytes=self.settings.streaming.first_chunk_bytes or None)
 
     # ------------------------------------------------------------ routes: synthesis
 
@@ -172,17 +150,15 @@ class TTSIngress:
     )
     async def tts(self, request: Request) -> Response:
         """Synthesise ``text`` in a stored or inline voice; audio bytes in ``response_format``."""
-        req: TTSRequest = parse_model(TTSRequest, await read_body(request, self._json_limit()))
+        req: TTSRequest = parse_model(TTSRequest, await self._body(request))
         check_text_length(req.text, self.limits.max_text_chars)
         options = self._options(req.nfe, req.cfg_strength, req.sway_sampling_coef, req.speed, req.seed)
         if req.voice is not None:
             reference = await self._voice_reference(req.voice)
         else:
-            reference = self._inline_reference(req.ref_audio, req.ref_text or "")
-        job = await self._job(req.text, reference, options)
-        if req.stream:
-            return await self._stream(job, req.response_format)
-        return await self._synthesize(job, req.response_format)
+            reference = await asyncio.to_thread(self._inline_reference, req.ref_audio, req.ref_text or "")
+        job = await self._job(req.text, reference, self._streamed(options) if req.stream else options)
+        return await self._run(request, job, req.response_format, req.stream, {})
 
     @api.post(
         "/v1/audio/speech",
@@ -192,24 +168,32 @@ class TTSIngress:
         responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorResponse}},
     )
     async def speech(self, request: Request) -> Response:
-        """OpenAI-compatible speech: ``voice`` is a stored voice id or name; audio is streamed (wav and pcm
-        chunk by chunk as each text chunk is ready, other formats once encoded); ``stream_format=sse``
-        sends OpenAI's ``speech.audio.delta``/``speech.audio.done`` events."""
-        req: SpeechRequest = parse_model(SpeechRequest, await read_body(request, self._json_limit()))
-        check_text_length(req.input, min(OPENAI_MAX_INPUT_CHARS, self.limits.max_text_chars))
-        if req.response_format == "aac":
-            raise ApiError(
-                422,
-                "unsupported_format",
-                "response_format 'aac' is not supported; use mp3, opus, flac, wav or pcm",
-            )
+        """OpenAI-compatible speech: ``voice`` is a stored voice id or name, or an OpenAI name mapped to one
+        in the settings; audio is streamed as each text chunk is ready (every format but aac, which is
+        encoded once); ``stream_format=sse`` sends OpenAI's ``speech.audio.delta``/``.done`` events."""
+        req: SpeechRequest = parse_model(SpeechRequest, await self._body(request))
+        check_text_length(req.input, self.settings.openai.max_input_chars)
+        stream = req.response_format != "aac" or req.stream_format == "sse"
         options = self._options(None, None, None, req.speed, req.seed)
-        job = await self._job(req.input, await self._voice_reference(req.voice_key), options)
+        reference = await self._voice_reference(stored_voice_key(req, self.settings.openai))
+        job = await self._job(req.input, reference, self._streamed(options) if stream else options)
         if req.stream_format == "sse":
-            return await self._stream_sse(job, req.response_format, len(req.input))
-        if req.response_format in ("wav", "pcm"):
-            return await self._stream(job, req.response_format)
-        return await self._synthesize(job, req.response_format)
+            start, chunks = await self.model.open_stream(job)
+            return speech_events(
+                start,
+                chunks,
+                req.response_format,
+                len(req.input),
+                self.metrics,
+                request.state.started,
+                ignored_headers(req),
+            )
+        return await self._run(request, job, req.response_format, stream, ignored_headers(req))
+
+    @api.get("/v1/audio/voices", response_model=SpeechVoices, dependencies=AUTHORIZED)
+    async def speech_voices(self) -> SpeechVoices:
+        """Every ``voice`` value ``/v1/audio/speech`` accepts: the configured OpenAI names, then stored voices."""
+        return speech_voices(await asyncio.to_thread(self.voices.list), self.settings.openai)
 
     # ------------------------------------------------------------ routes: voices
 
@@ -223,7 +207,7 @@ class TTSIngress:
     async def create_voice(self, request: Request) -> VoiceInfo:
         """Store a voice: JSON (``audio`` base64, ``transcript``, ``name``) or multipart/form-data
         (``audio`` file, ``transcript``, ``name``)."""
-        body = await read_body(request, self._json_limit())
+        body = await self._body(request)
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             fields = parse_multipart(kind, body)
@@ -235,15 +219,13 @@ class TTSIngress:
         else:
             req = parse_model(VoiceCreateRequest, body)
             data = decode_base64(req.audio, "audio")
-        audio = decode_reference_audio(data, self.limits)
+        audio = await asyncio.to_thread(decode_reference_audio, data, self.limits)
         spec = ReferenceSpec(
             key="upload:" + hashlib.sha256(data + req.transcript.encode()).hexdigest(),
             text=req.transcript,
             audio=audio,
         )
-        transcript = await self._call("check_reference", spec)
-        if isinstance(transcript, ClientError):
-            raise ApiError(transcript.status, transcript.code, transcript.message)
+        transcript = answer(await self.model.call("check_reference", spec))
         try:
             voice = await asyncio.to_thread(self.voices.create, audio, SAMPLE_RATE, transcript, req.name)
         except VoiceNameTakenError as exc:
@@ -270,20 +252,19 @@ class TTSIngress:
 
     # ------------------------------------------------------------ routes: health and models
 
-    @api.get("/healthz", response_model=Health, responses={503: {"model": ErrorResponse}})
+    @api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:
-        """200 when a model replica answers and its model runs; 503 otherwise."""
-        try:
-            state = await asyncio.wait_for(self._call("health"), timeout=30)
-        except ApiError:
-            raise
-        except Exception as exc:
-            raise ApiError(503, "unhealthy", f"the model cannot serve: {type(exc).__name__}: {exc}") from exc
-        return Health(model_version=state["model_version"])
+        """Liveness: the ingress answers, whatever the model is doing (no model call)."""
+        return Health()
+
+    @api.get("/readyz", response_model=Ready, responses={503: {"model": ErrorResponse}})
+    async def readyz(self) -> Ready:
+        """Readiness: 200 when a model replica answers its health call within 5 s; 503 JSON otherwise."""
+        return Ready(model_version=(await self.model.ready())["model_version"])
 
     @api.get("/v1/models", response_model=ModelList, dependencies=AUTHORIZED)
     async def models(self) -> ModelList:
-        info = await self._call("describe")
+        info = await self.model.call("describe")
         card = ModelCard(
             id=info["model_version"],
             created=int(time.time()),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -36,6 +38,7 @@ from serve.messages import (
 )
 from serve.settings import BatchingSettings, ServeSettings
 from serve.streaming import CrossFadeJoiner
+from serve.telemetry import ModelMetrics
 from serve.voices import LRUCache, VoiceStore
 
 logger = logging.getLogger("ray.serve")
@@ -81,6 +84,7 @@ class TTSModel:
         self.references: LRUCache = LRUCache(settings.reference_cache_size)
         self.reconfigure({})  # sets self.batching; Serve calls it again with the deployment's user_config
         self.batch_log: deque[dict] = deque(maxlen=BATCH_LOG_LENGTH)
+        self.metrics = ModelMetrics()
         self.needs_probe = False
         self.probe_items = self._warm_up() if settings.warmup else None
         logger.info("TTSModel ready: %s from %s", self.version, source.load_uri)
@@ -141,6 +145,7 @@ class TTSModel:
 
     def get_stats(self) -> dict:
         return {
+            "pid": os.getpid(),
             "batches": list(self.batch_log),
             "max_batch_size": self.batching.max_batch_size,
             "batch_wait_timeout_s": self.batching.batch_wait_timeout_s,
@@ -161,6 +166,7 @@ class TTSModel:
         mels: list[list[Any]] = [[None] * len(work.items) for work in works]
         failures: dict[int, Exception] = {}
         for call in calls:
+            self.metrics.batch_rows.observe(len(call.items), tags={})
             try:
                 outputs = await asyncio.to_thread(self.synth.generate, call.items, call.sampling)
             except Exception as exc:  # one failing call must not fail the other requests of the batch
@@ -183,7 +189,11 @@ class TTSModel:
         return [failures.get(index, row) for index, row in enumerate(mels)]
 
     async def _generate(self, items: list, options: SynthesisOptions) -> list[torch.Tensor]:
-        result = await self.generate_batched(GenerateWork(tuple(items), options.sampling))
+        self.metrics.enter()
+        try:
+            result = await self.generate_batched(GenerateWork(tuple(items), options.sampling))
+        finally:
+            self.metrics.leave()
         if isinstance(result, Exception):
             raise result
         return result
@@ -192,6 +202,7 @@ class TTSModel:
 
     async def _reference(self, spec: ReferenceSpec):
         reference = self.references.get(spec.key)
+        self.metrics.cache_lookup(hit=reference is not None)
         if reference is None:
             reference = await asyncio.to_thread(self._prepare_reference, spec)
             self.references.put(spec.key, reference)
@@ -221,12 +232,14 @@ class TTSModel:
             return client_error(exc)
 
     async def synthesize(self, job: SynthesisJob) -> SynthesisReply | ClientError:
+        started = time.monotonic()
         try:
             plan, heard = await self._plan(job)
         except CLIENT_EXCEPTIONS as exc:
             return client_error(exc)
         mels = await self._generate(plan.items, job.options)
         result = await asyncio.to_thread(self.synth.render_voices, plan, mels)
+        self.metrics.synthesized(started, len(result.audio), result.sample_rate)
         return SynthesisReply(
             audio=result.audio,
             seed=result.seed,
@@ -239,6 +252,7 @@ class TTSModel:
 
     async def synthesize_stream(self, job: SynthesisJob) -> AsyncIterator[StreamStart | ClientError | np.ndarray]:
         """A StreamStart (or a ClientError, then nothing), then each chunk's audio as soon as it is ready."""
+        started = time.monotonic()
         try:
             plan, heard = await self._plan(job)
         except CLIENT_EXCEPTIONS as exc:
@@ -253,9 +267,14 @@ class TTSModel:
             ref_text=heard,
         )
         joiner = CrossFadeJoiner(self.synth.mel.target_sample_rate)
+        samples = 0
         for segment in plan.segments:
             for item in segment.items:
                 (mel,) = await self._generate([item], job.options)
                 (wave,) = await asyncio.to_thread(self.synth.vocode, [mel])
-                yield joiner.push(wave * segment.reference.rms_scale)
-        yield joiner.finish()
+                ready = joiner.push(wave * segment.reference.rms_scale)
+                samples += len(ready)
+                yield ready
+        tail = joiner.finish()
+        self.metrics.synthesized(started, samples + len(tail), self.synth.mel.target_sample_rate)
+        yield tail

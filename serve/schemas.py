@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-OPENAI_MAX_INPUT_CHARS = 4096
+OPENAI_MAX_INSTRUCTIONS_CHARS = 4096
 
 
 class ApiModel(BaseModel):
@@ -43,15 +43,15 @@ class TTSRequest(ApiModel):
     sway_sampling_coef: float | None = Field(default=None, ge=-1.0, le=1.0)
     speed: float | None = None
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    response_format: Literal["wav", "flac", "mp3", "opus", "pcm"] = "wav"
-    stream: bool = Field(default=False, description="send audio chunk by chunk (wav or pcm only)")
+    response_format: Literal["wav", "flac", "mp3", "opus", "aac", "pcm"] = "wav"
+    stream: bool = Field(default=False, description="send audio chunk by chunk (every format but aac)")
 
     @model_validator(mode="after")
     def _one_reference(self) -> TTSRequest:
         if (self.voice is None) == (self.ref_audio is None):
             raise ValueError("give exactly one of 'voice' or 'ref_audio' (with 'ref_text')")
-        if self.stream and self.response_format not in ("wav", "pcm"):
-            raise ValueError(f"stream=true needs response_format 'wav' or 'pcm', got {self.response_format!r}")
+        if self.stream and self.response_format == "aac":
+            raise ValueError("stream=true cannot send aac; stream wav, pcm, mp3, opus or flac")
         return self
 
 
@@ -64,7 +64,8 @@ class SpeechRequest(BaseModel):
     """``POST /v1/audio/speech`` in OpenAI's shape; unknown fields are ignored, like other compatible servers.
 
     ``model`` is accepted and reported but does not select anything (one model per application);
-    ``voice`` is a stored voice id or name (a string or ``{"id": ...}``); ``instructions`` is ignored.
+    ``voice`` is a stored voice id or name, or an OpenAI name the settings map to one (a string or
+    ``{"id": ...}``); ``instructions`` is accepted and ignored (``X-Instructions-Ignored: true``).
     ``seed`` is our extension (``extra_body={"seed": 7}`` in the openai client).
     """
 
@@ -73,7 +74,7 @@ class SpeechRequest(BaseModel):
     model: str = Field(min_length=1)
     input: str = Field(min_length=1)
     voice: str | VoiceId
-    instructions: str | None = Field(default=None, max_length=OPENAI_MAX_INPUT_CHARS)
+    instructions: str | None = Field(default=None, max_length=OPENAI_MAX_INSTRUCTIONS_CHARS)
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] = "audio"
@@ -137,7 +138,15 @@ class ModelList(ApiModel):
 
 
 class Health(ApiModel):
+    """``/healthz``: the ingress runs (liveness; no model call)."""
+
     status: Literal["ok"] = "ok"
+
+
+class Ready(ApiModel):
+    """``/readyz``: a model replica answered its health call."""
+
+    status: Literal["ready"] = "ready"
     model_version: str | None
 
 
@@ -195,3 +204,10 @@ class TrainJobInfo(ApiModel):
 class TrainJobList(ApiModel):
     presets: list[str]
     jobs: list[TrainJobInfo]
+
+
+class SpeechVoices(ApiModel):
+    """``GET /v1/audio/voices``: every value ``voice`` accepts, and the configured OpenAI names."""
+
+    voices: list[str]
+    aliases: dict[str, str]

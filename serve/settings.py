@@ -42,9 +42,14 @@ class BatchingSettings(StrictSettings):
 
 
 class LimitSettings(StrictSettings):
-    max_text_chars: int = Field(default=2000, ge=1)
+    max_text_chars: int = Field(default=2000, ge=1, description="text of /v1/tts")
     max_reference_seconds: float = Field(default=30.0, gt=0)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    drain_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="an oversized body is read (and dropped) up to this size so the client gets the 413",
+    )
     nfe_range: tuple[int, int] = (4, 64)
     speed_range: tuple[float, float] = (0.25, 4.0)
 
@@ -73,6 +78,24 @@ class TrainingSettings(StrictSettings):
     registered_model: str | None = Field(default=None, description="default: the served model's name")
     cpus_per_worker: float = Field(default=0.5, gt=0, description="Ray CPUs of the one training worker")
     env_vars: dict[str, str] = Field(default_factory=dict, description="extra environment of the job")
+
+
+class OpenAISettings(StrictSettings):
+    """The OpenAI drop-in: ``/v1/audio/speech`` input cap and OpenAI voice names -> stored voices."""
+
+    max_input_chars: int = Field(default=4096, ge=1, description="input of /v1/audio/speech (OpenAI: 4096)")
+    voices: dict[str, str] = Field(
+        default_factory=dict, description="OpenAI voice name (alloy, ...) -> stored voice id or name"
+    )
+
+
+class StreamingSettings(StrictSettings):
+    first_chunk_bytes: int = Field(
+        default=48,
+        ge=0,
+        description="a streamed text's first chunk: its first clause, cut at a space to this many UTF-8 bytes "
+        "(0: the first chunk is as long as the others)",
+    )
 
 
 class ServeSettings(StrictSettings):
@@ -114,8 +137,11 @@ class ServeSettings(StrictSettings):
     default_sway_sampling_coef: float = -1.0
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (none: CORS off)")
     reference_cache_size: int = Field(default=64, ge=1)
-    warmup: bool = Field(default=True, description="run a tiny synthesis at start; /healthz fails if it fails")
+    warmup: bool = Field(default=True, description="run a tiny synthesis at start; the replica fails if it fails")
     training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @model_validator(mode="after")

@@ -56,7 +56,7 @@ async def voice_audio(voice_id: str, ingress: Any = REPLICA) -> Response:
 
 
 async def served_registry_name(ingress: Any) -> str:
-    info = await ingress._call("describe")
+    info = await ingress.model.call("describe")
     if info["version"] is None:
         raise ApiError(404, "no_registry", f"the served model {info['uri']!r} is not from a model registry")
     return info["name"]

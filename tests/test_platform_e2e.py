@@ -150,7 +150,7 @@ def test_preprocess_train_evaluate_promote_and_serve(platform):
     (port,) = free_ports(1)
     head.serve_deploy(small_serve_config(root, port))
     url = f"http://127.0.0.1:{port}"
-    assert json.loads(wait_until_answers(f"{url}/healthz", timeout_s=300))["model_version"] == f"{MODEL}/1"
+    assert json.loads(wait_until_answers(f"{url}/readyz", timeout_s=300))["model_version"] == f"{MODEL}/1"
     card = requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]
     assert (card["name"], card["version"], card["alias"], card["run_id"]) == (
         MODEL,

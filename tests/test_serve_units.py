@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -10,9 +12,11 @@ import pytest
 import soundfile as sf
 
 from flowtts.model_source import ModelSourceError, resolve_model_source
-from flowtts.synthesis import SamplingSettings
+from flowtts.synthesis import SamplingSettings, lead_chunks
 from serve.audio_formats import (
     FORMATS,
+    STREAMABLE_FORMATS,
+    StreamEncoder,
     UnsupportedFormatError,
     content_type,
     encode_audio,
@@ -20,10 +24,11 @@ from serve.audio_formats import (
     streaming_wav_header,
 )
 from serve.batching import GenerateWork, plan_generate_calls
-from serve.settings import ServeSettings
+from serve.openai_compat import speech_voices
+from serve.settings import OpenAISettings, ServeSettings
 from serve.voices import LRUCache, VoiceNameTakenError, VoiceNotFoundError, VoiceStore
 from tests.helpers import REPO
-from tests.helpers.audio import decode_stream_wav
+from tests.helpers.audio import decode_stream_wav, decode_with_ffmpeg
 
 RATE = 24000
 
@@ -36,7 +41,7 @@ def tone(seconds: float = 1.0, freq: float = 220.0) -> np.ndarray:
 # ---------------------------------------------------------------- audio formats
 
 
-@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "pcm"])
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f not in ("pcm", "aac")])
 def test_every_file_format_decodes_back_to_the_same_length_and_rate(fmt):
     audio = tone(1.0)
     data, rate = sf.read(io.BytesIO(encode_audio(audio, RATE, fmt)), dtype="float32")
@@ -63,9 +68,52 @@ def test_streamed_wav_is_header_plus_the_pcm_of_each_chunk():
 
 
 def test_unknown_format_is_refused_by_name():
-    with pytest.raises(UnsupportedFormatError, match="'aac'"):
-        content_type("aac")
+    with pytest.raises(UnsupportedFormatError, match="'aiff'.*mp3"):
+        content_type("aiff")
     assert content_type("mp3") == "audio/mpeg"
+    with pytest.raises(UnsupportedFormatError, match="'aac' cannot be streamed"):
+        StreamEncoder("aac", RATE)
+
+
+def test_aac_is_an_adts_stream_ffmpeg_reads_back():
+    data = encode_audio(tone(1.0), RATE, "aac")
+    assert data[:2] in (b"\xff\xf1", b"\xff\xf9")  # ADTS sync word, MPEG-4 / MPEG-2
+    samples, rate = decode_with_ffmpeg(data)
+    assert rate == RATE and abs(len(samples) - RATE) <= 2048  # the encoder's priming and padding
+    assert 0.2 < np.abs(samples[2048:-2048]).max() < 0.6
+
+
+@pytest.mark.parametrize("fmt", STREAMABLE_FORMATS)
+def test_stream_encoders_emit_bytes_before_the_end_and_decode_to_the_whole(fmt):
+    audio = tone(3.0)
+    encoder = StreamEncoder(fmt, RATE)
+    pieces = [encoder.encode(chunk) for chunk in np.array_split(audio, 6)]
+    last = encoder.finish()
+    # incremental: most of the stream is out before finish() (Ogg pages hold up to about a second)
+    assert sum(map(len, pieces)) > 0.6 * (sum(map(len, pieces)) + len(last)) and sum(1 for p in pieces if p) >= 3
+    data = b"".join(pieces) + last
+    if fmt == "pcm":
+        samples = np.frombuffer(data, "<i2").astype(np.float32) / 32767
+    elif fmt == "wav":
+        samples, rate = decode_stream_wav(data)
+    elif fmt == "flac":  # a streamed FLAC announces no length: libsndfile cannot read it, FFmpeg (browsers) can
+        samples, rate = decode_with_ffmpeg(data)
+    else:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32")
+    assert fmt == "pcm" or rate == RATE
+    assert abs(len(samples) - len(audio)) <= 0.08 * RATE  # mp3 and opus pad a few frames
+    if fmt in ("wav", "pcm", "flac"):  # lossless
+        np.testing.assert_allclose(samples[: len(audio)], audio, atol=1e-4)
+
+
+def test_lead_chunks_start_with_a_short_clause_and_keep_every_word():
+    text = "Hôm nay trời đẹp quá, chúng ta đi chơi nhé. Tôi rất thích đi dạo trong công viên. Mọi người đều vui vẻ."
+    chunks = lead_chunks(text, 120, 48)
+    assert chunks[0] == "Hôm nay trời đẹp quá," and len(chunks) == 2  # the rest fits one chunk of 120 bytes
+    assert " ".join(chunks).split() == text.split()
+    words = "một hai ba bốn năm sáu bảy tám chín mười mười một mười hai"
+    assert lead_chunks(words, 120, 19) == ["một hai ba bốn", "năm sáu bảy tám chín mười mười một mười hai"]
+    assert lead_chunks("Xin chào bạn.", 120, 48) == ["Xin chào bạn."]  # short text: one chunk
 
 
 # ---------------------------------------------------------------- voice store
@@ -257,3 +305,68 @@ def test_bearer_check_needs_the_exact_header_only_when_a_key_is_set():
             check_bearer(request(wrong), "k")
         assert (refused.value.status, refused.value.code) == (401, "unauthorized")
         assert refused.value.headers == {"WWW-Authenticate": "Bearer"}
+
+
+# ---------------------------------------------------------------- voice names at scale
+
+
+def test_lookup_by_name_reads_the_name_index_not_the_whole_store(tmp_path):
+    store = VoiceStore(str(tmp_path / "voices"))
+    voice = store.create(tone(0.5), RATE, "xin chào", name="lan")
+    broken = tmp_path / "voices" / ("voice_" + "e" * 24)  # an entry that fails anyone who lists the store
+    broken.mkdir()
+    (broken / "voice.json").write_text("{")
+    with pytest.raises(ValueError):
+        store.list()
+    assert store.lookup("lan") == voice
+    with pytest.raises(VoiceNotFoundError):
+        store.lookup("mai")
+    store.delete(voice.id)
+    with pytest.raises(VoiceNotFoundError):
+        store.lookup("lan")
+    assert store.create(tone(0.5), RATE, "lại", name="lan").name == "lan"  # a deleted voice frees its name
+
+
+def race_for_a_name(uri: str, racers: int = 8) -> tuple[list, VoiceStore]:
+    """``racers`` stores (as on as many replicas) create a voice with the same name at once."""
+    stores = [VoiceStore(uri) for _ in range(racers)]
+    barrier = threading.Barrier(racers)
+
+    def create(store: VoiceStore):
+        barrier.wait()
+        try:
+            return store.create(tone(0.2), RATE, "một", name="same")
+        except VoiceNameTakenError:
+            return None
+
+    with ThreadPoolExecutor(racers) as pool:
+        winners = [v for v in pool.map(create, stores) if v is not None]
+    return winners, stores[0]
+
+
+def check_unique(winners: list, store: VoiceStore) -> None:
+    named = [v for v in store.list() if v.name == "same"]
+    assert len(winners) <= 1 and [v.id for v in named] == [v.id for v in winners]
+    if winners:
+        assert store.lookup("same") == winners[0]
+    else:  # every racer saw another's claim: the name is still free
+        assert store.create(tone(0.2), RATE, "một", name="same").name == "same"
+
+
+def test_a_name_is_unique_across_racing_replicas(tmp_path):
+    for round_ in range(3):
+        check_unique(*race_for_a_name(str(tmp_path / f"voices-{round_}")))
+
+
+def test_a_name_is_unique_across_racing_replicas_on_s3(s3_bucket):
+    check_unique(*race_for_a_name(f"{s3_bucket}/voices"))
+
+
+def test_openai_voice_listing_puts_mapped_names_first_and_drops_dangling_ones(tmp_path):
+    store = VoiceStore(str(tmp_path / "voices"))
+    lan = store.create(tone(0.3), RATE, "a", name="lan")
+    unnamed = store.create(tone(0.3), RATE, "b")
+    settings = OpenAISettings(voices={"alloy": "lan", "echo": unnamed.id, "nova": "deleted-voice"})
+    listing = speech_voices(store.list(), settings)
+    assert listing.aliases == {"alloy": "lan", "echo": unnamed.id}
+    assert listing.voices == ["alloy", "echo", "lan", unnamed.id] and lan.name == "lan"

@@ -67,7 +67,7 @@ def platform(tmp_path_factory):
         )
         head.serve_deploy(config)
         url = f"http://127.0.0.1:{port}"
-        wait_until_answers(f"{url}/healthz", timeout_s=600)
+        wait_until_answers(f"{url}/readyz", timeout_s=600)
         yield {"root": root, "url": url, "tracking_uri": tracking_uri}
     finally:
         head.stop()

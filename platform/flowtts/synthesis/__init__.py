@@ -5,6 +5,7 @@ from flowtts.synthesis.chunking import (
     balanced_chunks,
     chunk_text,
     cross_fade,
+    lead_chunks,
     max_chunk_bytes,
 )
 from flowtts.synthesis.duration_rules import byte_ratio_frames, fixed_frames
@@ -65,6 +66,7 @@ __all__ = [
     "fixed_frames",
     "init_vocos_folder",
     "load_vocoder",
+    "lead_chunks",
     "max_chunk_bytes",
     "output_format",
     "plan_synthesis",

@@ -11,6 +11,10 @@ Two deliberate differences, both only where upstream's result would cost more:
   samples chunks one after another, so its greedy split (full chunks, then a short remainder) costs
   nothing extra there; we sample all chunks of a request in one batch padded to the longest, where
   equal chunks avoid computing padding and shorten the attention span.
+
+``lead_chunks`` is for streaming, where chunks are sampled one after another and the first sound waits
+for the first chunk: that chunk is the text's first clause, cut at a space to a small byte budget (as
+upstream's socket server and Kokoro shorten their first chunk); the rest is balanced as above.
 """
 
 from __future__ import annotations
@@ -65,6 +69,18 @@ def balanced_chunks(text: str, max_bytes: int) -> list[str]:
         else:
             low = middle + 1
     return chunk_text(text, low)
+
+
+def lead_chunks(text: str, max_bytes: int, first_bytes: int) -> list[str]:
+    """``balanced_chunks`` after a short first chunk: the first clause, or its first words within
+    ``first_bytes`` (a single longer word stays whole). Text within ``first_bytes`` stays one chunk."""
+    if _nbytes(text.strip()) <= first_bytes:
+        return balanced_chunks(text, max_bytes)
+    clause = _PIECE_END.split(text.strip(), maxsplit=1)[0]
+    first = _split_at_spaces(clause, min(first_bytes, max_bytes))[0]
+    words = text.split(None, len(first.split()))
+    rest = words[-1] if len(words) > len(first.split()) else ""
+    return [first, *balanced_chunks(rest, max_bytes)] if rest else [first]
 
 
 def _pieces(text: str, max_bytes: int) -> list[str]:

@@ -114,5 +114,7 @@ def plan_voices(
         speed = segment.speed if segment.speed is not None else options.speed
         voice = reference if segment.voice is None else voices[segment.voice]
         offset = sum(len(plan.items) for plan in plans)
-        plans.append(plan_segment(segment.text, voice, replace(options, seed=seed + offset, speed=speed)))
+        lead = options.first_chunk_bytes if not plans else None  # a stream's short first chunk: once
+        options_here = replace(options, seed=seed + offset, speed=speed, first_chunk_bytes=lead)
+        plans.append(plan_segment(segment.text, voice, options_here))
     return VoicedPlan(segments=plans, seed=seed)

@@ -16,7 +16,7 @@ import torch
 from flowtts.audio import DEFAULT_MEL
 from flowtts.config import MelConfig
 from flowtts.model.duration_predictor import DurationPredictor
-from flowtts.synthesis.chunking import CROSS_FADE_S, balanced_chunks, max_chunk_bytes
+from flowtts.synthesis.chunking import CROSS_FADE_S, balanced_chunks, lead_chunks, max_chunk_bytes
 from flowtts.synthesis.duration_rules import (
     BYTE_RATIO_RULE,
     FIXED_RULE,
@@ -42,12 +42,14 @@ class SynthesisOptions:
     seed: int | None = None  # None: draw one and report it in the result
     fix_duration: float | None = None  # total seconds, reference plus generated, as upstream
     remove_silence: bool = False
+    first_chunk_bytes: int | None = None  # streaming: a short first chunk (chunking.lead_chunks)
 
     def __post_init__(self) -> None:
         checks = [
             ("speed", self.speed > 0, "> 0"),
             ("seed", self.seed is None or 0 <= self.seed < 2**63, "None or in [0, 2**63)"),
             ("fix_duration", self.fix_duration is None or self.fix_duration > 0, "None or > 0 seconds"),
+            ("first_chunk_bytes", self.first_chunk_bytes is None or self.first_chunk_bytes > 0, "None or > 0"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -100,7 +102,10 @@ def plan_synthesis(
     """
     spoken = speakable_text(text, frontend, "text")
     budget = max_chunk_bytes(reference.text, reference.duration_s, options.speed)
-    chunks = balanced_chunks(spoken, budget)
+    if options.first_chunk_bytes is None:
+        chunks = balanced_chunks(spoken, budget)
+    else:
+        chunks = lead_chunks(spoken, budget, options.first_chunk_bytes)
     chunk_tokens = [vocab.encode(chunk, unknown=unknown) for chunk in chunks]
     token_rows = [reference.tokens + ids for ids in chunk_tokens]
     if options.fix_duration is not None:
