@@ -1,7 +1,7 @@
 """flowtts' own metrics, through ``ray.serve.metrics`` (Ray's Prometheus endpoint on every node; Serve adds
 the ``deployment``, ``replica``, ``application`` and ``route`` tags).
 
-Ingress (per HTTP request): ``flowtts_requests_total{method, status}`` (with Serve's ``route`` tag),
+Ingress (per HTTP request): ``flowtts_requests_total{route, method, status}``,
 ``flowtts_audio_seconds_total``, ``flowtts_time_to_first_audio_seconds`` (histogram, ``streamed`` tag).
 Model replica: ``flowtts_real_time_factor`` (histogram: synthesis seconds / audio seconds),
 ``flowtts_batch_rows`` (histogram: rows per batched sampling call), ``flowtts_queue_depth`` (requests on
@@ -26,7 +26,7 @@ ROW_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 class IngressMetrics:
     def __init__(self):
         self.requests = metrics.Counter(
-            "flowtts_requests", "HTTP requests answered, by route and status", tag_keys=("method", "status")
+            "flowtts_requests", "HTTP requests answered, by route and status", tag_keys=("route", "method", "status")
         )
         self.audio_seconds = metrics.Counter("flowtts_audio_seconds", "seconds of audio sent to clients")
         self.ttfa = metrics.Histogram(
@@ -74,14 +74,15 @@ class ModelMetrics:
 
 
 def install_request_metrics(app: FastAPI) -> None:
-    """Count every answered request by method and status (Serve tags the route)."""
+    """Count every answered request by route (the matched path template: bounded), method and status."""
 
     @app.middleware("http")
     async def _count(request: Request, call_next):
         request.state.started = time.monotonic()
         response = await call_next(request)
-        ingress = serve.get_replica_context().servable_object
-        ingress.metrics.requests.inc(tags={"method": request.method, "status": str(response.status_code)})
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        tags = {"route": route, "method": request.method, "status": str(response.status_code)}
+        serve.get_replica_context().servable_object.metrics.requests.inc(tags=tags)
         return response
 
 
