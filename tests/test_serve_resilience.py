@@ -13,6 +13,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -174,6 +175,8 @@ def test_load_with_malformed_requests_has_no_5xx_and_healthz_stays_fast(base, vo
     with HealthWatch(base) as watch, ThreadPoolExecutor(32) as pool:
         results = list(pool.map(send, mixed_requests(voice, 240)))
     statuses = [status for _, status, _ in results]
+    slowest = max(seconds for _, seconds in watch.results)
+    print(f"load: {sorted(Counter(statuses).items())}; {len(watch.results)} /healthz probes, slowest {slowest:.3f} s")
     assert not [s for s in statuses if s >= 500], statuses
     assert all(retry for _, status, retry in results if status == 429)
     assert {status for kind, status, _ in results if kind == "bad"} <= {400, 404, 413, 422, 429}
@@ -213,6 +216,7 @@ def test_a_killed_model_replica_gives_503_or_429_then_200_within_30_s(base, voic
     assert {s for s, _ in failures} <= {503, 429}, failures
     assert all(retry for _, retry in failures)
     first_ok = min(t for t, s, _ in after if s == 200 and t > killed + 1)
+    print(f"kill: 200 again {first_ok - killed:.1f} s after SIGKILL; failures {sorted(Counter(failures).items())}")
     assert first_ok - killed < 30
     assert model_pid() != pid
 
