@@ -3,8 +3,9 @@ of the private Ray it starts (GCS, raylet, Serve controller, proxy, ingress and 
 
 Client threads send a mix of native and OpenAI requests (whole and streamed, pcm/mp3/opus, with a few
 malformed ones) at a fixed concurrency; every ``--sample-s`` seconds the RSS of every process below this
-one is read from ``/proc``. The table compares each process's RSS after the warm-up with its last
-sample and gives the least-squares slope over the run (MB per 10 minutes); statuses are counted.
+one is read from ``/proc``. The table gives each process's RSS after the warm-up, at a third, two
+thirds and the end of the run, and the least-squares slope of each half (MB per 10 minutes: a leak keeps
+its slope, a warm-up flattens); statuses are counted.
 
     .venv/bin/python bench/soak_serve.py --minutes 15            # what the README quotes
     .venv/bin/python bench/soak_serve.py --minutes 3 --concurrency 4
@@ -68,8 +69,10 @@ def process_name(stat: str, cmdline: list[bytes]) -> str:
     comm = stat[stat.index("(") + 1 : stat.rindex(")")]
     text = b" ".join(cmdline).decode(errors="replace")
     for marker in ("ServeReplica:", "ServeController", "ProxyActor", "dashboard", "gcs_server", "raylet"):
-        if marker in text or marker in comm:
-            return text[text.index(marker) :].split()[0] if marker in text else comm
+        if marker in text:  # Ray retitles a worker with the method it runs: keep the actor's name
+            return text[text.index(marker) :].split()[0].split(".")[0]
+        if marker in comm:
+            return comm
     return comm
 
 
@@ -153,7 +156,8 @@ def main() -> int:
     for thread in threads:
         thread.start()
     time.sleep(args.warmup_s)
-    samples: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
+    samples: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    names: dict[int, str] = {}
     start = time.monotonic()
     end = start + args.minutes * 60
     while True:
@@ -161,7 +165,8 @@ def main() -> int:
         for pid, name in descendants(os.getpid()).items():
             rss = rss_mb(pid)
             if rss is not None:
-                samples[(pid, name)].append(((now - start) / 60, rss))
+                samples[pid].append(((now - start) / 60, rss))
+                names.setdefault(pid, name)
         total = sum(series[-1][1] for series in samples.values() if series[-1][0] == (now - start) / 60)
         print(
             f"{(now - start) / 60:5.1f} min  RSS total {total:7.0f} MB  {dict(statuses)}", file=sys.stderr, flush=True
@@ -177,14 +182,16 @@ def main() -> int:
         f"\n{minutes:.1f} min after {args.warmup_s:.0f} s of warm-up, concurrency {args.concurrency}, NFE "
         f"{args.nfe}, preset {args.preset}; statuses {dict(statuses)}\n"
     )
-    print("| process | pid | RSS start MB | RSS end MB | max MB | slope MB / 10 min |")
-    print("|---|---|---|---|---|---|")
-    for (pid, name), series in sorted(samples.items(), key=lambda item: -item[1][-1][1]):
-        if len(series) < 2 or series[-1][1] < 20:
-            continue  # short-lived helpers and tiny processes
+    print("| process | pid | RSS MB at start / 1/3 / 2/3 / end | max MB | slope MB / 10 min, 1st / 2nd half |")
+    print("|---|---|---|---|---|")
+    for pid, series in sorted(samples.items(), key=lambda item: -item[1][-1][1]):
+        if len(series) < 4:
+            continue  # short-lived helpers
         t, rss = np.array(series).T
-        slope = np.polyfit(t, rss, 1)[0] * 10 if np.ptp(t) > 0 else 0.0
-        print(f"| {name} | {pid} | {rss[0]:.0f} | {rss[-1]:.0f} | {rss.max():.0f} | {slope:+.1f} |")
+        points = " / ".join(f"{rss[int(round(f * (len(rss) - 1)))]:.0f}" for f in (0, 1 / 3, 2 / 3, 1))
+        half = len(t) // 2
+        slopes = [np.polyfit(t[part], rss[part], 1)[0] * 10 for part in (slice(0, half + 1), slice(half, None))]
+        print(f"| {names[pid]} | {pid} | {points} | {rss.max():.0f} | {slopes[0]:+.1f} / {slopes[1]:+.1f} |")
     serve.shutdown()
     ray.shutdown()
     return 0
