@@ -25,7 +25,8 @@ from flowtts.synthesis import init_vocos_folder
 from serve.app import build_application
 from serve.settings import ServeSettings
 from tests.helpers.audio import decode_with_ffmpeg
-from tests.test_serve import LONG_TEXT, REF_PATH, REF_TEXT, TEXTS, free_port, save_tiny_model
+from tests.helpers.models import save_tiny_model
+from tests.test_serve import LONG_TEXT, REF_PATH, REF_TEXT, TEXTS, TEXTS_ALL, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,7 @@ def base(cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("resilient")
     settings = ServeSettings.from_args(
         {
-            "model_uri": str(save_tiny_model(root / "model", 0)),
+            "model_uri": str(save_tiny_model(root / "model", TEXTS_ALL, 0)),
             "vocoder": str(init_vocos_folder(root / "vocos", dim=32, intermediate_dim=64, num_layers=1)),
             "voices_uri": str(root / "voices"),
             "default_nfe": 2,
