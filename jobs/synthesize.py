@@ -25,23 +25,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from flowtts.model_loading import add_official_model_options, text_frontend_option
-from flowtts.synthesis import (
-    DEFAULT_VOCOS_REPO,
-    SamplingSettings,
-    SynthesisError,
-    SynthesisOptions,
-    Synthesizer,
-    output_format,
-    write_output,
-)
+from flowtts.synthesis import CROSS_FADE_S, SynthesisError, SynthesisOptions, output_format, write_output
+from flowtts.synthesis.cli import add_model_options, add_sampling_options, load_synthesizer, sampling_settings
 from trainer.job_exit import exit_on_project_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint folder, MLflow URI or official .pt/.safetensors")
-    add_official_model_options(parser)
+    add_model_options(parser)
     parser.add_argument("--ref-audio", type=Path, required=True, help="reference voice clip (any soundfile format)")
     parser.add_argument(
         "--ref-text", default="", help="transcript of the reference clip (empty: transcribed with --asr-model)"
@@ -60,28 +51,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     text.add_argument("--text", help="text to speak")
     text.add_argument("--text-file", type=Path, help="UTF-8 file with the text to speak")
     parser.add_argument("--out", type=Path, required=True, help="output file; the extension picks the format")
-    parser.add_argument("--nfe", type=int, default=32, help="ODE steps (default 32)")
-    parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance strength (default 2)")
-    parser.add_argument("--sway", type=float, default=-1.0, help="sway sampling coefficient (default -1)")
+    add_sampling_options(parser)
     parser.add_argument("--speed", type=float, default=1.0, help="speaking rate factor (default 1)")
-    parser.add_argument("--seed", type=int, help="random seed (default: drawn and printed)")
     parser.add_argument("--fix-duration", type=float, help="total seconds, reference plus generated audio")
     parser.add_argument("--remove-silence", action="store_true", help="shorten pauses longer than 1 s")
-    parser.add_argument("--no-epss", action="store_true", help="uniform time grid even for 5-16 NFE")
     parser.add_argument(
-        "--vocoder",
-        default=DEFAULT_VOCOS_REPO,
-        help=f"Vocos folder or cached HF repo id (default {DEFAULT_VOCOS_REPO}; Griffin-Lim when unavailable)",
+        "--cross-fade-duration",
+        type=float,
+        default=CROSS_FADE_S,
+        help=f"seconds of cross-fade between chunks (default {CROSS_FADE_S}; 0 joins them end to end)",
     )
-    parser.add_argument("--allow-download", action="store_true", help="let the vocoder and ASR model download")
     parser.add_argument("--batch-chunks", type=int, default=8, help="chunks per sample() call (default 8)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument(
-        "--unknown-characters",
-        choices=["error", "space"],
-        default="error",
-        help="characters missing from the vocab: fail naming them (default) or read them as a space",
-    )
     return parser.parse_args(argv)
 
 
@@ -101,30 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         output_format(args.out)
         text = args.text if args.text is not None else args.text_file.read_text(encoding="utf-8")
-        sampling = SamplingSettings(
-            nfe=args.nfe, cfg_strength=args.cfg, sway_sampling_coef=args.sway, use_epss=not args.no_epss
-        )
         options = SynthesisOptions(
-            sampling=sampling,
+            sampling=sampling_settings(args),
             speed=args.speed,
             seed=args.seed,
             fix_duration=args.fix_duration,
             remove_silence=args.remove_silence,
+            cross_fade_duration=args.cross_fade_duration,
         )
-        synthesizer = Synthesizer.from_pretrained(
-            args.model,
-            vocab=args.vocab,
-            model_config=args.model_config,
-            vocoder=args.vocoder,
-            device=args.device,
-            allow_download=args.allow_download,
-            text_frontend=text_frontend_option(args),
-            unknown_characters=args.unknown_characters,
-            asr_model=args.asr_model,
-        )
+        synthesizer = load_synthesizer(args, asr_model=args.asr_model)
         started = time.perf_counter()
-        reference = synthesizer.prepare_reference(args.ref_audio, args.ref_text)
-        voices = {name: synthesizer.prepare_reference(audio, transcript) for name, audio, transcript in args.voice}
+        reference = synthesizer.prepare_reference(args.ref_audio, args.ref_text, target_rms=args.target_rms)
+        voices = {
+            name: synthesizer.prepare_reference(audio, transcript, target_rms=args.target_rms)
+            for name, audio, transcript in args.voice
+        }
         plan = synthesizer.plan_voices(text, reference, options, voices)
     except (SynthesisError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

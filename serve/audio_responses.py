@@ -33,6 +33,8 @@ def audio_headers(reply: SynthesisReply | StreamStart) -> dict[str, str]:
     }
     if reply.ref_text is not None:
         headers["X-Ref-Text"] = urllib.parse.quote(reply.ref_text)
+    if isinstance(reply, SynthesisReply) and reply.edited_spans:  # "0.500-1.200,1.880-2.130" (seconds)
+        headers["X-Edited-Spans"] = ",".join(f"{start:.3f}-{end:.3f}" for start, end in reply.edited_spans)
     return headers
 
 

@@ -1,9 +1,10 @@
 """The ingress deployment: ``TTSIngress`` (FastAPI) with the native API, the OpenAI speech API, voices,
 probes and models; the studio page and the routes only it needs come from ``serve.studio_routes``.
 
-Request path: the ingress validates and decodes (size caps, base64, audio, ranges; auth is a route
-dependency), then calls ``TTSModel.synthesize`` (or ``synthesize_stream``) through ``ModelClient``
-(overload, a lost replica and ``ClientError`` replies become HTTP answers there).
+Request path: the ingress validates and decodes (size caps, base64, audio; request bodies become jobs within
+the limits in ``serve.job_options``; auth is a route dependency), then calls ``TTSModel.synthesize`` (or
+``synthesize_stream``, ``edit``) through ``ModelClient`` (overload, a lost replica and ``ClientError`` replies
+become HTTP answers there).
 
 No ``from __future__ import annotations`` here: FastAPI must see the real ``Request`` annotations of the
 class-based routes that ``serve.ingress`` rewrites.
@@ -20,7 +21,6 @@ from fastapi.responses import Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from flowtts.synthesis import SynthesisOptions
 from serve.audio_responses import speech_events, streamed_audio, whole_audio
 from serve.http_layer import (
     AUTHORIZED,
@@ -36,12 +36,14 @@ from serve.http_layer import (
     read_body,
     validate_model,
 )
+from serve.job_options import edit_job, synthesis_job
 from serve.messages import SAMPLE_RATE, ReferenceSpec, SynthesisJob
 from serve.model_client import ModelClient, answer
 from serve.openai_compat import ignored_headers, speech_voices, stored_voice_key
 from serve.references import inline_reference, lookup_voice, stored_reference, tag_references
 from serve.schemas import (
     DeletedVoice,
+    EditRequest,
     ErrorResponse,
     Health,
     ModelCard,
@@ -91,21 +93,7 @@ class TTSIngress:
         limit = self.limits.max_upload_bytes * 4 // 3 + 4 * text_chars + 65536
         return await read_body(request, limit, self.limits.drain_body_bytes)
 
-    # ------------------------------------------------------------ requests -> jobs
-
-    def _options(
-        self, nfe: int | None, cfg: float | None, sway: float | None, speed: float | None, seed: int | None
-    ) -> SynthesisOptions:
-        given = {"nfe": nfe, "cfg_strength": cfg, "sway_sampling_coef": sway}
-        speed = 1.0 if speed is None else speed
-        low, high = self.limits.nfe_range
-        if nfe is not None and not low <= nfe <= high:
-            raise ApiError(422, "invalid_option", f"nfe={nfe} is outside the allowed range [{low}, {high}]")
-        sampling = replace(self.settings.default_sampling, **{k: v for k, v in given.items() if v is not None})
-        low, high = self.limits.speed_range
-        if not low <= speed <= high:
-            raise ApiError(422, "invalid_option", f"speed={speed} is outside the allowed range [{low}, {high}]")
-        return SynthesisOptions(sampling=sampling, speed=speed, seed=seed)
+    # ------------------------------------------------------------ references
 
     async def _voice(self, id_or_name: str) -> Voice:
         return await lookup_voice(self.voices, id_or_name)
@@ -117,9 +105,11 @@ class TTSIngress:
         data = decode_base64(ref_audio, "ref_audio")
         return inline_reference(data, decode_reference_audio(data, self.limits), ref_text)
 
-    async def _job(self, text: str, reference: ReferenceSpec, options: SynthesisOptions) -> SynthesisJob:
-        """A job with the stored voice of every ``[name]`` tag of ``text``."""
-        return SynthesisJob(text, reference, options, await tag_references(self.voices, text, self.limits))
+    async def _job(self, job: SynthesisJob) -> SynthesisJob:
+        """``job`` with the stored voice of every ``[name]`` tag of its text (at the job's target RMS)."""
+        voices = await tag_references(self.voices, job.text, self.limits)
+        rms = job.reference.target_rms
+        return replace(job, voices=tuple((name, replace(spec, target_rms=rms)) for name, spec in voices))
 
     # ------------------------------------------------------------ running jobs
 
@@ -131,9 +121,10 @@ class TTSIngress:
         reply = answer(await self.model.call("synthesize", job))
         return await whole_audio(reply, fmt, self.metrics, started, headers)
 
-    def _streamed(self, options: SynthesisOptions) -> SynthesisOptions:
-        """A streamed request's options: a short first chunk, so that the first audio comes soon."""
-        return replace(options, first_chunk_bytes=self.settings.streaming.first_chunk_bytes or None)
+    def _streamed(self, job: SynthesisJob) -> SynthesisJob:
+        """A streamed request's job: a short first chunk, so that the first audio comes soon."""
+        first = self.settings.streaming.first_chunk_bytes or None
+        return replace(job, options=replace(job.options, first_chunk_bytes=first))
 
     # ------------------------------------------------------------ routes: synthesis
 
@@ -152,13 +143,12 @@ class TTSIngress:
         """Synthesise ``text`` in a stored or inline voice; audio bytes in ``response_format``."""
         req: TTSRequest = parse_model(TTSRequest, await self._body(request))
         check_text_length(req.text, self.limits.max_text_chars)
-        options = self._options(req.nfe, req.cfg_strength, req.sway_sampling_coef, req.speed, req.seed)
         if req.voice is not None:
             reference = await self._voice_reference(req.voice)
         else:
             reference = await asyncio.to_thread(self._inline_reference, req.ref_audio, req.ref_text or "")
-        job = await self._job(req.text, reference, self._streamed(options) if req.stream else options)
-        return await self._run(request, job, req.response_format, req.stream, {})
+        job = await self._job(synthesis_job(self.settings, req, req.text, reference))
+        return await self._run(request, self._streamed(job) if req.stream else job, req.response_format, req.stream, {})
 
     @api.post(
         "/v1/audio/speech",
@@ -174,9 +164,10 @@ class TTSIngress:
         req: SpeechRequest = parse_model(SpeechRequest, await self._body(request))
         check_text_length(req.input, self.settings.openai.max_input_chars)
         stream = req.response_format != "aac" or req.stream_format == "sse"
-        options = self._options(None, None, None, req.speed, req.seed)
         reference = await self._voice_reference(stored_voice_key(req, self.settings.openai))
-        job = await self._job(req.input, reference, self._streamed(options) if stream else options)
+        job = await self._job(synthesis_job(self.settings, req, req.input, reference))
+        if stream:
+            job = self._streamed(job)
         if req.stream_format == "sse":
             start, chunks = await self.model.open_stream(job)
             return speech_events(
@@ -194,6 +185,21 @@ class TTSIngress:
     async def speech_voices(self) -> SpeechVoices:
         """Every ``voice`` value ``/v1/audio/speech`` accepts: the configured OpenAI names, then stored voices."""
         return speech_voices(await asyncio.to_thread(self.voices.list), self.settings.openai)
+
+    @api.post(
+        "/v1/edit",
+        dependencies=AUTHORIZED,
+        response_class=Response,
+        openapi_extra=json_body_schema(EditRequest),
+        responses={200: {"content": {"audio/wav": {}}}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    )
+    async def edit(self, request: Request) -> Response:
+        """Regenerate ``spans`` of ``audio`` so it says ``new_text``; outside them the original, sample for sample
+        (``X-Edited-Spans``: where the regenerated spans are in the result)."""
+        req: EditRequest = parse_model(EditRequest, await self._body(request))
+        job = await asyncio.to_thread(edit_job, self.settings, req)
+        reply = answer(await self.model.call("edit", job))
+        return await whole_audio(reply, req.response_format, self.metrics, request.state.started, {})
 
     # ------------------------------------------------------------ routes: voices
 

@@ -12,9 +12,12 @@ import numpy as np
 
 from flowtts.audio import AudioError
 from flowtts.synthesis import (
+    TARGET_RMS,
     EmptyTextError,
+    InvalidEditError,
     InvalidOptionsError,
     ReferenceAudioError,
+    SamplingSettings,
     SynthesisError,
     SynthesisOptions,
     TranscriptRequiredError,
@@ -35,6 +38,7 @@ class ReferenceSpec:
     text: str
     voice_id: str | None = None  # read from the voice store on a cache miss
     audio: np.ndarray | None = None  # inline: float32 mono samples at SAMPLE_RATE
+    target_rms: float = TARGET_RMS  # a quieter reference is raised to it (part of the cache key)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,20 @@ class SynthesisJob:
     reference: ReferenceSpec
     options: SynthesisOptions
     voices: tuple[tuple[str, ReferenceSpec], ...] = ()  # the reference of each [name] tag of the text
+
+
+@dataclass(frozen=True)
+class EditJob:
+    """A speech edit (``Synthesizer.plan_edit``'s arguments); spans and durations are checked on the replica."""
+
+    audio: np.ndarray  # float32 mono samples at SAMPLE_RATE
+    text: str
+    new_text: str
+    spans: tuple[tuple[float, ...], ...]
+    durations: tuple[float, ...] | None
+    sampling: SamplingSettings
+    seed: int | None
+    target_rms: float = TARGET_RMS
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,7 @@ class SynthesisReply:
     sample_rate: int
     model_version: str
     ref_text: str | None = None  # what the ASR model heard, when the reference came without a transcript
+    edited_spans: tuple[tuple[float, float], ...] = ()  # an edit's regenerated spans, seconds in ``audio``
 
 
 # Exceptions of the model path that are the client's doing: (type, HTTP status, error code), first match wins.
@@ -85,6 +104,7 @@ CLIENT_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (UnspeakableTextError, 422, "unspeakable_text"),
     (UnknownCharactersError, 422, "unknown_characters"),
     (InvalidOptionsError, 422, "invalid_option"),
+    (InvalidEditError, 422, "invalid_edit"),
     (AudioError, 422, "invalid_audio"),
     (SynthesisError, 422, "invalid_request"),
 )

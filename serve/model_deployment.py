@@ -30,6 +30,7 @@ from serve.messages import (
     CLIENT_EXCEPTIONS,
     SAMPLE_RATE,
     ClientError,
+    EditJob,
     ReferenceSpec,
     StreamStart,
     SynthesisJob,
@@ -181,17 +182,23 @@ class TTSModel:
             {
                 "requests": len(works),
                 "calls": [
-                    {"requests": c.request_count, "items": len(c.items), "padded_frames": c.padded_frames}
+                    {
+                        "requests": c.request_count,
+                        "items": len(c.items),
+                        "padded_frames": c.padded_frames,
+                        "nfe": c.sampling.nfe,
+                        "ode_method": c.sampling.ode_method,
+                    }
                     for c in calls
                 ],
             }
         )
         return [failures.get(index, row) for index, row in enumerate(mels)]
 
-    async def _generate(self, items: list, options: SynthesisOptions) -> list[torch.Tensor]:
+    async def _generate(self, items: list, sampling: SamplingSettings) -> list[torch.Tensor]:
         self.metrics.enter()
         try:
-            result = await self.generate_batched(GenerateWork(tuple(items), options.sampling))
+            result = await self.generate_batched(GenerateWork(tuple(items), sampling))
         finally:
             self.metrics.leave()
         if isinstance(result, Exception):
@@ -201,11 +208,12 @@ class TTSModel:
     # ------------------------------------------------------------ requests
 
     async def _reference(self, spec: ReferenceSpec):
-        reference = self.references.get(spec.key)
+        key = f"{spec.key}@{spec.target_rms}"
+        reference = self.references.get(key)
         self.metrics.cache_lookup(hit=reference is not None)
         if reference is None:
             reference = await asyncio.to_thread(self._prepare_reference, spec)
-            self.references.put(spec.key, reference)
+            self.references.put(key, reference)
         return reference
 
     def _prepare_reference(self, spec: ReferenceSpec):
@@ -215,7 +223,7 @@ class TTSModel:
             audio, rate = sf.read(io.BytesIO(self.voices.read_audio(voice)), dtype="float32")
             if rate != SAMPLE_RATE:
                 raise ReferenceAudioError(f"stored voice {voice.id} has rate {rate}, expected {SAMPLE_RATE}")
-        return self.synth.prepare_reference(audio, spec.text, SAMPLE_RATE)
+        return self.synth.prepare_reference(audio, spec.text, SAMPLE_RATE, target_rms=spec.target_rms)
 
     async def _plan(self, job: SynthesisJob):
         reference = await self._reference(job.reference)
@@ -237,7 +245,7 @@ class TTSModel:
             plan, heard = await self._plan(job)
         except CLIENT_EXCEPTIONS as exc:
             return client_error(exc)
-        mels = await self._generate(plan.items, job.options)
+        mels = await self._generate(plan.items, job.options.sampling)
         result = await asyncio.to_thread(self.synth.render_voices, plan, mels)
         self.metrics.synthesized(started, len(result.audio), result.sample_rate)
         return SynthesisReply(
@@ -250,8 +258,39 @@ class TTSModel:
             ref_text=heard,
         )
 
+    async def edit(self, job: EditJob) -> SynthesisReply | ClientError:
+        """A speech edit; its sampler row batches with the synthesis rows of other requests."""
+        started = time.monotonic()
+        try:
+            plan = await asyncio.to_thread(
+                self.synth.plan_edit,
+                job.audio,
+                job.text,
+                job.new_text,
+                job.spans,
+                durations=job.durations,
+                sample_rate=SAMPLE_RATE,
+                seed=job.seed,
+                target_rms=job.target_rms,
+            )
+        except CLIENT_EXCEPTIONS as exc:
+            return client_error(exc)
+        (mel,) = await self._generate([plan.item], job.sampling)
+        result = await asyncio.to_thread(self.synth.render_edit, plan, mel)
+        self.metrics.synthesized(started, len(result.audio), result.sample_rate)
+        return SynthesisReply(
+            audio=result.audio,
+            seed=result.seed,
+            duration_rule=result.duration_rule,
+            chunks=1,
+            sample_rate=result.sample_rate,
+            model_version=self.version,
+            edited_spans=tuple(result.spans),
+        )
+
     async def synthesize_stream(self, job: SynthesisJob) -> AsyncIterator[StreamStart | ClientError | np.ndarray]:
-        """A StreamStart (or a ClientError, then nothing), then each chunk's audio as soon as it is ready."""
+        """A StreamStart (or a ClientError, then nothing), then each chunk's audio as soon as it is ready;
+        with ``remove_silence`` (which needs the whole audio) everything comes at the end, in one piece."""
         started = time.monotonic()
         try:
             plan, heard = await self._plan(job)
@@ -266,11 +305,17 @@ class TTSModel:
             model_version=self.version,
             ref_text=heard,
         )
-        joiner = CrossFadeJoiner(self.synth.mel.target_sample_rate)
+        if job.options.remove_silence:
+            mels = await self._generate(plan.items, job.options.sampling)
+            audio = (await asyncio.to_thread(self.synth.render_voices, plan, mels)).audio
+            self.metrics.synthesized(started, len(audio), self.synth.mel.target_sample_rate)
+            yield audio
+            return
+        joiner = CrossFadeJoiner(self.synth.mel.target_sample_rate, job.options.cross_fade_duration)
         samples = 0
         for segment in plan.segments:
             for item in segment.items:
-                (mel,) = await self._generate([item], job.options)
+                (mel,) = await self._generate([item], job.options.sampling)
                 (wave,) = await asyncio.to_thread(self.synth.vocode, [mel])
                 ready = joiner.push(wave * segment.reference.rms_scale)
                 samples += len(ready)

@@ -28,7 +28,35 @@ class ErrorResponse(ApiModel):
     error: ErrorDetail
 
 
-class TTSRequest(ApiModel):
+class SamplingFields(ApiModel):
+    """How to sample, in every synthesis and edit request; ranges that are not fixed by the API (nfe) or that
+    the core library owns (target_rms) are checked when the request becomes a job (``serve.job_options``)."""
+
+    nfe: int | None = Field(default=None, description="ODE steps (default: the server's)")
+    cfg_strength: float | None = Field(default=None, ge=0.0, le=10.0)
+    sway_sampling_coef: float | None = Field(default=None, ge=-1.0, le=1.0)
+    ode_method: Literal["euler", "midpoint"] | None = Field(
+        default=None, description="ODE rule (default: the server's); midpoint calls the model twice per step"
+    )
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    target_rms: float | None = Field(
+        default=None, description="RMS in (0, 1] a quieter reference is raised to for sampling (default 0.1)"
+    )
+
+
+class SynthesisFields(SamplingFields):
+    """What to do around sampling, in both speech routes."""
+
+    fix_duration: float | None = Field(
+        default=None, description="total seconds, reference plus generated (default: estimated from the text)"
+    )
+    remove_silence: bool = Field(default=False, description="shorten pauses over 1 s to 1 s (after the whole text)")
+    cross_fade_duration: float | None = Field(
+        default=None, description="seconds of cross-fade between chunks, 0 to 1 (default 0.15)"
+    )
+
+
+class TTSRequest(SynthesisFields):
     """``POST /v1/tts``: a stored ``voice`` OR an inline reference (``ref_audio`` base64 + ``ref_text``).
     ``[name]`` tags in ``text`` switch to other stored voices (``flowtts.synthesis.multivoice``)."""
 
@@ -38,11 +66,7 @@ class TTSRequest(ApiModel):
     ref_text: str | None = Field(
         default=None, description="transcript of ref_audio (empty or absent: transcribed by the ASR model)"
     )
-    nfe: int | None = Field(default=None, description="ODE steps (default: the server's)")
-    cfg_strength: float | None = Field(default=None, ge=0.0, le=10.0)
-    sway_sampling_coef: float | None = Field(default=None, ge=-1.0, le=1.0)
     speed: float | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     response_format: Literal["wav", "flac", "mp3", "opus", "aac", "pcm"] = "wav"
     stream: bool = Field(default=False, description="send audio chunk by chunk (every format but aac)")
 
@@ -55,18 +79,32 @@ class TTSRequest(ApiModel):
         return self
 
 
+class EditRequest(SamplingFields):
+    """``POST /v1/edit``: regenerate ``spans`` of ``audio`` so that the recording says ``new_text``."""
+
+    audio: str = Field(min_length=1, description="the recording to edit, an audio file in base64")
+    text: str = Field(min_length=1, description="what the recording says")
+    new_text: str = Field(min_length=1, description="what it should say: the whole new transcript")
+    spans: list[list[float]] = Field(description="[[start, end], ...] seconds to regenerate, sorted, not overlapping")
+    durations: list[float] | None = Field(
+        default=None, description="new length of each span in seconds (default: keep the speaking rate)"
+    )
+    response_format: Literal["wav", "flac", "mp3", "opus", "pcm"] = "wav"
+
+
 class VoiceId(BaseModel):
     model_config = ConfigDict(extra="ignore")
     id: str
 
 
-class SpeechRequest(BaseModel):
+class SpeechRequest(SynthesisFields):
     """``POST /v1/audio/speech`` in OpenAI's shape; unknown fields are ignored, like other compatible servers.
 
     ``model`` is accepted and reported but does not select anything (one model per application);
     ``voice`` is a stored voice id or name, or an OpenAI name the settings map to one (a string or
     ``{"id": ...}``); ``instructions`` is accepted and ignored (``X-Instructions-Ignored: true``).
-    ``seed`` is our extension (``extra_body={"seed": 7}`` in the openai client).
+    ``seed`` and the other ``SynthesisFields`` are our extensions (``extra_body={"seed": 7}`` in the openai
+    client).
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -78,7 +116,6 @@ class SpeechRequest(BaseModel):
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] = "audio"
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
     @property
     def voice_key(self) -> str:

@@ -9,7 +9,7 @@ environment over the defaults). Where the model comes from is ``flowtts.model_so
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -52,6 +52,7 @@ class LimitSettings(StrictSettings):
     )
     nfe_range: tuple[int, int] = (4, 64)
     speed_range: tuple[float, float] = (0.25, 4.0)
+    max_fix_duration_s: float = Field(default=60.0, gt=0, description="longest fix_duration a request may ask")
 
     @model_validator(mode="after")
     def _ordered(self) -> LimitSettings:
@@ -135,6 +136,7 @@ class ServeSettings(StrictSettings):
     default_nfe: int = Field(default=32, ge=1)
     default_cfg_strength: float = 2.0
     default_sway_sampling_coef: float = -1.0
+    default_ode_method: Literal["euler", "midpoint"] = "euler"
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
@@ -164,6 +166,7 @@ class ServeSettings(StrictSettings):
             nfe=self.default_nfe,
             cfg_strength=self.default_cfg_strength,
             sway_sampling_coef=self.default_sway_sampling_coef,
+            ode_method=self.default_ode_method,
         )
 
     @classmethod

@@ -41,6 +41,7 @@ EXAMPLES: dict[str, tuple] = {
     "EmptyTextError": ("the text to speak is empty",),
     "UnspeakableTextError": ("nothing speakable is left of '???'",),
     "InvalidOptionsError": ("nfe must be in 1..128, got 0",),
+    "InvalidEditError": ("spans[1]=[0.4, 0.2] must have 0 <= start < end",),
     "VocoderError": ("vocos/config.yaml: n_mels 80, our mel has 100",),
     "OutputExistsError": ("/data/out exists; pass --overwrite",),
     "MetadataError": ("metadata.csv: no audio_file column",),

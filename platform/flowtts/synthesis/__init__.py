@@ -9,8 +9,10 @@ from flowtts.synthesis.chunking import (
     max_chunk_bytes,
 )
 from flowtts.synthesis.duration_rules import byte_ratio_frames, fixed_frames
+from flowtts.synthesis.editing import EDIT_FADE_S, EditPlan, EditResult, check_spans
 from flowtts.synthesis.errors import (
     EmptyTextError,
+    InvalidEditError,
     InvalidOptionsError,
     ReferenceAudioError,
     SynthesisError,
@@ -19,7 +21,7 @@ from flowtts.synthesis.errors import (
 from flowtts.synthesis.multivoice import Segment, UnknownVoiceError, VoicedPlan, split_voice_tags, voice_names
 from flowtts.synthesis.output import OUTPUT_FORMATS, encode_audio, output_format, write_output
 from flowtts.synthesis.planning import SampleItem, SynthesisOptions, SynthesisPlan, plan_synthesis
-from flowtts.synthesis.reference import Reference, prepare_reference
+from flowtts.synthesis.reference import TARGET_RMS, Reference, prepare_reference
 from flowtts.synthesis.sampling import SamplingSettings
 from flowtts.synthesis.synthesizer import SynthesisResult, Synthesizer
 from flowtts.synthesis.transcription import Transcriber, TranscriptRequiredError
@@ -36,9 +38,14 @@ from flowtts.synthesis.vocoder import (
 __all__ = [
     "CROSS_FADE_S",
     "DEFAULT_VOCOS_REPO",
+    "EDIT_FADE_S",
     "OUTPUT_FORMATS",
+    "TARGET_RMS",
+    "EditPlan",
+    "EditResult",
     "EmptyTextError",
     "GriffinLimVocoder",
+    "InvalidEditError",
     "InvalidOptionsError",
     "Reference",
     "ReferenceAudioError",
@@ -60,6 +67,7 @@ __all__ = [
     "VoicedPlan",
     "balanced_chunks",
     "byte_ratio_frames",
+    "check_spans",
     "chunk_text",
     "cross_fade",
     "encode_audio",

@@ -21,3 +21,7 @@ class UnspeakableTextError(SynthesisError):
 
 class InvalidOptionsError(SynthesisError):
     """A sampling option is out of range (names the option and what is allowed)."""
+
+
+class InvalidEditError(SynthesisError):
+    """A speech edit's spans or durations do not fit the recording (names the span and the rule)."""

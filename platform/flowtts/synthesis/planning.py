@@ -31,6 +31,7 @@ from flowtts.synthesis.sampling import SamplingSettings
 from flowtts.text import Vocab
 
 SEED_LIMIT = 2**31  # drawn seeds stay short enough to type back
+MAX_CROSS_FADE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class SynthesisOptions:
     speed: float = 1.0
     seed: int | None = None  # None: draw one and report it in the result
     fix_duration: float | None = None  # total seconds, reference plus generated, as upstream
-    remove_silence: bool = False
+    remove_silence: bool = False  # shorten pauses over 1 s to 1 s, on the whole output
+    cross_fade_duration: float = CROSS_FADE_S  # seconds of linear cross-fade between chunks; 0: butt joins
     first_chunk_bytes: int | None = None  # streaming: a short first chunk (chunking.lead_chunks)
 
     def __post_init__(self) -> None:
@@ -49,6 +51,11 @@ class SynthesisOptions:
             ("speed", self.speed > 0, "> 0"),
             ("seed", self.seed is None or 0 <= self.seed < 2**63, "None or in [0, 2**63)"),
             ("fix_duration", self.fix_duration is None or self.fix_duration > 0, "None or > 0 seconds"),
+            (
+                "cross_fade_duration",
+                0 <= self.cross_fade_duration <= MAX_CROSS_FADE_S,
+                f"0 to {MAX_CROSS_FADE_S} seconds",
+            ),
             ("first_chunk_bytes", self.first_chunk_bytes is None or self.first_chunk_bytes > 0, "None or > 0"),
         ]
         for name, ok, allowed in checks:
@@ -68,6 +75,7 @@ class SampleItem:
     total_frames: int  # prompt plus generated frames
     prompt_frames: int  # frames cut from the front of the output
     seed: int
+    keep: torch.Tensor | None = None  # [n_ref] bool, a speech edit's kept frames (None: keep all of cond)
 
 
 @dataclass
@@ -110,7 +118,7 @@ def plan_synthesis(
     token_rows = [reference.tokens + ids for ids in chunk_tokens]
     if options.fix_duration is not None:
         rule = FIXED_RULE
-        totals = fixed_frames(options.fix_duration, reference.prompt_frames, chunks, CROSS_FADE_S, mel)
+        totals = fixed_frames(options.fix_duration, reference.prompt_frames, chunks, options.cross_fade_duration, mel)
     elif predictor is not None:
         rule = PREDICTOR_RULE
         generated = predicted_frames(predictor, reference.tokens, reference.mel, chunk_tokens, options.speed)

@@ -5,6 +5,8 @@ travel with every call, so one object serves concurrent callers. ``synthesize`` 
 chunks, durations, seeds) + ``generate`` (ONE batched ``CFM.sample`` for any rows, from any requests
 sharing one ``SamplingSettings``) + ``render`` (vocoder, loudness, cross-fade, optional silence removal).
 ``plan_voices``/``render_voices`` do the same for a text with ``[name]`` voice tags, segment by segment.
+``edit`` = ``plan_edit`` + ``generate`` + ``render_edit`` (``flowtts.synthesis.editing``); an edit's row
+batches with synthesis rows.
 
 Rows of a batch are independent: noise is seeded per row and ``CFM.sample(isolate_items=True)`` masks
 padded frames as attention keys and embeds each row's text at its own length, so a row's mel equals
@@ -28,7 +30,8 @@ from flowtts.config import MelConfig
 from flowtts.model import CFM
 from flowtts.model_loading import ModelConfigSpec, load_model
 from flowtts.model_source import ModelSource, local_model, resolve_model_source
-from flowtts.synthesis.chunking import CROSS_FADE_S, cross_fade
+from flowtts.synthesis.chunking import cross_fade
+from flowtts.synthesis.editing import EditPlan, EditResult, plan_edit, splice_edit
 from flowtts.synthesis.multivoice import VoicedPlan, plan_voices
 from flowtts.synthesis.output import limit_peak
 from flowtts.synthesis.planning import (
@@ -39,6 +42,7 @@ from flowtts.synthesis.planning import (
     plan_synthesis,
 )
 from flowtts.synthesis.reference import (
+    TARGET_RMS,
     AudioInput,
     Reference,
     condition_audio,
@@ -139,9 +143,12 @@ class Synthesizer:
 
     # ------------------------------------------------------------ the three stages
 
-    def prepare_reference(self, audio: AudioInput, text: str, sample_rate: int | None = None) -> Reference:
+    def prepare_reference(
+        self, audio: AudioInput, text: str, sample_rate: int | None = None, *, target_rms: float = TARGET_RMS
+    ) -> Reference:
         """Raises ReferenceAudioError (not audio, under 0.3 s after trimming), EmptyTextError or
-        UnspeakableTextError (transcript), UnknownCharactersError (characters missing from the vocab).
+        UnspeakableTextError (transcript), UnknownCharactersError (characters missing from the vocab),
+        InvalidOptionsError (``target_rms`` outside (0, 1]: the RMS a quieter reference is raised to).
         An empty ``text`` is transcribed by the ASR model (``Reference.transcript`` holds what it heard);
         without one it raises TranscriptRequiredError."""
         if not text or not text.strip():
@@ -156,6 +163,7 @@ class Synthesizer:
             frontend=self.frontend,
             mel=self.mel,
             unknown=self.unknown_characters,
+            target_rms=target_rms,
         )
 
     def transcribe(self, audio: np.ndarray) -> str:
@@ -194,6 +202,12 @@ class Synthesizer:
         lens = torch.tensor([item.cond.shape[0] for item in items], device=device)
         text = pad_token_ids([item.text_ids for item in items]).to(device)  # [b, nt]
         duration = torch.tensor([item.total_frames for item in items], device=device)
+        edit_mask = None
+        if any(item.keep is not None for item in items):  # [b, n_ref]; rows without one keep all of cond
+            keep = [
+                item.keep if item.keep is not None else torch.ones(len(item.cond), dtype=torch.bool) for item in items
+            ]
+            edit_mask = pad_sequence(keep, batch_first=True).to(device)
         result = self.model.sample(
             cond=cond,
             text=text,
@@ -205,17 +219,19 @@ class Synthesizer:
             seed=[item.seed for item in items],
             use_epss=sampling.use_epss,
             isolate_items=True,
+            ode_method=sampling.ode_method,
+            edit_mask=edit_mask,
         )
         return [
             result.mel[row, item.prompt_frames : int(result.duration[row])].float() for row, item in enumerate(items)
         ]
 
     def render(self, plan: SynthesisPlan, mels: list[torch.Tensor]) -> SynthesisResult:
-        """Vocoder (equal lengths batched), RMS scale back, 0.15 s cross-fade, silence removal, peak limit."""
+        """Vocoder (equal lengths batched), RMS scale back, cross-fade, silence removal, peak limit."""
         if len(mels) != len(plan.items):
             raise ValueError(f"got {len(mels)} mels for a plan of {len(plan.items)} chunks")
         waves = [wave * plan.reference.rms_scale for wave in self.vocode(mels)]
-        audio = cross_fade(waves, self.mel.target_sample_rate, CROSS_FADE_S)
+        audio = cross_fade(waves, self.mel.target_sample_rate, plan.options.cross_fade_duration)
         if plan.options.remove_silence:
             audio = remove_silences(audio, self.mel.target_sample_rate)
         return SynthesisResult(
@@ -249,7 +265,9 @@ class Synthesizer:
         if len(results) == 1:
             return results[0]
         return SynthesisResult(
-            audio=cross_fade([r.audio for r in results], self.mel.target_sample_rate, CROSS_FADE_S),
+            audio=cross_fade(
+                [r.audio for r in results], self.mel.target_sample_rate, plan.segments[0].options.cross_fade_duration
+            ),
             seed=plan.seed,
             duration_rule=plan.duration_rule,
             chunks=[chunk for r in results for chunk in r.chunks],
@@ -267,6 +285,61 @@ class Synthesizer:
         """Speak ``text``; ``[name]`` tags switch to ``voices[name]``, all chunks sampled in one call."""
         plan = self.plan_voices(text, reference, options, voices)
         return self.render_voices(plan, self.generate(plan.items, options.sampling))
+
+    # ------------------------------------------------------------ speech editing
+
+    def plan_edit(
+        self,
+        audio: AudioInput,
+        text: str,
+        new_text: str,
+        spans: list[tuple[float, float]],
+        *,
+        durations: list[float] | None = None,
+        sample_rate: int | None = None,
+        seed: int | None = None,
+        target_rms: float = TARGET_RMS,
+    ) -> EditPlan:
+        """Raises InvalidEditError (spans, durations), the reference errors for the audio and the texts."""
+        return plan_edit(
+            audio,
+            text,
+            new_text,
+            spans,
+            durations=durations,
+            sample_rate=sample_rate,
+            seed=seed,
+            target_rms=target_rms,
+            vocab=self.vocab,
+            frontend=self.frontend,
+            mel=self.mel,
+            unknown=self.unknown_characters,
+        )
+
+    def render_edit(self, plan: EditPlan, mel: torch.Tensor) -> EditResult:
+        (wave,) = self.vocode([mel])
+        return splice_edit(plan, wave, self.mel)
+
+    def edit(
+        self,
+        audio: AudioInput,
+        text: str,
+        new_text: str,
+        spans: list[tuple[float, float]],
+        *,
+        durations: list[float] | None = None,
+        sample_rate: int | None = None,
+        sampling: SamplingSettings = DEFAULT_OPTIONS.sampling,
+        seed: int | None = None,
+        target_rms: float = TARGET_RMS,
+    ) -> EditResult:
+        """Regenerate ``spans`` (seconds) of ``audio``, whose transcript is ``text``, so that it says
+        ``new_text``; outside the spans the result is ``audio`` itself (at the mel's rate)."""
+        plan = self.plan_edit(
+            audio, text, new_text, spans, durations=durations, sample_rate=sample_rate, seed=seed, target_rms=target_rms
+        )
+        (mel,) = self.generate([plan.item], sampling)
+        return self.render_edit(plan, mel)
 
     def vocode(self, mels: list[torch.Tensor]) -> list[np.ndarray]:
         """Each ``[frames, n_mels]`` mel to float32 audio; mels of equal length share one decode call."""

@@ -1,0 +1,75 @@
+"""The command-line options the synthesis jobs share (``jobs/synthesize.py``, ``jobs/edit.py``): which model
+to load and how to sample, declared once."""
+
+from __future__ import annotations
+
+import argparse
+
+from flowtts.model.cfm import ODE_METHODS
+from flowtts.model_loading import add_official_model_options, text_frontend_option
+from flowtts.synthesis.reference import TARGET_RMS
+from flowtts.synthesis.sampling import SamplingSettings
+from flowtts.synthesis.synthesizer import Synthesizer
+from flowtts.synthesis.vocoder import DEFAULT_VOCOS_REPO
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint folder, MLflow URI or official .pt/.safetensors")
+    add_official_model_options(parser)
+    parser.add_argument(
+        "--vocoder",
+        default=DEFAULT_VOCOS_REPO,
+        help=f"Vocos folder or cached HF repo id (default {DEFAULT_VOCOS_REPO}; Griffin-Lim when unavailable)",
+    )
+    parser.add_argument("--allow-download", action="store_true", help="let the vocoder and ASR model download")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--unknown-characters",
+        choices=["error", "space"],
+        default="error",
+        help="characters missing from the vocab: fail naming them (default) or read them as a space",
+    )
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nfe", type=int, default=32, help="ODE steps (default 32)")
+    parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance strength (default 2)")
+    parser.add_argument("--sway", type=float, default=-1.0, help="sway sampling coefficient (default -1)")
+    parser.add_argument("--no-epss", action="store_true", help="uniform time grid even for 5-16 NFE")
+    parser.add_argument(
+        "--ode-method",
+        choices=ODE_METHODS,
+        default="euler",
+        help="ODE rule (default euler; midpoint calls the model twice per step)",
+    )
+    parser.add_argument("--seed", type=int, help="random seed (default: drawn and printed)")
+    parser.add_argument(
+        "--target-rms",
+        type=float,
+        default=TARGET_RMS,
+        help=f"RMS a quieter reference or recording is raised to for sampling (default {TARGET_RMS})",
+    )
+
+
+def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
+    return SamplingSettings(
+        nfe=args.nfe,
+        cfg_strength=args.cfg,
+        sway_sampling_coef=args.sway,
+        use_epss=not args.no_epss,
+        ode_method=args.ode_method,
+    )
+
+
+def load_synthesizer(args: argparse.Namespace, asr_model: str | None = None) -> Synthesizer:
+    return Synthesizer.from_pretrained(
+        args.model,
+        vocab=args.vocab,
+        model_config=args.model_config,
+        vocoder=args.vocoder,
+        device=args.device,
+        allow_download=args.allow_download,
+        text_frontend=text_frontend_option(args),
+        unknown_characters=args.unknown_characters,
+        asr_model=asr_model,
+    )
