@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 
 from flowtts.synthesis import CROSS_FADE_S, TARGET_RMS, SamplingSettings
-from serve.http_layer import ApiError, audio_headers, parse_model
+from serve.audio_responses import audio_headers
+from serve.http_layer import ApiError, parse_model
 from serve.job_options import edit_job, synthesis_job
 from serve.messages import ReferenceSpec, SynthesisReply
 from serve.schemas import EditRequest, SpeechRequest, TTSRequest
