@@ -2,12 +2,19 @@
 
 Each folder under tests/fixtures/reference holds a tiny random-weight model in both official checkpoint
 formats and upstream's outputs; only valid frames are compared (padding is padding).
+
+A difference within TOL passes. Some cases (random N(0, 0.3²) weights, ODE sampling, average upsampling) amplify
+float32 rounding far beyond TOL: the same upstream package and torch on another CPU write fixtures that differ
+by up to ~6e-3 there, while the semantic mismatches this file guards against are O(1). A difference over TOL
+therefore passes only within NOISE_FACTOR times that case's rounding floor: how far our own output moves when
+every weight is nudged by one float32 rounding unit.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +24,9 @@ from safetensors.torch import load_file
 from flowtts.checkpoint import load_f5_checkpoint
 
 TOL = 1e-4
+ULP = 2.0**-23  # float32's relative rounding unit
+NOISE_TRIALS = 3
+NOISE_FACTOR = 10
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 NAMES = sorted(p.name for p in REFERENCE.glob("*") if (p / "cases.safetensors").is_file())
 pytestmark = pytest.mark.skipif(not NAMES, reason=f"no reference fixtures in {REFERENCE}")
@@ -37,6 +47,34 @@ def max_diff_valid(ours: torch.Tensor, upstream: torch.Tensor, lens) -> float:
     return max(float((ours[i, :n] - upstream[i, :n]).abs().max()) for i, n in enumerate(lens))
 
 
+def rounding_floor(model, run: Callable[[], torch.Tensor], lens) -> float:
+    """Largest move of ``run()``'s valid frames over NOISE_TRIALS seeded nudges of every weight by ~1 ULP."""
+    base = run()
+    saved = [p.detach().clone() for p in model.parameters()]
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    try:
+        for _ in range(NOISE_TRIALS):
+            with torch.no_grad():
+                for p, s in zip(model.parameters(), saved, strict=True):
+                    p.copy_(s * (1 + ULP * torch.randn(s.shape, generator=g)))
+            worst = max(worst, max_diff_valid(run(), base, lens))
+    finally:
+        with torch.no_grad():
+            for p, s in zip(model.parameters(), saved, strict=True):
+                p.copy_(s)
+    return worst
+
+
+def assert_matches(model, run: Callable[[], torch.Tensor], upstream: torch.Tensor, lens) -> None:
+    """Within TOL of upstream's valid frames, or else within NOISE_FACTOR times the case's rounding floor."""
+    diff = max_diff_valid(run(), upstream, lens)
+    if diff <= TOL:
+        return
+    floor = rounding_floor(model, run, lens)
+    assert diff <= NOISE_FACTOR * floor, f"{diff:.3g} > TOL {TOL} and > {NOISE_FACTOR} x rounding floor {floor:.3g}"
+
+
 @pytest.mark.parametrize(
     "case, drops",
     [
@@ -47,53 +85,65 @@ def max_diff_valid(ours: torch.Tensor, upstream: torch.Tensor, lens) -> float:
 )
 def test_forward_padded_batch(ref, case, drops):
     model, c, meta = ref
-    with torch.no_grad():
-        out = model.transformer(
+
+    @torch.no_grad()
+    def run():
+        return model.transformer(
             x=c["fwd_x"], cond=c["fwd_cond"], text=c["fwd_text"], time=c["fwd_time"], mask=c["fwd_mask"], **drops
         )
-    assert max_diff_valid(out, c[case], meta["lens"]) <= TOL
+
+    assert_matches(model, run, c[case], meta["lens"])
 
 
 def test_forward_single_item(ref):
     model, c, _ = ref
-    with torch.no_grad():
-        out = model.transformer(
+
+    @torch.no_grad()
+    def run():
+        return model.transformer(
             x=c["fwd_x"][:1], cond=c["fwd_cond"][:1], text=c["fwd_text"][:1], time=c["fwd_time"][:1]
         )
-    assert max_diff_valid(out, c["fwd1_out"], [out.shape[1]]) <= TOL
+
+    assert_matches(model, run, c["fwd1_out"], [c["fwd_x"].shape[1]])
 
 
 def test_forward_single_item_with_padded_text(ref):
     """A batch row taken alone: its audio is unpadded but its text row still ends in -1 padding."""
     model, c, meta = ref
     n = meta["lens"][1]
-    with torch.no_grad():
-        out = model.transformer(
+
+    @torch.no_grad()
+    def run():
+        return model.transformer(
             x=c["fwd_x"][1:, :n], cond=c["fwd_cond"][1:, :n], text=c["fwd_text"][1:], time=c["fwd_time"][1:]
         )
-    assert max_diff_valid(out, c["fwd1_padded_text_out"], [n]) <= TOL
+
+    assert_matches(model, run, c["fwd1_padded_text_out"], [n])
 
 
 def test_sample_single_item(ref):
     model, c, meta = ref
     params = {k: v for k, v in meta["sample_single"].items() if k != "text"}
-    out = model.sample(cond=c["smp_cond"], text=c["fwd_text"][1:], **params)
-    assert max_diff_valid(out.mel, c["smp_out"], [params["duration"]]) <= TOL
+
+    def run():
+        return model.sample(cond=c["smp_cond"], text=c["fwd_text"][1:], **params).mel
+
+    assert_matches(model, run, c["smp_out"], [params["duration"]])
 
 
 def test_sample_batch_with_prompt_lengths_and_durations(ref):
     model, c, meta = ref
     params = dict(meta["sample_batch"])
     durations = params.pop("duration")
-    out = model.sample(
-        cond=c["smpb_cond"],
-        text=c["fwd_text"],
-        duration=torch.tensor(durations),
-        lens=torch.tensor(params.pop("lens")),
-        **params,
-    )
-    assert out.duration.tolist() == durations
-    assert max_diff_valid(out.mel, c["smpb_out"], durations) <= TOL
+    lens = torch.tensor(params.pop("lens"))
+
+    def sample():
+        return model.sample(
+            cond=c["smpb_cond"], text=c["fwd_text"], duration=torch.tensor(durations), lens=lens, **params
+        )
+
+    assert sample().duration.tolist() == durations
+    assert_matches(model, lambda: sample().mel, c["smpb_out"], durations)
 
 
 def test_training_loss_under_a_seed(ref):
@@ -102,13 +152,17 @@ def test_training_loss_under_a_seed(ref):
     assert {d["drop_text"] for d in meta["loss_drops"].values()} == {False, True}  # both CFG branches covered
     lens = torch.tensor(meta["lens"])
     for seed in meta["loss_seeds"]:
-        torch.manual_seed(seed)
-        random.seed(seed)
-        with torch.no_grad():
-            out = model(c["loss_mel"], c["fwd_text"], lens)
-        assert abs(float(out.loss) - float(c[f"loss_{seed}"])) <= TOL, seed
+
+        @torch.no_grad()
+        def run(seed=seed):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            return model(c["loss_mel"], c["fwd_text"], lens)
+
+        out = run()
         assert max_diff_valid(out.cond, c[f"loss_cond_{seed}"], meta["lens"]) == 0.0, seed
-        assert max_diff_valid(out.pred, c[f"loss_pred_{seed}"], meta["lens"]) <= TOL, seed
+        assert_matches(model, lambda run=run: run().loss.reshape(1, 1), c[f"loss_{seed}"].reshape(1, 1), [1])
+        assert_matches(model, lambda run=run: run().pred, c[f"loss_pred_{seed}"], meta["lens"])
 
 
 def test_every_upstream_backbone_is_covered():
