@@ -359,7 +359,7 @@ class MMDiT(Backbone):
 
     def body(self, h, t, mask, text, isolate):
         nt = text.shape[1]
-        x, c = h[:, :-nt], h[:, -nt:]
+        x, c = h.split((h.shape[1] - nt, nt), dim=1)  # split, not h[:, :-nt]: exported graphs keep sizes symbolic
         # upstream: the text padding mask is always passed (zeroes padded tokens' attention output), even
         # for a single item; with cfg_infer it covers both halves of the packed batch
         c_mask = (text != -1).repeat(h.shape[0] // text.shape[0], 1)  # [b or 2b, nt]

@@ -13,6 +13,7 @@ from flowtts.config import ModelConfig
 from flowtts.model.backbones import BACKBONES, Backbone, TextCache
 from flowtts.model.duration_predictor import DurationBatch, DurationPredictor
 from flowtts.model.modules import lens_to_mask
+from flowtts.model.step import prepare_call
 
 # Empirically Pruned Step Sampling grids (in 1/32 units) for small step counts.
 EPSS_GRIDS = {
@@ -139,6 +140,7 @@ class CFM(nn.Module):
         isolate_items: bool = False,
         ode_method: str = "euler",
         edit_mask: torch.Tensor | None = None,
+        backend=None,
     ) -> SampleResult:
         """ODE from noise to mel over the time grid, with classifier-free guidance packed into one forward.
 
@@ -153,6 +155,8 @@ class CFM(nn.Module):
         two model calls per step), each step exactly as torchdiffeq's fixed-grid solvers take it.
         edit_mask: [b, n_cond] True where ``cond`` is kept (speech editing, upstream's semantics): frames
         within ``lens`` but outside the mask are regenerated, like the frames after the prompt.
+        backend: a ``flowtts.inference`` backend that evaluates the guided step (compiled, ONNX Runtime);
+        ``None`` runs the model's own forward (eager).
         """
         if ode_method not in ODE_METHODS:
             raise ValueError(f"ode_method={ode_method!r} is not one of {ODE_METHODS}")
@@ -176,8 +180,11 @@ class CFM(nn.Module):
         step_cond = torch.where(cond_mask, cond, torch.zeros_like(cond))
         mask = lens_to_mask(duration, n) if b > 1 else None
         cache = TextCache()
+        call = prepare_call(self.transformer, step_cond, text, mask, isolate_items) if backend is not None else None
 
         def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            if call is not None:  # the backend's graph always packs both branches; strength 0 gives pred
+                return backend.velocity(call, x, t, cfg_strength)
             if cfg_strength < 1e-5:
                 return self.transformer(
                     x=x, cond=step_cond, text=text, time=t, mask=mask, cache=cache, isolate_items=isolate_items

@@ -203,24 +203,33 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)))
 
-    def forward_from_seq_len(self, seq_len: int) -> torch.Tensor:
+    def forward_from_seq_len(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)`` tables ``[1, 1, n, dh]`` for pairs f0 f0 f1 f1 ..., sin with the sign of the rotation.
+
+        Computed once per forward and shared by every layer (upstream takes cos and sin of the angles again
+        in each attention, for q and for k). ``sin`` carries the ``(-, +)`` sign of each pair so rotating is
+        one pair swap: ``(-x2) * s == x2 * (-s)`` exactly, so the result is bitwise upstream's."""
         t = torch.arange(seq_len, device=self.inv_freq.device).float()
         freqs = torch.outer(t, self.inv_freq.float())  # [n, dh/2]
-        return torch.stack((freqs, freqs), dim=-1).flatten(-2).unsqueeze(0)  # [1, n, dh]: f0 f0 f1 f1 ...
+        angles = torch.stack((freqs, freqs), dim=-1).flatten(-2)[None, None]  # [1, 1, n, dh]
+        sign = torch.tensor([-1.0, 1.0], device=angles.device).repeat(angles.shape[-1] // 2)
+        return angles.cos(), angles.sin() * sign
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    pairs = x.unflatten(-1, (-1, 2))  # [..., dh/2, 2]
-    x1, x2 = pairs.unbind(dim=-1)
-    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+def swap_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2, x3, x4, ...) -> (x2, x1, x4, x3, ...) along the last axis."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
 
 
-def apply_rotary_pos_emb(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """t: [b, h, n, dh]; freqs: [1, n, dh]."""
-    rot = freqs.shape[-1]
-    freqs = freqs[:, -t.shape[-2] :, :].unsqueeze(1)  # [1, 1, n, dh]
-    rotated = t[..., :rot] * freqs.cos() + rotate_half(t[..., :rot]) * freqs.sin()
-    return torch.cat((rotated, t[..., rot:]), dim=-1).type(t.dtype)
+def apply_rotary_pos_emb(t: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """t: [b, h, n, dh]; rope: ``RotaryEmbedding.forward_from_seq_len`` tables, the last n positions used."""
+    cos, sin = rope
+    rot, n = cos.shape[-1], t.shape[-2]
+    cos, sin = cos[:, :, cos.shape[2] - n :], sin[:, :, sin.shape[2] - n :]  # positive bounds: export
+    if rot == t.shape[-1]:
+        return (t * cos + swap_pairs(t) * sin).type(t.dtype)
+    head = t[..., :rot]
+    return torch.cat((head * cos + swap_pairs(head) * sin, t[..., rot:]), dim=-1).type(t.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -289,21 +298,21 @@ class Attention(nn.Module):
         h = proj(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [b, h, n, dh]
         return norm(h) if norm is not None else h
 
-    def _rope(self, t: torch.Tensor, freqs: torch.Tensor | None) -> torch.Tensor:
-        if freqs is None:
+    def _rope(self, t: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        if rope is None:
             return t
         if self.pe_attn_head is None:
-            return apply_rotary_pos_emb(t, freqs)
+            return apply_rotary_pos_emb(t, rope)
         pn = self.pe_attn_head  # v0 behaviour: only the first heads carry RoPE
-        return torch.cat((apply_rotary_pos_emb(t[:, :pn], freqs), t[:, pn:]), dim=1)
+        return torch.cat((apply_rotary_pos_emb(t[:, :pn], rope), t[:, pn:]), dim=1)
 
     def forward(
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
-        rope: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         c: torch.Tensor | None = None,
-        c_rope: torch.Tensor | None = None,
+        c_rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         mask_keys: bool | None = None,
         c_mask: torch.Tensor | None = None,
     ):
@@ -414,7 +423,7 @@ class DiTBlock(nn.Module):
         x: torch.Tensor,
         t: torch.Tensor,
         mask: torch.Tensor | None = None,
-        rope: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         mask_keys: bool | None = None,
     ) -> torch.Tensor:
         norm, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(x, emb=t)
