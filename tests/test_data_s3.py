@@ -21,6 +21,7 @@ from flowtts.model import build_model
 from flowtts.model_source import resolve_model_source
 from flowtts.shards import read_table
 from flowtts.storage import Location, StorageError, resolve
+from flowtts.text import Vocab
 from flowtts.training import TrainingData, dataset_vocab
 from tests.helpers import REPO, SAMPLE_CORPUS
 from tests.helpers.corpus import write_text, write_wav
@@ -121,6 +122,26 @@ def test_s3_to_s3_keeps_the_rows_of_a_local_run_and_reruns_identically(ray_local
     bucket = resolve(s3_bucket)
     assert sorted({f.relative_to(bucket).split("/")[1] for f in bucket.files(recursive=True)}) == ["mixed"]
     assert not [f for f in bucket.files(recursive=True) if ".staging-" in f.uri]  # staging prefix removed
+
+
+def test_holdout_list_and_base_vocab_are_read_from_s3(ray_local, s3_bucket, tmp_path):
+    corpus = mixed_corpus(tmp_path / "corpus")
+    files = tmp_path / "lists"
+    files.mkdir()
+    Vocab([" ", ".", "a", "n"]).save(files / "base_vocab.txt")
+    write_text(files / "heldout.txt", ["# evaluation clips", "wavs/demo_0002.wav", "wavs/gone.wav"])
+    lists = upload(files, resolve(f"{s3_bucket}/lists"))
+
+    remote = run(
+        corpus, tmp_path / "s3", holdout_list=lists.join("heldout.txt").uri, vocab=lists.join("base_vocab.txt").uri
+    )
+    local = run(corpus, tmp_path / "disk", holdout_list=files / "heldout.txt", vocab=files / "base_vocab.txt")
+
+    assert (remote.kept, remote.heldout) == (local.kept, local.heldout) == (5, 1)
+    assert read_table(tmp_path / "s3", "heldout")["audio_file"].to_pylist() == ["wavs/demo_0002.wav"]
+    vocab = (tmp_path / "s3" / "vocab.txt").read_bytes()
+    assert vocab == (tmp_path / "disk" / "vocab.txt").read_bytes()
+    assert Vocab.load(tmp_path / "s3" / "vocab.txt").tokens[:4] == [" ", ".", "a", "n"]  # the base's ids kept
 
 
 def test_failed_overwrite_leaves_the_s3_output_as_it_was(ray_local, s3_bucket, tmp_path):
