@@ -1,32 +1,37 @@
-"""Preprocessing, evaluation and the duration job's readers on a real S3 API (moto's server on loopback,
-reached through ``AWS_ENDPOINT_URL``): the same rows and rejections as a local run, atomic output with the
-manifest as commit marker, identical re-runs, and clean errors naming the URI."""
+"""Preprocessing, evaluation and the duration job (its readers, and the job end to end on Ray Train) on a real
+S3 API (moto's server on loopback, reached through ``AWS_ENDPOINT_URL``): the same rows and rejections as a
+local run, atomic output with the manifest as commit marker, identical re-runs, and clean errors naming the URI."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from local_services import LocalRayHead, LocalS3Server, service_env
+from mlflow.tracking import MlflowClient
 
 from data_pipelines import OutputExistsError, PreprocessConfig, preprocess_corpus
-from flowtts.checkpoint import save_checkpoint
+from flowtts.checkpoint import load_bundle, save_checkpoint
+from flowtts.config import DurationPredictorConfig
 from flowtts.evaluation.gate import evaluate
 from flowtts.evaluation.heldout import heldout_duration_mape
 from flowtts.model import build_model
-from flowtts.model_source import resolve_model_source
+from flowtts.model_source import local_model, resolve_model_source
 from flowtts.shards import read_table
 from flowtts.storage import Location, StorageError, resolve
 from flowtts.text import Vocab
 from flowtts.training import TrainingData, dataset_vocab
+from flowtts.training.duration_fitting import DurationExamples, train_duration_predictor
 from tests.helpers import REPO, SAMPLE_CORPUS
 from tests.helpers.corpus import write_text, write_wav
 from tests.helpers.models import small_model_config
 from tests.helpers.shards import write_dataset
+from trainer.duration_job import DurationJob, run_duration_training
 
 pytestmark = pytest.mark.integration
 OUTPUTS = ("manifest.json", "rejected.jsonl", "shards", "vocab.txt")
@@ -157,9 +162,9 @@ def test_failed_overwrite_leaves_the_s3_output_as_it_was(ray_local, s3_bucket, t
     assert sorted(before) == ["manifest.json", "rejected.jsonl", "shards/shard-00000.parquet", "vocab.txt"]
 
 
-def small_model(vocab_size: int):
+def small_model(vocab_size: int, **overrides):
     torch.manual_seed(0)
-    config = small_model_config(vocab_size, depth=1)
+    config = small_model_config(vocab_size, depth=1, **overrides)
     return build_model(config)
 
 
@@ -181,6 +186,67 @@ def test_evaluation_and_duration_readers_read_a_dataset_on_s3(s3_env, s3_bucket,
     assert heldout_duration_mape(model, vocab, remote) == heldout_duration_mape(model, vocab, local)
     with pytest.raises(FileNotFoundError, match=f"no parquet shards in {s3_bucket}/datasets/none/heldout"):
         evaluate(resolve_model_source(str(folder)), f"{s3_bucket}/datasets/none", nfe=2)
+
+
+def test_duration_job_fits_and_measures_on_a_dataset_on_s3(ray_local, s3_bucket, tmp_path, monkeypatch):
+    """The duration job end to end with ``--data s3://...`` (one Ray Train worker, which reaches S3 through
+    the session Ray's runtime_env): it registers the predictor that the same fit on the local copy of the
+    dataset gives, and reports that predictor's held-out errors on the local copy."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    local = write_dataset(tmp_path / "data", SAMPLE_CORPUS, count=6, heldout=2)
+    remote = upload(local, resolve(f"{s3_bucket}/datasets/demo")).uri
+    vocab = dataset_vocab(local)
+    # the job seeds only its pair sampling (--seed), not torch: a base that has a predictor (no new random
+    # init) and no dropout make its fit reproducible here
+    predictor = DurationPredictorConfig(dim=32, dropout=0.0)
+    folder = save_checkpoint(small_model(len(vocab), duration_predictor=predictor), tmp_path / "base", vocab)
+    job = DurationJob(
+        model=str(folder),
+        data=remote,
+        steps=3,
+        batch_size=4,
+        storage=tmp_path / "runs",
+        name="dur-s3",
+        cpus_per_worker=0.5,
+        registered_model="flowtts-dur-s3",
+        predictor=predictor,
+    )
+    outcome = run_duration_training(job)
+
+    expected = load_bundle(folder).model  # the same fit here, from the local copy, on one thread as the worker
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        examples = DurationExamples(TrainingData.from_folder(local, vocab))
+        losses = train_duration_predictor(expected, examples, steps=3, batch_size=4)
+        errors = heldout_duration_mape(expected, vocab, local)
+    finally:
+        torch.set_num_threads(threads)
+
+    metrics = outcome.metrics
+    assert set(errors) == {"duration_mape_predictor", "duration_mape_byte_ratio"}
+    assert all(math.isfinite(metrics[key]) for key in ["duration_loss", *errors]), metrics
+    assert metrics["duration_loss"] == pytest.approx(losses[-1], rel=1e-5)
+    for key, value in errors.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-5), key
+    run = MlflowClient(outcome.tracking_uri).get_run(outcome.mlflow_run_id)
+    assert run.data.params["duration_job.data"] == remote
+    assert len(MlflowClient(outcome.tracking_uri).get_metric_history(outcome.mlflow_run_id, "duration_loss")) == 3
+
+    checkpoints = sorted((tmp_path / "runs" / "dur-s3").glob("checkpoint_*/model"))
+    assert len(checkpoints) == 1, list((tmp_path / "runs" / "dur-s3").iterdir())
+    assert outcome.registration.model_uri == "models:/flowtts-dur-s3@candidate"
+    with local_model(resolve_model_source(outcome.registration.model_uri, outcome.tracking_uri)) as registered:
+        trained = load_bundle(registered)
+    assert trained.info["duration_predictor_steps"] == 3 and trained.vocab == vocab
+    base = load_bundle(folder).model.state_dict()
+    fitted = [key for key in base if key.startswith("duration_predictor.")]
+    assert fitted and any(not torch.equal(trained.model.state_dict()[key], base[key]) for key in fitted)
+    for key, value in trained.model.state_dict().items():
+        if key in fitted:
+            assert torch.allclose(value, expected.state_dict()[key], atol=1e-6), key
+        else:
+            assert torch.equal(value, base[key]), key  # the CFM stays the base's
 
 
 def preprocess_main():
