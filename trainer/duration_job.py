@@ -76,6 +76,7 @@ def duration_loop(config: dict) -> None:
     mlflow.set_tracking_uri(config["tracking_uri"])
     with local_model(resolve_model_source(job.model)) as folder:  # a registry model is downloaded on this node
         bundle = load_bundle(folder)
+    torch.manual_seed(job.seed)  # a new predictor's initial weights and its dropout: --seed reproduces the job
     model = with_duration_predictor(bundle.model, job.predictor).to(ray.train.torch.get_device())
     examples = DurationExamples(TrainingData.from_folder(job.data, bundle.vocab))
     started = time.perf_counter()
