@@ -21,6 +21,8 @@ the reference's convention (tiny 17.9, Base 683 GFLOP/NFE); the text embedding r
     .venv/bin/python bench/bench_sampling.py --quick    # tiny fully, Base only at batch 1, NFE 16, 2 reps
     .venv/bin/python bench/bench_sampling.py --official-python /tmp/f5venv/bin/python   # + official f5-tts
     .venv/bin/python bench/bench_sampling.py --profile  # where the time goes in tiny, batch 1, NFE 32
+    .venv/bin/python bench/bench_sampling.py --only-tiny --batch 1 --nfe 32 --backend eager compiled onnxruntime \
+        --official-python /tmp/f5venv/bin/python --json out.json   # every backend beside the official package
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from flowtts.checkpoint import export_f5_checkpoint
 from flowtts.config import ModelConfig, load_config
+from flowtts.inference import BACKENDS, make_backend
 from flowtts.model import CFM, build_model
 
 PROMPT_FRAMES, TOTAL_FRAMES, TEXT_TOKENS = 282, 750, 128
@@ -86,6 +89,9 @@ class Result:
     cores: float  # CPU seconds / wall seconds of the timed calls: 2.0 = both threads ran all the time
     gflop_per_nfe: float  # batch-total, packed CFG, text embedding included (the reference's convention)
     mfu: float  # achieved FLOP/s over the fp32 matmul peak
+    backend: str = "eager"
+    setup_seconds: float = 0.0  # building and warming up the backend (compiling, exporting), once per model
+    eager_max_diff: float | None = None  # max |mel - eager flowtts's mel|, same inputs and seed
     official_seconds: float | None = None
     official_cores: float | None = None
     official_max_diff: float | None = None
@@ -147,7 +153,7 @@ def sampling_inputs(config: ModelConfig, batch: int, seed: int = 1) -> dict[str,
     }
 
 
-def sample_call(model: CFM, inputs: dict[str, torch.Tensor], steps: int) -> Callable[[], torch.Tensor]:
+def sample_call(model: CFM, inputs: dict[str, torch.Tensor], steps: int, backend=None) -> Callable[[], torch.Tensor]:
     batch = inputs["cond"].shape[0]
 
     def call() -> torch.Tensor:
@@ -160,6 +166,7 @@ def sample_call(model: CFM, inputs: dict[str, torch.Tensor], steps: int) -> Call
             cfg_strength=2.0,
             sway_sampling_coef=-1.0,
             seed=0,
+            backend=backend,
         ).mel  # one int seed, as the official API takes
 
     return call
@@ -220,30 +227,46 @@ def run_official(
 # ---------------------------------------------------------------- runs
 
 
-def run_case(case: Case, peak: float, threads: int, official_python: str | None) -> Result:
+def run_case(case: Case, peak: float, threads: int, official_python: str | None, backends: list[str]) -> list[Result]:
+    """One result per backend, all on the same weights, inputs and seed; the official package timed once."""
     model = random_model(case.preset)
     inputs = sampling_inputs(model.config, case.batch)
-    call = sample_call(model, inputs, case.steps)
-    seconds, cores = timed_with_cpu(call, case.reps)
-    median = statistics.median(seconds)
     per_nfe = flops_per_nfe(model.config, case.batch)
-    mfu = per_nfe * case.steps / median / peak
-    result = Result(
-        case.preset,
-        case.batch,
-        case.steps,
-        median,
-        (max(seconds) - min(seconds)) / median,
-        median / (case.batch * GENERATED_SECONDS),
-        cores,
-        per_nfe / 1e9,
-        mfu,
-    )
-    if official_python:
-        report, official_mel = run_official(official_python, model, inputs, case, threads)
-        result.official_seconds, result.official_cores = report["median"], report["cores"]
-        result.official_max_diff = float((call() - official_mel).abs().max())
-    return result
+    official = run_official(official_python, model, inputs, case, threads) if official_python else None
+    eager_mel = sample_call(model, inputs, case.steps)() if backends != ["eager"] else None
+    results = []
+    for name in backends:
+        start = time.perf_counter()
+        backend = make_backend(name, model)
+        if backend is not None:
+            backend.warm_up()
+        setup = time.perf_counter() - start
+        call = sample_call(model, inputs, case.steps, backend)
+        seconds, cores = timed_with_cpu(call, case.reps)
+        median = statistics.median(seconds)
+        result = Result(
+            case.preset,
+            case.batch,
+            case.steps,
+            median,
+            (max(seconds) - min(seconds)) / median,
+            median / (case.batch * GENERATED_SECONDS),
+            cores,
+            per_nfe / 1e9,
+            per_nfe * case.steps / median / peak,
+            backend=name,
+            setup_seconds=setup,
+        )
+        mel = call()
+        if eager_mel is not None:
+            result.eager_max_diff = float((mel - eager_mel).abs().max())
+        if official is not None:
+            report, official_mel = official
+            result.official_seconds, result.official_cores = report["median"], report["cores"]
+            result.official_max_diff = float((mel - official_mel).abs().max())
+        results.append(result)
+        print(f"done: {result}", file=sys.stderr, flush=True)
+    return results
 
 
 def forward_utilisation(preset: str, batch: int, reps: int, peak: float) -> tuple[float, float]:
@@ -292,18 +315,19 @@ def markdown(results: list[Result], peak: float, forward: dict[str, tuple[float,
     lines = [
         f"torch {torch.__version__}, {threads} threads, fp32 matmul 2048^3: {peak / 1e9:.0f} GFLOP/s",
         "",
-        "| work | s/call (median) | spread | cores used | RTF | GFLOP/NFE | MFU | official s/call "
-        "(cores used) | speed-up | max diff |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| work | backend | s/call (median) | spread | cores used | RTF | GFLOP/NFE | MFU | official s/call "
+        "(cores used) | speed-up | max diff vs official | max diff vs eager | setup s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         official = "-" if r.official_seconds is None else f"{r.official_seconds:.2f} ({r.official_cores:.2f})"
         speedup = "-" if r.official_seconds is None else f"{r.official_seconds / r.seconds:.2f}x"
         diff = "-" if r.official_max_diff is None else f"{r.official_max_diff:.1e}"
+        eager = "-" if r.eager_max_diff is None else f"{r.eager_max_diff:.1e}"
         lines.append(
-            f"| {r.preset}, batch {r.batch}, NFE {r.steps} | {r.seconds:.2f} | {r.spread:.0%} | "
+            f"| {r.preset}, batch {r.batch}, NFE {r.steps} | {r.backend} | {r.seconds:.2f} | {r.spread:.0%} | "
             f"{r.cores:.2f} | {r.rtf:.2f} | {r.gflop_per_nfe:.1f} | {r.mfu:.0%} | {official} | "
-            f"{speedup} | {diff} |"
+            f"{speedup} | {diff} | {eager} | {r.setup_seconds:.0f} |"
         )
     lines += ["", "| DiT forward (packed CFG, batch 1, 750 frames) | s | MFU |", "|---|---|---|"]
     lines += [f"| {preset} | {seconds:.3f} | {mfu:.0%} |" for preset, (seconds, mfu) in forward.items()]
@@ -320,6 +344,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes (default 1 4)")
     parser.add_argument("--nfe", type=int, nargs="+", default=[32, 16], help="step counts (default 32 16)")
     parser.add_argument("--profile", action="store_true", help="print where the time goes in tiny and exit")
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        choices=BACKENDS,
+        default=["eager"],
+        help="sampling backends to time, each on the same weights and inputs (default eager)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -333,8 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     results = []
     for case in selected:
-        results.append(run_case(case, peak, args.threads, args.official_python))
-        print(f"done: {results[-1]}", file=sys.stderr, flush=True)
+        results += run_case(case, peak, args.threads, args.official_python, args.backend)
     presets = dict.fromkeys(c.preset for c in selected)
     forward = {p: forward_utilisation(p, 1, 5 if p == "tiny" else 2, peak) for p in presets}
     peak_after = matmul_flops_per_second()

@@ -1,7 +1,8 @@
 """Evaluate a model on held-out clips and, optionally, promote it.
 
     python jobs/evaluate.py --model models:/flowtts@candidate --data DATASET [--promote production]
-        [--margin 0.0] [--max-items N] [--nfe 16] [--seed 0] [--vocoder DIR] [--out DIR]
+        [--margin 0.0] [--max-items N] [--nfe 16] [--seed 0] [--backend eager|compiled|onnxruntime]
+        [--vocoder DIR] [--out DIR]
         [--asr-model DIR_OR_REPO] [--speaker-model DIR_OR_REPO] [--allow-download]
 
 ``--model`` is a registered model URI, a checkpoint folder in our format, or an official F5-TTS
@@ -29,6 +30,7 @@ from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.report import summary_table
 from flowtts.model_loading import add_official_model_options, text_frontend_option
 from flowtts.model_source import resolve_model_source
+from flowtts.synthesis.cli import add_backend_options
 from trainer.job_exit import exit_on_project_error
 
 
@@ -44,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-items", type=int, help="evaluate at most this many held-out clips")
     parser.add_argument("--nfe", type=int, default=16, help="ODE steps per item (default 16)")
     parser.add_argument("--seed", type=int, default=0)
+    add_backend_options(parser, onnx_file=False)
     parser.add_argument("--vocoder", help="Vocos folder for the example audio (default Griffin-Lim)")
     parser.add_argument("--out", type=Path, help="report folder (default: a temporary folder)")
     parser.add_argument("--asr-model", help="CTC ASR model folder or cached HF repo id: adds word error rate")
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         max_items=args.max_items,
         nfe=args.nfe,
         seed=args.seed,
+        backend=args.backend,
         vocoder=args.vocoder,
         out_dir=args.out,
         judges=judges,

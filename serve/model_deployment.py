@@ -59,6 +59,8 @@ def load_synthesizer(settings: ServeSettings, source: ModelSource) -> Synthesize
         vocoder=settings.vocoder,
         device=settings.device,
         asr_model=settings.asr_model,
+        backend=settings.backend,
+        onnx_file=settings.onnx_file,
     )
 
 
@@ -140,6 +142,7 @@ class TTSModel:
                 "sample_rate": self.synth.mel.target_sample_rate,
                 "vocoder": type(self.synth.vocoder).__name__,
                 "device": self.settings.device,
+                "backend": self.settings.backend,
                 "torch_threads": torch.get_num_threads(),
             },
         }

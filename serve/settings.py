@@ -133,6 +133,14 @@ class ServeSettings(StrictSettings):
     api_key: SecretStr | None = Field(default=None, description="require 'Authorization: Bearer <key>'")
     tracking_uri: str | None = Field(default=None, description="MLflow tracking URI (default: MLflow's own)")
     device: str = "cpu"
+    backend: Literal["eager", "compiled", "onnxruntime"] = Field(
+        default="eager",
+        description="how sampling steps run (flowtts.inference): built and warmed up before the replica is ready",
+    )
+    onnx_file: str | None = Field(
+        default=None,
+        description="onnxruntime: the step jobs/export.py wrote, a path or runs:/ URI (default: export at start)",
+    )
     default_nfe: int = Field(default=32, ge=1)
     default_cfg_strength: float = 2.0
     default_sway_sampling_coef: float = -1.0

@@ -3,18 +3,13 @@
 Each folder under tests/fixtures/reference holds a tiny random-weight model in both official checkpoint
 formats and upstream's outputs; only valid frames are compared (padding is padding).
 
-A difference within TOL passes. Some cases (random N(0, 0.3²) weights, ODE sampling, average upsampling) amplify
-float32 rounding far beyond TOL: the same upstream package and torch on another CPU write fixtures that differ
-by up to ~6e-3 there, while the semantic mismatches this file guards against are O(1). A difference over TOL
-therefore passes only within NOISE_FACTOR times that case's rounding floor: how far our own output moves when
-every weight is nudged by one float32 rounding unit.
+Differences beyond 1e-4 pass only within the case's float32 rounding floor (``tests.helpers.parity``).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,11 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from flowtts.checkpoint import load_f5_checkpoint
+from tests.helpers.parity import assert_matches, max_diff_valid
 
-TOL = 1e-4
-ULP = 2.0**-23  # float32's relative rounding unit
-NOISE_TRIALS = 3
-NOISE_FACTOR = 10
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 NAMES = sorted(p.name for p in REFERENCE.glob("*") if (p / "cases.safetensors").is_file())
 pytestmark = pytest.mark.skipif(not NAMES, reason=f"no reference fixtures in {REFERENCE}")
@@ -39,40 +31,6 @@ def ref(request):
     model = load_f5_checkpoint(folder / file, json.loads((folder / "config.json").read_text()))
     meta = json.loads((folder / "cases.json").read_text())
     return model, load_file(str(folder / "cases.safetensors")), meta
-
-
-def max_diff_valid(ours: torch.Tensor, upstream: torch.Tensor, lens) -> float:
-    """Largest |difference| over each item's first ``lens[i]`` frames."""
-    assert ours.shape == upstream.shape, (ours.shape, upstream.shape)
-    return max(float((ours[i, :n] - upstream[i, :n]).abs().max()) for i, n in enumerate(lens))
-
-
-def rounding_floor(model, run: Callable[[], torch.Tensor], lens) -> float:
-    """Largest move of ``run()``'s valid frames over NOISE_TRIALS seeded nudges of every weight by ~1 ULP."""
-    base = run()
-    saved = [p.detach().clone() for p in model.parameters()]
-    g = torch.Generator().manual_seed(0)
-    worst = 0.0
-    try:
-        for _ in range(NOISE_TRIALS):
-            with torch.no_grad():
-                for p, s in zip(model.parameters(), saved, strict=True):
-                    p.copy_(s * (1 + ULP * torch.randn(s.shape, generator=g)))
-            worst = max(worst, max_diff_valid(run(), base, lens))
-    finally:
-        with torch.no_grad():
-            for p, s in zip(model.parameters(), saved, strict=True):
-                p.copy_(s)
-    return worst
-
-
-def assert_matches(model, run: Callable[[], torch.Tensor], upstream: torch.Tensor, lens) -> None:
-    """Within TOL of upstream's valid frames, or else within NOISE_FACTOR times the case's rounding floor."""
-    diff = max_diff_valid(run(), upstream, lens)
-    if diff <= TOL:
-        return
-    floor = rounding_floor(model, run, lens)
-    assert diff <= NOISE_FACTOR * floor, f"{diff:.3g} > TOL {TOL} and > {NOISE_FACTOR} x rounding floor {floor:.3g}"
 
 
 @pytest.mark.parametrize(

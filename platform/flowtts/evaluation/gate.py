@@ -58,18 +58,19 @@ def evaluate(
     vocab: str | Path | None = None,
     model_config: ModelConfigSpec | None = None,
     text_frontend: TextFrontend | None = None,
+    backend: str = "eager",
 ) -> Evaluation:
     """Score the candidate and both baselines on the same held-out items (with the judged metrics too when
     ``judges`` are given); write the report. ``vocab``, ``model_config`` and ``text_frontend`` are the
-    settings of an official checkpoint file (see ``flowtts.model_loading``)."""
+    settings of an official checkpoint file (see ``flowtts.model_loading``). ``backend`` runs the sampling
+    steps of every model scored (``flowtts.inference``)."""
     with local_model(candidate) as folder:
         bundle = load_model(candidate, folder, vocab=vocab, model_config=model_config, text_frontend=text_frontend)
     items = read_with(bundle, build_eval_items(dataset, max_items=max_items, seed=seed))
     logger.info("evaluating %s on %d held-out items (NFE %d)", candidate.uri, len(items), nfe)
-    scores, mels = score_model("model", bundle.model, bundle.vocab, items, nfe=nfe, seed=seed, judges=judges)
-    untrained_scores, _ = score_model(
-        "untrained", untrained_like(bundle, seed), bundle.vocab, items, nfe=nfe, seed=seed, judges=judges
-    )
+    run = {"nfe": nfe, "seed": seed, "judges": judges, "backend": backend}
+    scores, mels = score_model("model", bundle.model, bundle.vocab, items, **run)
+    untrained_scores, _ = score_model("untrained", untrained_like(bundle, seed), bundle.vocab, items, **run)
     scores += untrained_scores + score_other_sentence(items, judges)
     summary = summarise(scores)
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="flowtts-eval-"))

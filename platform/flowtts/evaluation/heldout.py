@@ -23,6 +23,7 @@ import torch
 
 from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.metrics import compare_mels, mape
+from flowtts.inference import SamplingBackend, make_backend
 from flowtts.model import CFM
 from flowtts.shards import HELDOUT_DIR, TRAIN_DIR, decode_mel, read_table
 from flowtts.storage import Location, resolve
@@ -152,7 +153,15 @@ def heldout_duration_mape(model: CFM, vocab: Vocab, dataset: str | Path | Locati
 
 
 def synthesise_mels(
-    model: CFM, vocab: Vocab, items: list[EvalItem], gen_frames: list[int], *, nfe: int, seed: int, batch_size: int = 8
+    model: CFM,
+    vocab: Vocab,
+    items: list[EvalItem],
+    gen_frames: list[int],
+    *,
+    nfe: int,
+    seed: int,
+    batch_size: int = 8,
+    backend: SamplingBackend | None = None,
 ) -> list[torch.Tensor]:
     """Generated mels (reference frames removed), several items per sample() call."""
     out = []
@@ -170,6 +179,7 @@ def synthesise_mels(
             steps=nfe,
             seed=[seed + start + i for i in range(len(chunk))],
             isolate_items=True,
+            backend=backend,
         )
         for i in range(len(chunk)):
             out.append(result.mel[i, int(lens[i]) : int(result.duration[i])].float().cpu())
@@ -185,15 +195,18 @@ def score_model(
     nfe: int = 16,
     seed: int = 0,
     judges: Judges | None = None,
+    backend: str = "eager",
 ) -> tuple[list[ItemScore], dict[str, list[torch.Tensor]]]:
-    """Scores of one model under both duration modes, plus the generated mels by mode."""
+    """Scores of one model under both duration modes, plus the generated mels by mode; ``backend`` (see
+    ``flowtts.inference``) runs its sampling steps."""
+    sampler = make_backend(backend, model)
     scores, mels = [], {}
     for mode in DURATION_MODES:
         if mode == "truth":
             frames = [it.mel.shape[0] for it in items]
         else:
             frames = [estimated_frames(model, vocab, it) for it in items]
-        mels[mode] = synthesise_mels(model, vocab, items, frames, nfe=nfe, seed=seed)
+        mels[mode] = synthesise_mels(model, vocab, items, frames, nfe=nfe, seed=seed, backend=sampler)
         scores += [_score(system, mode, it, gen, judges) for it, gen in zip(items, mels[mode], strict=True)]
     return scores, mels
 

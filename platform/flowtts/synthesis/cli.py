@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from flowtts.inference import BACKENDS
 from flowtts.model.cfm import ODE_METHODS
 from flowtts.model_loading import add_official_model_options, text_frontend_option
 from flowtts.synthesis.reference import TARGET_RMS
@@ -23,12 +24,25 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--allow-download", action="store_true", help="let the vocoder and ASR model download")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_backend_options(parser)
     parser.add_argument(
         "--unknown-characters",
         choices=["error", "space"],
         default="error",
         help="characters missing from the vocab: fail naming them (default) or read them as a space",
     )
+
+
+def add_backend_options(parser: argparse.ArgumentParser, onnx_file: bool = True) -> None:
+    """``--backend``; ``--onnx-file`` too where one model samples (an exported step belongs to one model)."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="eager",
+        help="how the ODE steps run: eager (default), compiled (torch.compile) or onnxruntime",
+    )
+    if onnx_file:
+        parser.add_argument("--onnx-file", help="onnxruntime: a step from jobs/export.py (default: export at start)")
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -72,4 +86,6 @@ def load_synthesizer(args: argparse.Namespace, asr_model: str | None = None) -> 
         text_frontend=text_frontend_option(args),
         unknown_characters=args.unknown_characters,
         asr_model=asr_model,
+        backend=args.backend,
+        onnx_file=args.onnx_file,
     )

@@ -15,6 +15,7 @@ its unbatched mel, which is what upstream (one chunk at a time) computes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from torch.nn.utils.rnn import pad_sequence
 from flowtts.audio import DEFAULT_MEL
 from flowtts.checkpoint import CheckpointError
 from flowtts.config import MelConfig
+from flowtts.inference import SamplingBackend, make_backend
 from flowtts.model import CFM
 from flowtts.model_loading import ModelConfigSpec, load_model
 from flowtts.model_source import ModelSource, local_model, resolve_model_source
@@ -55,6 +57,8 @@ from flowtts.synthesis.transcription import Transcriber, TranscriptRequiredError
 from flowtts.synthesis.vocoder import Vocoder, load_vocoder
 from flowtts.text import TextFrontend, Vocab, pad_token_ids
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class SynthesisResult:
@@ -82,11 +86,13 @@ class Synthesizer:
         model_info: dict[str, Any] | None = None,
         unknown_characters: Literal["error", "space"] = "error",
         transcriber: Transcriber | None = None,
+        backend: SamplingBackend | None = None,
     ):
         """``frontend`` reads every text (default: the one ``model_info`` records, see
         ``TextFrontend.of_model``). ``unknown_characters="space"`` maps characters missing from the vocab
         to the space id, as upstream does silently; the default raises ``UnknownCharactersError``.
-        ``transcriber`` transcribes references given with an empty transcript."""
+        ``transcriber`` transcribes references given with an empty transcript. ``backend`` (from
+        ``flowtts.inference.make_backend``) evaluates the sampling steps; ``None`` is eager."""
         if len(vocab) != model.config.text_num_embeds:
             raise CheckpointError(
                 f"vocab has {len(vocab)} tokens but the model expects {model.config.text_num_embeds} (text_num_embeds)"
@@ -103,6 +109,7 @@ class Synthesizer:
         self.model_info = dict(model_info or {})
         self.unknown_characters = unknown_characters
         self.transcriber = transcriber
+        self.backend = backend
 
     @classmethod
     def from_pretrained(
@@ -117,6 +124,8 @@ class Synthesizer:
         allow_download: bool = False,
         unknown_characters: Literal["error", "space"] = "error",
         asr_model: str | Path | None = None,
+        backend: str = "eager",
+        onnx_file: str | Path | None = None,
     ) -> Synthesizer:
         """Load from anything ``flowtts.model_source`` accepts: a folder in our format, an MLflow model or
         run URI (an alias is pinned here), an official ``.pt``/``.safetensors``, or a ``ModelSource``.
@@ -127,18 +136,25 @@ class Synthesizer:
         ours ``text_frontend`` replaces the recorded one. ``vocoder`` is a Vocos folder or a cached
         Hugging Face repo id; ``None`` means Griffin-Lim (see ``load_vocoder``). ``asr_model`` (a CTC or
         Whisper-style model folder or cached repo id) transcribes references given without a transcript.
+        ``backend`` (``eager``, ``compiled``, ``onnxruntime``; ``onnx_file``: a step from ``jobs/export.py``)
+        is built and warmed up here, so compiling or exporting never falls inside a later call.
         """
         pinned = resolve_model_source(source)
         with local_model(pinned) as path:  # a downloaded model is removed once it is in memory
             bundle = load_model(pinned, path, vocab=vocab, model_config=model_config, text_frontend=text_frontend)
+        model = bundle.model.to(device)
+        sampler = make_backend(backend, model, onnx_file=onnx_file)
+        if sampler is not None:
+            logger.info("%s backend ready in %.1f s (warm-up)", backend, sampler.warm_up())
         return cls(
-            bundle.model.to(device),
+            model,
             bundle.vocab,
             load_vocoder(vocoder, allow_download=allow_download, mel=bundle.mel, device=device),
             mel=bundle.mel,
             model_info=bundle.info,
             unknown_characters=unknown_characters,
             transcriber=Transcriber(asr_model, allow_download=allow_download, device=device) if asr_model else None,
+            backend=sampler,
         )
 
     # ------------------------------------------------------------ the three stages
@@ -221,6 +237,7 @@ class Synthesizer:
             isolate_items=True,
             ode_method=sampling.ode_method,
             edit_mask=edit_mask,
+            backend=self.backend,
         )
         return [
             result.mel[row, item.prompt_frames : int(result.duration[row])].float() for row, item in enumerate(items)
