@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -23,7 +21,7 @@ from flowtts.synthesis import (
 )
 from flowtts.synthesis.editing import rate_durations
 from flowtts.text import normalize_vietnamese
-from tests.helpers import REPO
+from tests.helpers import load_job
 from tests.helpers.editing import FADE, HOP, kept_runs
 from tests.test_synthesis import LONG_TEXT, SR, random_model, small_vocab, voice
 
@@ -47,13 +45,6 @@ def synth(vocoder_dir) -> Synthesizer:
 @pytest.fixture(scope="module")
 def recording() -> np.ndarray:
     return voice(2.2, pitch=120.0)
-
-
-def load_job(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_job", REPO / "jobs" / f"{name}.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    return job
 
 
 # ---------------------------------------------------------------- the edit

@@ -1,7 +1,7 @@
 """Model properties on tiny random models: shapes, masks, padding, seeds, the loss and upstream key names.
 
 Upstream zero-initialises the adaLN linears, ``norm_out``, ``proj_out`` and the GRN gains, which would make
-most outputs trivially zero; ``randomized`` gives those parameters seeded random values first.
+most outputs trivially zero; ``tests.helpers.models.randomized`` gives those parameters seeded random values first.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from flowtts.config import load_config
 from flowtts.model import CFM, build_model
 from flowtts.model.cfm import EPSS_GRIDS, span_mask, time_grid
 from flowtts.model.modules import Attention, TextEmbedding, lens_to_mask
-from tests.helpers.models import small_model_config
+from tests.helpers.models import randomized, small_model_config
 
 BACKBONES = ["DiT", "UNetT", "MMDiT"]
 VOCAB = 20
@@ -25,16 +25,6 @@ MEL = 100
 
 
 small_config = functools.partial(small_model_config, VOCAB)
-
-
-def randomized(model: CFM, seed: int = 0, keep_zero: tuple[str, ...] = ()) -> CFM:
-    """Seeded N(0, 0.1^2) values for every all-zero parameter except names ending in ``keep_zero``."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if not param.any() and not name.endswith(keep_zero):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model
 
 
 def tiny_model(backbone: str = "DiT", seed: int = 0, keep_zero: tuple[str, ...] = (), **overrides) -> CFM:

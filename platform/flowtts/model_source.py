@@ -9,14 +9,18 @@ pins a registry alias to the version it names now, so every process that loads t
 (model replicas, the evaluation gate) gets the same version even if the alias moves meanwhile.
 ``local_model`` gives a local path for a source: a local folder or file as it is, a registry or run
 model downloaded into a temporary folder that is removed when the ``with`` block ends.
+``log_to_model_run`` logs a job's output (an evaluation report, an export) to the MLflow run a registered
+model version or a run URI came from; a local source logs nothing.
 
 MLflow is imported only for registry and run sources; local ones never touch it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -24,6 +28,8 @@ from pathlib import Path
 from typing import Literal
 
 from flowtts.checkpoint import SIDECAR_FILE, VOCAB_FILE
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc model's artifact that holds our checkpoint folder
 OFFICIAL_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")
@@ -115,7 +121,7 @@ def resolve_model_source(uri: str | Path | ModelSource, tracking_uri: str | None
         return source
     import mlflow  # heavy; only registry sources need it
 
-    client = mlflow.MlflowClient(tracking_uri=source.tracking_uri, registry_uri=source.tracking_uri)
+    client = tracking_client(source)
     try:
         if source.version is None:
             found = client.get_model_version_by_alias(source.name, source.alias)
@@ -125,6 +131,31 @@ def resolve_model_source(uri: str | Path | ModelSource, tracking_uri: str | None
         raise ModelSourceError(f"model {source.uri!r} cannot be resolved in the registry: {exc.message}") from exc
     version = str(found.version)
     return replace(source, version=version, load_uri=f"models:/{source.name}/{version}", run_id=found.run_id)
+
+
+def tracking_client(source: ModelSource):
+    """An ``MlflowClient`` of the server ``source`` lives on (tracking and registry; None: MLflow's default)."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=source.tracking_uri, registry_uri=source.tracking_uri)
+
+
+def log_to_model_run(
+    source: ModelSource, folder: Path, artifact_path: str, metrics: dict[str, float] | None = None
+) -> str | None:
+    """Log ``folder`` under ``artifact_path`` (and ``metrics``) to the run ``source`` came from: the run of
+    a pinned registry version or of a run URI. Returns that run's id; None for a local source (nothing logged)."""
+    if source.run_id is None:
+        logger.info("%s is not a registered model or a run: nothing logged to MLflow", source.uri)
+        return None
+    from mlflow.entities import Metric
+
+    client = tracking_client(source)
+    if metrics:
+        now = int(time.time() * 1000)
+        client.log_batch(source.run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
+    client.log_artifacts(source.run_id, str(folder), artifact_path)
+    return source.run_id
 
 
 @contextmanager

@@ -3,6 +3,7 @@ skip when ../shared is absent. Builders live in the submodules (``shards``, ``re
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -18,3 +19,11 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the read-only ../shared folder beside the repo is not available)")
     return path
+
+
+def load_job(name: str):
+    """The module of ``jobs/<name>.py`` (the jobs folder is not a package), to call its ``main(argv)``."""
+    spec = importlib.util.spec_from_file_location(f"{name}_job", REPO / "jobs" / f"{name}.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job

@@ -1,4 +1,7 @@
-"""The small test model: a few-thousand-parameter CFM of each backbone, upstream-style text settings."""
+"""The small test model: a few-thousand-parameter CFM of each backbone, upstream-style text settings.
+
+Upstream zero-initialises the adaLN linears, ``norm_out``, ``proj_out`` and the GRN gains, so an untrained
+model's velocity is all zeros; ``randomized`` gives those parameters seeded random values."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import torch
 
 from flowtts.checkpoint import save_checkpoint
 from flowtts.config import ModelConfig
-from flowtts.model import build_model
+from flowtts.model import CFM, build_model
 from flowtts.text import Vocab, normalize_vietnamese
 
 
@@ -19,6 +22,16 @@ def small_model_config(text_num_embeds: int, backbone: str = "DiT", **overrides)
     text = {"text_dim": 32, "conv_layers": 1} if backbone == "DiT" else {}
     values = {"backbone": backbone, "dim": 64, "depth": 2, "heads": 2, "dim_head": 32, "ff_mult": 2, **text}
     return ModelConfig(**{**values, "text_num_embeds": text_num_embeds, **overrides})
+
+
+def randomized(model: CFM, seed: int = 0, keep_zero: tuple[str, ...] = ()) -> CFM:
+    """Seeded N(0, 0.1^2) values for every all-zero parameter except names ending in ``keep_zero``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not param.any() and not name.endswith(keep_zero):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return model
 
 
 def save_tiny_model(folder: Path, texts: list[str], seed: int) -> Path:

@@ -29,7 +29,7 @@ from flowtts.evaluation.judges import Judges
 from flowtts.evaluation.report import write_report
 from flowtts.model import build_model
 from flowtts.model_loading import ModelConfigSpec, load_model
-from flowtts.model_source import ModelSource, local_model, resolve_model_source
+from flowtts.model_source import ModelSource, local_model, log_to_model_run, resolve_model_source
 from flowtts.text import TextFrontend
 from flowtts.text.frontend import INFO_KEY
 
@@ -92,14 +92,8 @@ def untrained_like(bundle: ModelBundle, seed: int):
 
 def log_to_mlflow(candidate: ModelSource, evaluation: Evaluation) -> None:
     """Metrics and the report folder go to the run that produced the model version."""
-    if candidate.run_id is None:
-        logger.info("%s is not a registered model: nothing logged to MLflow", candidate.uri)
-        return
-    import mlflow
-
-    with mlflow.start_run(run_id=candidate.run_id):
-        mlflow.log_metrics({f"eval/{key}": value for key, value in evaluation.summary.items()})
-        mlflow.log_artifacts(str(evaluation.report.parent), artifact_path="evaluation")
+    metrics = {f"eval/{key}": value for key, value in evaluation.summary.items()}
+    log_to_model_run(candidate, evaluation.report.parent, "evaluation", metrics=metrics)
 
 
 def promote_if_better(
