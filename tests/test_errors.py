@@ -53,6 +53,8 @@ EXAMPLES: dict[str, tuple] = {
     "VoiceNameTakenError": ("a voice named 'an' exists",),
     "ModelSourceError": ("models:/flowtts@nope names no model version",),
     "ModelNotFoundError": ("no model folder at /models/vi-tiny",),
+    "BackendError": ("backend 'tensorrt' is not one of eager, compiled, onnxruntime",),
+    "ExportError": ("opset 16 is too old: LayerNormalization needs opset 17 or newer",),
 }
 
 

@@ -6,7 +6,9 @@
   two and, for DiT, the frames to a multiple of ``FRAME_BUCKET`` (padding is invisible to the real rows when
   items are isolated, which is how synthesis and serving sample).
 - ``onnxruntime``: the step exported to ONNX (``flowtts.inference.export``) run by ONNX Runtime on the CPU or
-  CUDA execution provider; a model without an exported file is exported once when the backend is built.
+  CUDA execution provider; a model without an exported file is exported once when the backend is built. The
+  file is a local path or a run's artifact, ``runs:/RUN_ID/export/step.onnx`` (what ``jobs/export.py`` logs),
+  downloaded with its ``.data`` side file, if any, from MLflow's default tracking server.
 
 Compilation and export happen when the backend is built and in ``warm_up`` (one call per shape the backend
 specialises on), never silently inside a request: serving builds and warms the backend before it reports
@@ -28,6 +30,7 @@ from flowtts.model.cfm import CFM
 from flowtts.model.step import INPUT_NAMES, GuidedStep, StepCall, prepare_call
 
 BACKENDS = ("eager", "compiled", "onnxruntime")
+RUN_URI_PREFIX = "runs:/"
 FRAME_BUCKET = 256
 log = logging.getLogger(__name__)
 
@@ -137,7 +140,8 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, model: CFM, onnx_file: str | Path | None = None):
-        """``onnx_file``: a step exported by ``jobs/export.py`` for this model; ``None`` exports one now."""
+        """``onnx_file``: a step exported by ``jobs/export.py`` for this model, a path or a ``runs:/`` artifact
+        URI (downloaded into a temporary folder the backend keeps); ``None`` exports one now."""
         try:
             import onnxruntime as ort
         except ImportError as err:  # pragma: no cover - a dependency of flowtts
@@ -151,6 +155,9 @@ class OnnxRuntimeBackend:
             start = time.perf_counter()
             onnx_file = export_onnx(model, Path(self._tmp.name) / "step.onnx")
             log.info("exported the guided step to ONNX in %.1f s (once, at start)", time.perf_counter() - start)
+        elif str(onnx_file).startswith(RUN_URI_PREFIX):
+            self._tmp = tempfile.TemporaryDirectory(prefix="flowtts-onnx-")
+            onnx_file = download_onnx(str(onnx_file), Path(self._tmp.name))
         onnx_file = Path(onnx_file)
         if not onnx_file.is_file():
             raise BackendError(f"ONNX file {onnx_file} does not exist (export one with jobs/export.py)")
@@ -188,3 +195,21 @@ class OnnxRuntimeBackend:
 
     def warm_up(self) -> float:
         return _timed_warm_up(self, self.model)
+
+
+def download_onnx(uri: str, folder: Path) -> Path:
+    """The ONNX file at the run artifact ``uri`` and its ``<name>.data`` side file, when the run holds one,
+    downloaded into ``folder`` (side by side, as ONNX Runtime looks for it); MLflow is imported only here."""
+    import mlflow
+
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    try:
+        listed = {Path(entry.path).name for entry in mlflow.artifacts.list_artifacts(artifact_uri=parent)}
+        if name not in listed:
+            raise BackendError(f"{uri} names no artifact (the folder holds {sorted(listed) or 'nothing'})")
+        for artifact in (name, f"{name}.data"):
+            if artifact in listed:
+                mlflow.artifacts.download_artifacts(artifact_uri=f"{parent}/{artifact}", dst_path=str(folder))
+    except mlflow.exceptions.MlflowException as err:
+        raise BackendError(f"cannot download the ONNX step {uri}: {err.message}") from err
+    return folder / name

@@ -25,6 +25,17 @@ CONFIG_KEY = "flowtts.model_config"
 ONNX_FILE = "step.onnx"
 PROGRAM_FILE = "step.pt2"
 EXTERNAL_DATA_BYTES = 1 << 30  # above this the weights go to a side file (protobuf's limit is 2 GiB)
+MIN_OPSET = 17  # LayerNormalization
+
+
+class ExportError(ValueError):
+    """An export that cannot be made as asked (an opset too old) or that does not match eager; says why."""
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the step's graph cannot be written in, before anything is loaded or traced."""
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset {MIN_OPSET} or newer")
 
 
 def example_call(model: CFM, batch: int = 2, frames: int = 48, tokens: int = 12) -> tuple[StepCall, torch.Tensor]:
@@ -80,8 +91,7 @@ def export_program(model: CFM, path: str | Path) -> Path:
 
 def export_onnx(model: CFM, path: str | Path, opset: int = OPSET) -> Path:
     """The step as ONNX (``opset`` >= 17), its weights inside the file up to 1 GiB, else in ``<file>.data``."""
-    if opset < 17:
-        raise ValueError(f"opset {opset} is too old: LayerNormalization needs opset 17 or newer")
+    check_opset(opset)
     step, args = _traced(model)
     # the exporter prints its progress and warns about optional torchvision ops: keep the caller's log clean
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
