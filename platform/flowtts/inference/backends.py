@@ -95,7 +95,11 @@ class CompiledBackend:
         self.model = model
         self.buckets = cuda if buckets is None else buckets
         self.pad_frames = model.config.backbone == "DiT"  # DiT masks padded frames everywhere, incl. ConvPos
-        options = {"mode": "reduce-overhead", "dynamic": False} if cuda else {"dynamic": True}
+        # CPU: one dynamic graph with frozen weights (Inductor prepacks them for oneDNN; the model is not trained
+        # while it samples). CUDA: CUDA graphs, one per shape bucket.
+        options = (
+            {"mode": "reduce-overhead", "dynamic": False} if cuda else {"dynamic": True, "options": {"freezing": True}}
+        )
         self.steps = {iso: torch.compile(GuidedStep(model.transformer, iso).eval(), **options) for iso in (False, True)}
 
     def velocity(self, call, x, time, cfg_strength):

@@ -333,12 +333,14 @@ class Attention(nn.Module):
             if attn_mask is not None:
                 text_keys = c_mask if c_mask is not None else attn_mask.new_ones(c.shape[:2])
                 attn_mask = torch.cat((attn_mask, text_keys), dim=1)  # [b, n + nt]
-        if attn_mask is not None:
+        if attn_mask is not None:  # additive: what SDPA does with a boolean mask (bitwise the same output), but an
+            # exported graph then adds a [b, 1, 1, n_kv] bias instead of selecting over every [b, h, n, n_kv] score
+            attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, -torch.inf)
             attn_mask = attn_mask[:, None, None, :]  # [b, 1, 1, n_kv]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [b, h, n, dh]
         out = out.transpose(1, 2).flatten(2).to(q.dtype)  # [b, n(+nt), h*dh]
         n = x.shape[1]
-        x_out = self.to_out[1](self.to_out[0](out[:, :n]))
+        x_out = self.to_out[1](self.to_out[0](out if c is None else out[:, :n]))  # no copy without a context
         if mask is not None:  # padded frames get no attention output, whether or not keys are masked
             x_out = x_out.masked_fill(~mask.unsqueeze(-1), 0.0)
         if c is None:
