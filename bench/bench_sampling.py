@@ -227,42 +227,60 @@ def run_official(
 # ---------------------------------------------------------------- runs
 
 
-def run_case(case: Case, peak: float, threads: int, official_python: str | None, backends: list[str]) -> list[Result]:
-    """One result per backend, all on the same weights, inputs and seed; the official package timed once."""
+def run_case(
+    case: Case, peak: float, threads: int, official_python: str | None, backends: list[str], rounds: int
+) -> list[Result]:
+    """One result per backend, all on the same weights, inputs and seed, beside the official package.
+
+    Timings are interleaved over ``rounds``: each round runs the official package (its own process, ``case.reps``
+    calls after a warm-up) and then every backend ``case.reps`` times, so a drifting machine (other jobs, clock
+    changes) weighs on all of them alike."""
     model = random_model(case.preset)
     inputs = sampling_inputs(model.config, case.batch)
     per_nfe = flops_per_nfe(model.config, case.batch)
-    official = run_official(official_python, model, inputs, case, threads) if official_python else None
-    eager_mel = sample_call(model, inputs, case.steps)() if backends != ["eager"] else None
-    results = []
+    official_seconds, official_cpu, official_mel = [], 0.0, None
+    eager_mel = sample_call(model, inputs, case.steps)()
+    calls, setup = {}, {}
     for name in backends:
         start = time.perf_counter()
         backend = make_backend(name, model)
         if backend is not None:
             backend.warm_up()
-        setup = time.perf_counter() - start
-        call = sample_call(model, inputs, case.steps, backend)
-        seconds, cores = timed_with_cpu(call, case.reps)
-        median = statistics.median(seconds)
+        calls[name] = sample_call(model, inputs, case.steps, backend)
+        calls[name]()  # the first call at this shape, outside the timings
+        setup[name] = time.perf_counter() - start
+    seconds = {name: [] for name in backends}
+    cpu = dict.fromkeys(backends, 0.0)
+    for _ in range(rounds):
+        if official_python:
+            report, official_mel = run_official(official_python, model, inputs, case, threads)
+            official_seconds += report["seconds"]
+            official_cpu += report["cores"] * sum(report["seconds"])
+        for name in backends:
+            times, cores = timed_with_cpu(calls[name], case.reps, warmup=0)
+            seconds[name] += times
+            cpu[name] += cores * sum(times)
+    results = []
+    for name in backends:
+        median = statistics.median(seconds[name])
         result = Result(
             case.preset,
             case.batch,
             case.steps,
             median,
-            (max(seconds) - min(seconds)) / median,
+            (max(seconds[name]) - min(seconds[name])) / median,
             median / (case.batch * GENERATED_SECONDS),
-            cores,
+            cpu[name] / sum(seconds[name]),
             per_nfe / 1e9,
             per_nfe * case.steps / median / peak,
             backend=name,
-            setup_seconds=setup,
+            setup_seconds=setup[name],
         )
-        mel = call()
-        if eager_mel is not None:
-            result.eager_max_diff = float((mel - eager_mel).abs().max())
-        if official is not None:
-            report, official_mel = official
-            result.official_seconds, result.official_cores = report["median"], report["cores"]
+        mel = calls[name]()
+        result.eager_max_diff = float((mel - eager_mel).abs().max())
+        if official_mel is not None:
+            result.official_seconds = statistics.median(official_seconds)
+            result.official_cores = official_cpu / sum(official_seconds)
             result.official_max_diff = float((mel - official_mel).abs().max())
         results.append(result)
         print(f"done: {result}", file=sys.stderr, flush=True)
@@ -351,6 +369,9 @@ def main(argv: list[str] | None = None) -> None:
         default=["eager"],
         help="sampling backends to time, each on the same weights and inputs (default eager)",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds of --reps calls per backend (default 1)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -364,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     results = []
     for case in selected:
-        results += run_case(case, peak, args.threads, args.official_python, args.backend)
+        results += run_case(case, peak, args.threads, args.official_python, args.backend, args.rounds)
     presets = dict.fromkeys(c.preset for c in selected)
     forward = {p: forward_utilisation(p, 1, 5 if p == "tiny" else 2, peak) for p in presets}
     peak_after = matmul_flops_per_second()

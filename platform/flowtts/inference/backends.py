@@ -176,6 +176,8 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # torch's threads run the ODE update between steps: ORT's must not spin over them for the cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(onnx_file), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own untyped errors for unreadable files
