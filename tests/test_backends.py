@@ -12,12 +12,14 @@ Models at upstream's initial weight scale are held to 1e-4 per step outright
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from flowtts.checkpoint import load_f5_checkpoint
@@ -27,6 +29,8 @@ from flowtts.inference.export import example_call, export_onnx, export_program
 from flowtts.model import build_model
 from flowtts.model.step import GuidedStep, prepare_call
 from flowtts.synthesis import SamplingSettings, SynthesisOptions, Synthesizer
+from flowtts.synthesis.cli import add_model_options
+from serve.settings import ServeSettings
 from tests.helpers.models import small_model_config
 from tests.helpers.parity import assert_matches
 
@@ -192,3 +196,16 @@ def test_synthesizer_with_the_onnxruntime_backend_matches_eager(dit_fixture):
         mels.append(synth.generate(plan.items, options.sampling))
     for a, b in zip(*mels, strict=True):
         assert a.shape == b.shape and float((a - b).abs().max()) <= SAMPLE_TOL
+
+
+def test_the_backend_setting_is_validated_in_the_cli_and_in_serving():
+    parser = argparse.ArgumentParser()
+    add_model_options(parser)
+    args = parser.parse_args(["--model", "m", "--backend", "onnxruntime", "--onnx-file", "step.onnx"])
+    assert (args.backend, args.onnx_file) == ("onnxruntime", "step.onnx")
+    assert parser.parse_args(["--model", "m"]).backend == "eager"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m", "--backend", "tensorrt"])
+    assert ServeSettings.from_args({"backend": "compiled"}, environ={}).backend == "compiled"
+    with pytest.raises(ValidationError, match="backend"):
+        ServeSettings.from_args({"backend": "tensorrt"}, environ={})
