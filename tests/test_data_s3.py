@@ -196,8 +196,7 @@ def test_duration_job_fits_and_measures_on_a_dataset_on_s3(ray_local, s3_bucket,
     local = write_dataset(tmp_path / "data", SAMPLE_CORPUS, count=6, heldout=2)
     remote = upload(local, resolve(f"{s3_bucket}/datasets/demo")).uri
     vocab = dataset_vocab(local)
-    # the job seeds only its pair sampling (--seed), not torch: a base that has a predictor (no new random
-    # init) and no dropout make its fit reproducible here
+    # a base that has a predictor (no new random init) and no dropout: the fit here equals the job's exactly
     predictor = DurationPredictorConfig(dim=32, dropout=0.0)
     folder = save_checkpoint(small_model(len(vocab), duration_predictor=predictor), tmp_path / "base", vocab)
     job = DurationJob(
