@@ -32,7 +32,7 @@ from flowtts.synthesis import SamplingSettings, SynthesisOptions, Synthesizer
 from flowtts.synthesis.cli import add_model_options
 from serve.settings import ServeSettings
 from tests.helpers.models import small_model_config
-from tests.helpers.parity import assert_matches
+from tests.helpers.parity import assert_matches_eager
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 NAMES = sorted(p.name for p in REFERENCE.glob("*") if (p / "cases.safetensors").is_file())
@@ -91,17 +91,17 @@ def test_onnx_step_matches_eager_per_step(exported):
         onnx = backend.velocity(call, c["fwd_x"], time, 2.0)
         scale = max(1.0, float(eager_step(model, call, c["fwd_x"], time).abs().max()))  # ~20 here
         run = lambda: eager_step(model, call, c["fwd_x"], time)  # noqa: E731
-        assert_matches(model, run, onnx, meta["lens"], STEP_TOL * scale)
+        assert_matches_eager(model, run, onnx, meta["lens"], STEP_TOL * scale)
 
 
 def test_onnxruntime_sampling_matches_eager(exported):
     _, model, c, meta, backend = exported
     lens = meta["sample_batch"]["duration"]
-    assert_matches(
+    assert_matches_eager(
         model, lambda: batch_sampling(model, c, meta), batch_sampling(model, c, meta, backend), lens, SAMPLE_TOL
     )
     single = single_sampling(model, c, meta, backend)
-    assert_matches(model, lambda: single_sampling(model, c, meta), single, [single.shape[1]], SAMPLE_TOL)
+    assert_matches_eager(model, lambda: single_sampling(model, c, meta), single, [single.shape[1]], SAMPLE_TOL)
 
 
 def test_onnxruntime_refuses_a_padded_batch_in_upstream_batch_semantics(exported):
@@ -128,8 +128,8 @@ def test_compiled_sampling_matches_eager_with_and_without_shape_buckets(name):
     backend.buckets = True  # what CUDA runs: batch padded to a power of two, DiT's frames to FRAME_BUCKET
     bucketed = batch_sampling(model, c, meta, backend)
     for out in (compiled, bucketed):
-        assert_matches(model, lambda: batch_sampling(model, c, meta), out, lens, SAMPLE_TOL)
-    assert_matches(model, lambda: single_sampling(model, c, meta), single, [single.shape[1]], SAMPLE_TOL)
+        assert_matches_eager(model, lambda: batch_sampling(model, c, meta), out, lens, SAMPLE_TOL)
+    assert_matches_eager(model, lambda: single_sampling(model, c, meta), single, [single.shape[1]], SAMPLE_TOL)
 
 
 @pytest.mark.parametrize("name", COMPILED)
@@ -143,7 +143,7 @@ def test_torch_export_program_matches_eager_per_step(name, tmp_path):
         inputs = call.inputs(c["fwd_x"][:rows], c["fwd_time"][0], 2.0)
         with torch.no_grad():
             out = program(*inputs)
-            assert_matches(
+            assert_matches_eager(
                 model,
                 lambda inputs=inputs: GuidedStep(model.transformer, True)(*inputs),
                 out,

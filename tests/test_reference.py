@@ -3,7 +3,9 @@
 Each folder under tests/fixtures/reference holds a tiny random-weight model in both official checkpoint
 formats and upstream's outputs; only valid frames are compared (padding is padding).
 
-Differences beyond 1e-4 pass only within the case's float32 rounding floor (``tests.helpers.parity``).
+Forward passes and losses: max |diff| <= 1e-4, no exception. Whole sampling calls: <= 1e-4, or within 10x the
+rounding floor the generator measured on upstream's own model and recorded in ``cases.json``, capped at 1e-2
+(``tests.helpers.parity``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from flowtts.checkpoint import load_f5_checkpoint
-from tests.helpers.parity import assert_matches, max_diff_valid
+from tests.helpers.parity import assert_close, max_diff_valid
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 NAMES = sorted(p.name for p in REFERENCE.glob("*") if (p / "cases.safetensors").is_file())
@@ -50,7 +52,7 @@ def test_forward_padded_batch(ref, case, drops):
             x=c["fwd_x"], cond=c["fwd_cond"], text=c["fwd_text"], time=c["fwd_time"], mask=c["fwd_mask"], **drops
         )
 
-    assert_matches(model, run, c[case], meta["lens"])
+    assert_close(run(), c[case], meta["lens"])
 
 
 def test_forward_single_item(ref):
@@ -62,7 +64,7 @@ def test_forward_single_item(ref):
             x=c["fwd_x"][:1], cond=c["fwd_cond"][:1], text=c["fwd_text"][:1], time=c["fwd_time"][:1]
         )
 
-    assert_matches(model, run, c["fwd1_out"], [c["fwd_x"].shape[1]])
+    assert_close(run(), c["fwd1_out"], [c["fwd_x"].shape[1]])
 
 
 def test_forward_single_item_with_padded_text(ref):
@@ -76,7 +78,7 @@ def test_forward_single_item_with_padded_text(ref):
             x=c["fwd_x"][1:, :n], cond=c["fwd_cond"][1:, :n], text=c["fwd_text"][1:], time=c["fwd_time"][1:]
         )
 
-    assert_matches(model, run, c["fwd1_padded_text_out"], [n])
+    assert_close(run(), c["fwd1_padded_text_out"], [n])
 
 
 def test_sample_single_item(ref):
@@ -86,7 +88,7 @@ def test_sample_single_item(ref):
     def run():
         return model.sample(cond=c["smp_cond"], text=c["fwd_text"][1:], **params).mel
 
-    assert_matches(model, run, c["smp_out"], [params["duration"]])
+    assert_close(run(), c["smp_out"], [params["duration"]], floor=meta["rounding_floor"]["smp_out"])
 
 
 def test_sample_batch_with_prompt_lengths_and_durations(ref):
@@ -100,8 +102,9 @@ def test_sample_batch_with_prompt_lengths_and_durations(ref):
             cond=c["smpb_cond"], text=c["fwd_text"], duration=torch.tensor(durations), lens=lens, **params
         )
 
-    assert sample().duration.tolist() == durations
-    assert_matches(model, lambda: sample().mel, c["smpb_out"], durations)
+    out = sample()
+    assert out.duration.tolist() == durations
+    assert_close(out.mel, c["smpb_out"], durations, floor=meta["rounding_floor"]["smpb_out"])
 
 
 def test_training_loss_under_a_seed(ref):
@@ -119,8 +122,8 @@ def test_training_loss_under_a_seed(ref):
 
         out = run()
         assert max_diff_valid(out.cond, c[f"loss_cond_{seed}"], meta["lens"]) == 0.0, seed
-        assert_matches(model, lambda run=run: run().loss.reshape(1, 1), c[f"loss_{seed}"].reshape(1, 1), [1])
-        assert_matches(model, lambda run=run: run().pred, c[f"loss_pred_{seed}"], meta["lens"])
+        assert_close(out.loss.reshape(1, 1), c[f"loss_{seed}"].reshape(1, 1), [1])
+        assert_close(out.pred, c[f"loss_pred_{seed}"], meta["lens"])
 
 
 def test_every_upstream_backbone_is_covered():

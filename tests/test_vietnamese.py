@@ -11,7 +11,7 @@ import pytest
 
 from flowtts.text import vietnamese
 from flowtts.text.vietnamese import ABBREVIATIONS, find_unspeakable, normalize_vietnamese, read_number
-from tests.helpers import DEV_CORPUS
+from tests.helpers import DEV_CORPUS, require
 
 CORPUS_METADATA = DEV_CORPUS / "metadata.csv"
 
@@ -298,9 +298,7 @@ def test_normalize_logs_unspeakable_characters(caplog: pytest.LogCaptureFixture)
 
 
 def test_corpus_sentences_leave_no_digits_or_unspeakable_characters() -> None:
-    if not CORPUS_METADATA.is_file():
-        pytest.skip(f"corpus metadata not found at {CORPUS_METADATA} (../shared is absent)")
-    with CORPUS_METADATA.open(encoding="utf-8", newline="") as f:
+    with require(CORPUS_METADATA).open(encoding="utf-8", newline="") as f:
         sentences = [row["text"] for row in csv.DictReader(f, delimiter="|")]
     assert len(sentences) > 100
     for sentence in sentences:

@@ -1,10 +1,12 @@
-"""Comparing a model's output to a reference: valid frames only, and float32 rounding told from real mismatches.
+"""Comparing a model's output to a reference: valid frames only, float32 rounding told from real mismatches.
 
-A difference within ``tol`` passes. Some cases (random N(0, 0.3^2) weights, ODE sampling, average upsampling)
-amplify float32 rounding far beyond 1e-4: the same package and torch on another CPU differ by up to ~6e-3
-there, while the semantic mismatches these checks guard against are O(1). A difference over ``tol`` therefore
-passes only within NOISE_FACTOR times that case's rounding floor: how far the output moves when every weight
-is nudged by one float32 rounding unit.
+A difference within ``TOL`` (1e-4) passes. Nothing else passes for a forward pass or a loss. Only whole sampling
+calls may pass beyond it, and only within ``NOISE_FACTOR`` times the *reference's own* rounding floor (how far
+the reference output moves when every weight is nudged by one float32 rounding unit), never beyond
+``FLOOR_CAP``: random N(0, 0.3^2) weights and an ODE over several steps amplify rounding (upstream's own output
+moves by up to 8.5e-3 on ``dit-v1-avgupsample``), while the mismatches these checks guard against are O(1).
+For upstream's fixtures the floor is measured by the generator on upstream's model and recorded in the fixture;
+for a backend held to eager, it is measured on eager (the reference there), never on the code under test.
 """
 
 from __future__ import annotations
@@ -17,37 +19,50 @@ TOL = 1e-4
 ULP = 2.0**-23  # float32's relative rounding unit
 NOISE_TRIALS = 3
 NOISE_FACTOR = 10
+FLOOR_CAP = 1e-2
 
 
-def max_diff_valid(ours: torch.Tensor, upstream: torch.Tensor, lens) -> float:
+def max_diff_valid(ours: torch.Tensor, reference: torch.Tensor, lens) -> float:
     """Largest |difference| over each item's first ``lens[i]`` frames."""
-    assert ours.shape == upstream.shape, (ours.shape, upstream.shape)
-    return max(float((ours[i, :n] - upstream[i, :n]).abs().max()) for i, n in enumerate(lens))
+    assert ours.shape == reference.shape, (ours.shape, reference.shape)
+    return max(float((ours[i, :n] - reference[i, :n]).abs().max()) for i, n in enumerate(lens))
 
 
-def rounding_floor(model, run: Callable[[], torch.Tensor], lens) -> float:
-    """Largest move of ``run()``'s valid frames over NOISE_TRIALS seeded nudges of every weight by ~1 ULP."""
+def allowance(tol: float, floor: float) -> float:
+    """What a sampling case may differ by: ``tol``, or NOISE_FACTOR x the reference's floor up to FLOOR_CAP."""
+    return max(tol, min(NOISE_FACTOR * floor, FLOOR_CAP))
+
+
+def assert_close(ours: torch.Tensor, reference: torch.Tensor, lens, tol: float = TOL, floor: float = 0.0) -> None:
+    diff = max_diff_valid(ours, reference, lens)
+    allowed = allowance(tol, floor)
+    assert diff <= allowed, f"max |diff| {diff:.3g} > {allowed:.3g} (tol {tol:g}, reference rounding floor {floor:.3g})"
+
+
+def rounding_floor(reference_model, run: Callable[[], torch.Tensor], lens) -> float:
+    """Largest move of ``run()``'s valid frames over NOISE_TRIALS seeded nudges of every weight of the
+    *reference* model by ~1 ULP (weights restored afterwards)."""
     base = run()
-    saved = [p.detach().clone() for p in model.parameters()]
+    saved = [p.detach().clone() for p in reference_model.parameters()]
     g = torch.Generator().manual_seed(0)
     worst = 0.0
     try:
         for _ in range(NOISE_TRIALS):
             with torch.no_grad():
-                for p, s in zip(model.parameters(), saved, strict=True):
+                for p, s in zip(reference_model.parameters(), saved, strict=True):
                     p.copy_(s * (1 + ULP * torch.randn(s.shape, generator=g)))
             worst = max(worst, max_diff_valid(run(), base, lens))
     finally:
         with torch.no_grad():
-            for p, s in zip(model.parameters(), saved, strict=True):
+            for p, s in zip(reference_model.parameters(), saved, strict=True):
                 p.copy_(s)
     return worst
 
 
-def assert_matches(model, run: Callable[[], torch.Tensor], upstream: torch.Tensor, lens, tol: float = TOL) -> None:
-    """Within ``tol`` of the reference's valid frames, or else within NOISE_FACTOR times the case's rounding floor."""
-    diff = max_diff_valid(run(), upstream, lens)
-    if diff <= tol:
+def assert_matches_eager(model, run_eager: Callable[[], torch.Tensor], ours: torch.Tensor, lens, tol: float) -> None:
+    """A backend's output against eager's (``run_eager``): within ``tol``, or else within the allowance of
+    eager's own rounding floor."""
+    reference = run_eager()
+    if max_diff_valid(ours, reference, lens) <= tol:
         return
-    floor = rounding_floor(model, run, lens)
-    assert diff <= NOISE_FACTOR * floor, f"{diff:.3g} > tol {tol} and > {NOISE_FACTOR} x rounding floor {floor:.3g}"
+    assert_close(ours, reference, lens, tol, rounding_floor(model, run_eager, lens))
