@@ -57,6 +57,7 @@ from flowtts.config import MelConfig
 from flowtts.shards import SHARD_SCHEMA, encode_mel
 from flowtts.storage import resolve
 from flowtts.text import normalize_text
+from flowtts.usage_reporting import usage_reporting_off
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from local_services import LocalS3Server  # noqa: E402 - scripts/ is not a package
@@ -166,6 +167,7 @@ class Timings:
 
 
 def main() -> None:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--repeat", type=int, default=4, help="copies of the corpus (4 x dev corpus = 1.06 h)")

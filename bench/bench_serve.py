@@ -30,6 +30,8 @@ import numpy as np
 import requests
 import torch
 
+from flowtts.usage_reporting import usage_reporting_off
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "samples" / "vi-demo"
 
@@ -204,6 +206,7 @@ def batch_count(serve, name: str) -> int:
 
 
 def main() -> int:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     args = parse_args()
     if args.model_only:
         return model_only(args)
@@ -272,7 +275,7 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    threads = serve.get_deployment_handle("TTSModel", "batched").describe.remote().result()["config"]["torch_threads"]
+    threads = serve.get_deployment_handle("TTSModel", "batched").describe.remote().result().config.torch_threads
     print_table(results, args, threads)
     if args.json:
         args.json.write_text(

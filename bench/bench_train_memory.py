@@ -37,6 +37,7 @@ from data_pipelines.writing import PARQUET_OPTIONS, SHARD_NAME
 from flowtts.config import load_config
 from flowtts.shards import MANIFEST_FILE, SHARD_SCHEMA, TRAIN_DIR, VOCAB_FILE, read_table
 from flowtts.training import EpochPlan, TrainingData, dataset_vocab
+from flowtts.usage_reporting import usage_reporting_off
 from trainer.launch import TrainJob, run_training
 
 WARMUP_STEPS = 3
@@ -135,6 +136,7 @@ def measure(dataset: Path, storage: Path, name: str, steps: int, cpus: int) -> d
 
 
 def main() -> None:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.pop("MLFLOW_TRACKING_URI", None)

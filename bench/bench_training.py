@@ -21,6 +21,7 @@ from pathlib import Path
 import ray
 from mlflow.tracking import MlflowClient
 
+from flowtts.usage_reporting import usage_reporting_off
 from trainer.launch import TrainJob, run_training
 
 WARMUP_STEPS = 2
@@ -63,6 +64,7 @@ def measure(args: argparse.Namespace, storage: Path, preset: str, workers: int) 
 
 
 def main() -> None:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.pop("MLFLOW_TRACKING_URI", None)

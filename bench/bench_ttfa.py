@@ -28,6 +28,8 @@ import requests
 import soundfile as sf
 from bench_serve import build_assets, corpus_rows, free_port
 
+from flowtts.usage_reporting import usage_reporting_off
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,6 +68,7 @@ def audio_seconds(data: bytes, fmt: str) -> float:
 
 
 def main() -> int:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     args = parse_args()
     import ray
     from ray import serve

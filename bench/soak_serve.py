@@ -27,6 +27,8 @@ import numpy as np
 import requests
 from bench_serve import build_assets, corpus_rows, free_port
 
+from flowtts.usage_reporting import usage_reporting_off
+
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -98,6 +100,7 @@ def request_mix(base: str, voice: str, texts: list[str], rng: random.Random) -> 
 
 
 def main() -> int:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     args = parse_args()
     import ray
     from ray import serve

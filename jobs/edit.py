@@ -21,6 +21,7 @@ from pathlib import Path
 
 from flowtts.synthesis import SynthesisError, output_format, write_output
 from flowtts.synthesis.cli import add_model_options, add_sampling_options, load_synthesizer, sampling_settings
+from flowtts.usage_reporting import usage_reporting_off
 from trainer.job_exit import exit_on_project_error
 
 
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -31,6 +31,7 @@ from flowtts.evaluation.report import summary_table
 from flowtts.model_loading import add_official_model_options, text_frontend_option
 from flowtts.model_source import resolve_model_source
 from flowtts.synthesis.cli import add_backend_options
+from flowtts.usage_reporting import usage_reporting_off
 from trainer.job_exit import exit_on_project_error
 
 
@@ -59,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     judges = Judges.load(

@@ -26,6 +26,7 @@ from flowtts.inference.export import OPSET, check_opset
 from flowtts.inference.export_run import FILES, SUMMARY_FILE, export_checked, log_export
 from flowtts.model_loading import add_official_model_options, load_model, text_frontend_option
 from flowtts.model_source import local_model, resolve_model_source
+from flowtts.usage_reporting import usage_reporting_off
 from trainer.job_exit import exit_on_project_error
 
 
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flowtts").setLevel(logging.INFO)  # not the exporter's pass-by-pass INFO lines

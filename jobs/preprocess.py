@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from data_pipelines import MetadataError, PreprocessConfig, preprocess_corpus
 from data_pipelines.pipeline import check_locations
 from flowtts.options import add_model_options, model_from_args
+from flowtts.usage_reporting import usage_reporting_off
 from trainer.cluster import connect_ray
 from trainer.job_exit import exit_on_project_error
 
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

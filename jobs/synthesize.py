@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from flowtts.synthesis import CROSS_FADE_S, SynthesisError, SynthesisOptions, output_format, write_output
 from flowtts.synthesis.cli import add_model_options, add_sampling_options, load_synthesizer, sampling_settings
+from flowtts.usage_reporting import usage_reporting_off
 from trainer.job_exit import exit_on_project_error
 
 
@@ -76,6 +77,7 @@ def voice_option(value: str) -> tuple[str, Path, str]:
 
 @exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from local_services import LocalRayHead, service_env, wait_until_answers
 
+from flowtts.usage_reporting import usage_reporting_off
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "samples" / "vi-demo"
 
@@ -62,6 +64,7 @@ def speak(url: str, out: Path) -> Path:
 
 
 def main() -> int:
+    usage_reporting_off()  # this process and (through service_env) the Ray head: flowtts.usage_reporting
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "demo_out")
     parser.add_argument("--steps", type=int, default=200, help="training steps of the tiny preset (default 200)")

@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowtts.usage_reporting import usage_reporting_off
+
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 MLFLOW = str(BIN / "mlflow")
@@ -29,11 +31,13 @@ MOTO_SERVER = str(BIN / "moto_server")
 
 def service_env(**changes: str) -> dict[str, str]:
     """This environment with the venv's executables first on PATH (a Ray job driver runs `python` from the
-    head's PATH), Ray auth set explicitly, and no inherited Ray address."""
+    head's PATH), Ray auth set explicitly, no inherited Ray address, and MLflow telemetry and Ray usage stats
+    off unless this environment or ``changes`` set them (``flowtts.usage_reporting``)."""
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_AUTH_MODE"] = "disabled"
     env.update(changes)
+    usage_reporting_off(env)
     return env
 
 
@@ -209,6 +213,7 @@ class LocalMlflowServer:
         self.uri = f"http://127.0.0.1:{port}"
         self.root.mkdir(parents=True, exist_ok=True)
         env = {**self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: 2 processes, not 10
+        usage_reporting_off(env)  # no telemetry unless self.env asks for it
         self.process = start_server(
             [
                 MLFLOW,

@@ -16,11 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.schema import DeploymentSchema
 
 from flowtts.model_source import resolve_model_source
+from flowtts.usage_reporting import usage_reporting_off
 from serve.ingress import TTSIngress
 from serve.model_deployment import TTSModel
-from serve.settings import ServeSettings
+from serve.settings import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, ServeSettings
 
 
 def build_application(
@@ -30,12 +32,28 @@ def build_application(
     model_options: dict[str, Any] | None = None,
     ingress_options: dict[str, Any] | None = None,
 ) -> Application:
-    """The bound application. ``loader(settings, source) -> Synthesizer`` replaces the default loader;
-    ``*_options`` are ``Deployment.options(...)`` overrides (a Serve config's ``deployments:`` also are)."""
+    """The bound application with each deployment's options from ``serve.settings`` (``MODEL_DEPLOYMENT``,
+    ``INGRESS_DEPLOYMENT``; the model's ``user_config`` is ``settings.batching``). ``loader(settings, source) ->
+    Synthesizer`` replaces the default loader; ``*_options`` are ``Deployment.options(...)`` overrides over them
+    (a Serve config's ``deployments:`` also are); ``num_replicas`` there replaces the default autoscaling."""
+    usage_reporting_off()  # before MLflow: flowtts.usage_reporting
     source = resolve_model_source(settings.model_uri, settings.tracking_uri)
-    model_options = {"user_config": settings.batching.model_dump(), **(model_options or {})}
-    model = TTSModel.options(**model_options).bind(settings, source, loader)
-    return TTSIngress.options(**(ingress_options or {})).bind(settings, model)
+    model_defaults = {**deployment_options(MODEL_DEPLOYMENT), "user_config": settings.batching.model_dump()}
+    model = TTSModel.options(**with_overrides(model_defaults, model_options)).bind(settings, source, loader)
+    ingress = with_overrides(deployment_options(INGRESS_DEPLOYMENT), ingress_options)
+    return TTSIngress.options(**ingress).bind(settings, model)
+
+
+def deployment_options(schema: DeploymentSchema) -> dict[str, Any]:
+    """A Serve config's ``deployments:`` entry as ``Deployment.options(...)`` keywords."""
+    return schema.model_dump(exclude_unset=True, exclude={"name"})
+
+
+def with_overrides(defaults: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    overrides = overrides or {}
+    if "num_replicas" in overrides:  # a fixed number of replicas: no autoscaling
+        defaults = {key: value for key, value in defaults.items() if key != "autoscaling_config"}
+    return {**defaults, **overrides}
 
 
 def build_app(args: dict[str, Any]) -> Application:

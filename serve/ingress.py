@@ -1,13 +1,14 @@
 """The ingress deployment: ``TTSIngress`` (FastAPI) with the native API, the OpenAI speech API, voices,
 probes and models; the studio page and the routes only it needs come from ``serve.studio_routes``.
 
-Request path: the ingress validates and decodes (size caps, base64, audio; request bodies become jobs within
-the limits in ``serve.job_options``; auth is a route dependency), then calls ``TTSModel.synthesize`` (or
-``synthesize_stream``, ``edit``) through ``ModelClient`` (overload, a lost replica and ``ClientError`` replies
-become HTTP answers there).
+Request path: each route declares its body model (``serve.request_bodies.json_body``, within the body cap);
+the ingress validates and decodes (size caps, base64, audio; request bodies become jobs within the limits in
+``serve.job_options``; auth is a route dependency), then calls ``TTSModel.synthesize`` (or
+``synthesize_stream``, ``edit``) through ``ModelClient``'s typed methods (overload, a lost replica and
+``ClientError`` replies become HTTP answers there).
 
-No ``from __future__ import annotations`` here: FastAPI must see the real ``Request`` annotations of the
-class-based routes that ``serve.ingress`` rewrites.
+No ``from __future__ import annotations`` here: FastAPI must see the real annotations of the class-based
+routes that ``serve.ingress`` rewrites.
 """
 
 import asyncio
@@ -15,32 +16,33 @@ import hashlib
 import logging
 import time
 from dataclasses import asdict, replace
+from types import MappingProxyType
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from flowtts.usage_reporting import usage_reporting_off
 from serve.audio_responses import speech_events, streamed_audio, whole_audio
-from serve.http_layer import (
-    AUTHORIZED,
-    ApiError,
+from serve.http_access import AUTHORIZED, install_cors
+from serve.http_errors import ApiError, install_error_handlers
+from serve.job_options import edit_job, synthesis_job
+from serve.messages import SAMPLE_RATE, ReferenceSpec, SynthesisJob
+from serve.model_client import ModelClient
+from serve.openai_compat import OPENAI_ROUTES, ignored_headers, speech_voices, stored_voice_key
+from serve.references import inline_reference, lookup_voice, stored_reference, tag_references
+from serve.request_bodies import (
+    capped_body,
     check_text_length,
     decode_base64,
     decode_reference_audio,
-    install_cors,
-    install_error_handlers,
+    json_body,
     json_body_schema,
     parse_model,
     parse_multipart,
-    read_body,
     validate_model,
 )
-from serve.job_options import edit_job, synthesis_job
-from serve.messages import SAMPLE_RATE, ReferenceSpec, SynthesisJob
-from serve.model_client import ModelClient, answer
-from serve.openai_compat import ignored_headers, speech_voices, stored_voice_key
-from serve.references import inline_reference, lookup_voice, stored_reference, tag_references
 from serve.schemas import (
     DeletedVoice,
     EditRequest,
@@ -64,20 +66,22 @@ from serve.training_jobs import TrainingJobs
 from serve.voices import Voice, VoiceNameTakenError, VoiceNotFoundError, VoiceStore
 
 logger = logging.getLogger("ray.serve")
+BODY = capped_body()
+TTS_BODY, SPEECH_BODY, EDIT_BODY = (json_body(model) for model in (TTSRequest, SpeechRequest, EditRequest))
+TTS_FIELDS = MappingProxyType({"audio": "ref_audio", "transcript": "ref_text"})  # /v1/tts' names of the reference
 
 api = FastAPI(title="flowtts", description="F5-TTS serving: native and OpenAI-compatible speech API")
-install_error_handlers(api)
+install_error_handlers(api, OPENAI_ROUTES)
 api.include_router(studio_router)  # the studio page and the routes only it needs
 install_request_metrics(api)
 install_cors(api)
 
 
-@serve.deployment(
-    name="TTSIngress", max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25}, max_surge_percent=100
-)
+@serve.deployment  # its options: serve.settings.INGRESS_DEPLOYMENT, applied by serve.app
 @serve.ingress(api)
 class TTSIngress:
     def __init__(self, settings: ServeSettings, model: DeploymentHandle):
+        usage_reporting_off()  # the registry view and training jobs use MLflow; whatever the runtime_env says
         self.settings = settings
         self.limits = settings.limits
         self.model = ModelClient(model)
@@ -86,24 +90,17 @@ class TTSIngress:
         self.training = TrainingJobs(settings.training, settings.tracking_uri) if settings.training.enabled else None
         self.metrics = IngressMetrics()
 
-    # ------------------------------------------------------------ plumbing
-
-    async def _body(self, request: Request) -> bytes:
-        text_chars = max(self.limits.max_text_chars, self.settings.openai.max_input_chars)
-        limit = self.limits.max_upload_bytes * 4 // 3 + 4 * text_chars + 65536
-        return await read_body(request, limit, self.limits.drain_body_bytes)
-
     # ------------------------------------------------------------ references
 
-    async def _voice(self, id_or_name: str) -> Voice:
-        return await lookup_voice(self.voices, id_or_name)
+    async def _voice(self, id_or_name: str, field: str | None = None) -> Voice:
+        return await lookup_voice(self.voices, id_or_name, field=field)
 
-    async def _voice_reference(self, id_or_name: str) -> ReferenceSpec:
-        return stored_reference(await self._voice(id_or_name))
+    async def _voice_reference(self, id_or_name: str, field: str) -> ReferenceSpec:
+        return stored_reference(await self._voice(id_or_name, field))
 
     def _inline_reference(self, ref_audio: str, ref_text: str) -> ReferenceSpec:
         data = decode_base64(ref_audio, "ref_audio")
-        return inline_reference(data, decode_reference_audio(data, self.limits), ref_text)
+        return inline_reference(data, decode_reference_audio(data, self.limits, "ref_audio"), ref_text)
 
     async def _job(self, job: SynthesisJob) -> SynthesisJob:
         """``job`` with the stored voice of every ``[name]`` tag of its text (at the job's target RMS)."""
@@ -116,9 +113,9 @@ class TTSIngress:
     async def _run(self, request: Request, job: SynthesisJob, fmt: str, stream: bool, headers: dict) -> Response:
         started = request.state.started
         if stream:
-            start, chunks = await self.model.open_stream(job)
+            start, chunks = await self.model.open_stream(job, TTS_FIELDS)
             return streamed_audio(start, chunks, fmt, self.metrics, started, headers)
-        reply = answer(await self.model.call("synthesize", job))
+        reply = await self.model.synthesize(job, TTS_FIELDS)
         return await whole_audio(reply, fmt, self.metrics, started, headers)
 
     def _streamed(self, job: SynthesisJob) -> SynthesisJob:
@@ -139,12 +136,11 @@ class TTSIngress:
             422: {"model": ErrorResponse},
         },
     )
-    async def tts(self, request: Request) -> Response:
+    async def tts(self, request: Request, req: TTSRequest = TTS_BODY) -> Response:
         """Synthesise ``text`` in a stored or inline voice; audio bytes in ``response_format``."""
-        req: TTSRequest = parse_model(TTSRequest, await self._body(request))
-        check_text_length(req.text, self.limits.max_text_chars)
+        check_text_length(req.text, self.limits.max_text_chars, "text")
         if req.voice is not None:
-            reference = await self._voice_reference(req.voice)
+            reference = await self._voice_reference(req.voice, "voice")
         else:
             reference = await asyncio.to_thread(self._inline_reference, req.ref_audio, req.ref_text or "")
         job = await self._job(synthesis_job(self.settings, req, req.text, reference))
@@ -157,14 +153,13 @@ class TTSIngress:
         openapi_extra=json_body_schema(SpeechRequest),
         responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorResponse}},
     )
-    async def speech(self, request: Request) -> Response:
+    async def speech(self, request: Request, req: SpeechRequest = SPEECH_BODY) -> Response:
         """OpenAI-compatible speech: ``voice`` is a stored voice id or name, or an OpenAI name mapped to one
         in the settings; audio is streamed as each text chunk is ready (every format but aac, which is
         encoded once); ``stream_format=sse`` sends OpenAI's ``speech.audio.delta``/``.done`` events."""
-        req: SpeechRequest = parse_model(SpeechRequest, await self._body(request))
-        check_text_length(req.input, self.settings.openai.max_input_chars)
+        check_text_length(req.input, self.settings.openai.max_input_chars, "input")
         stream = req.response_format != "aac" or req.stream_format == "sse"
-        reference = await self._voice_reference(stored_voice_key(req, self.settings.openai))
+        reference = await self._voice_reference(stored_voice_key(req, self.settings.openai), "voice")
         job = await self._job(synthesis_job(self.settings, req, req.input, reference))
         if stream:
             job = self._streamed(job)
@@ -193,12 +188,11 @@ class TTSIngress:
         openapi_extra=json_body_schema(EditRequest),
         responses={200: {"content": {"audio/wav": {}}}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
     )
-    async def edit(self, request: Request) -> Response:
+    async def edit(self, request: Request, req: EditRequest = EDIT_BODY) -> Response:
         """Regenerate ``spans`` of ``audio`` so it says ``new_text``; outside them the original, sample for sample
         (``X-Edited-Spans``: where the regenerated spans are in the result)."""
-        req: EditRequest = parse_model(EditRequest, await self._body(request))
         job = await asyncio.to_thread(edit_job, self.settings, req)
-        reply = answer(await self.model.call("edit", job))
+        reply = await self.model.edit(job)
         return await whole_audio(reply, req.response_format, self.metrics, request.state.started, {})
 
     # ------------------------------------------------------------ routes: voices
@@ -210,32 +204,33 @@ class TTSIngress:
         response_model=VoiceInfo,
         openapi_extra=json_body_schema(VoiceCreateRequest),
     )
-    async def create_voice(self, request: Request) -> VoiceInfo:
+    async def create_voice(self, request: Request, body: bytes = BODY) -> VoiceInfo:
         """Store a voice: JSON (``audio`` base64, ``transcript``, ``name``) or multipart/form-data
         (``audio`` file, ``transcript``, ``name``)."""
-        body = await self._body(request)
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             fields = parse_multipart(kind, body)
             form = {key: fields[key].decode("utf-8", "replace") for key in ("transcript", "name") if key in fields}
             if "audio" not in fields:
-                raise ApiError(422, "invalid_request", "audio: field required (a file part named 'audio')")
+                raise ApiError(
+                    422, "invalid_request", "audio: field required (a file part named 'audio')", field="audio"
+                )
             req = validate_model(VoiceFields, form)
             data = fields["audio"]
         else:
             req = parse_model(VoiceCreateRequest, body)
             data = decode_base64(req.audio, "audio")
-        audio = await asyncio.to_thread(decode_reference_audio, data, self.limits)
+        audio = await asyncio.to_thread(decode_reference_audio, data, self.limits, "audio")
         spec = ReferenceSpec(
             key="upload:" + hashlib.sha256(data + req.transcript.encode()).hexdigest(),
             text=req.transcript,
             audio=audio,
         )
-        transcript = answer(await self.model.call("check_reference", spec))
+        transcript = await self.model.check_reference(spec)
         try:
             voice = await asyncio.to_thread(self.voices.create, audio, SAMPLE_RATE, transcript, req.name)
         except VoiceNameTakenError as exc:
-            raise ApiError(409, "voice_name_taken", str(exc)) from exc
+            raise ApiError(409, "voice_name_taken", str(exc), field="name") from exc
         return VoiceInfo.model_validate(asdict(voice))
 
     @api.get("/v1/voices", response_model=VoiceList, dependencies=AUTHORIZED)
@@ -266,19 +261,19 @@ class TTSIngress:
     @api.get("/readyz", response_model=Ready, responses={503: {"model": ErrorResponse}})
     async def readyz(self) -> Ready:
         """Readiness: 200 when a model replica answers its health call within 5 s; 503 JSON otherwise."""
-        return Ready(model_version=(await self.model.ready())["model_version"])
+        return Ready(model_version=(await self.model.ready()).model_version)
 
     @api.get("/v1/models", response_model=ModelList, dependencies=AUTHORIZED)
     async def models(self) -> ModelList:
-        info = await self.model.call("describe")
+        info = await self.model.describe()
         card = ModelCard(
-            id=info["model_version"],
+            id=info.model_version,
             created=int(time.time()),
-            name=info["name"],
-            version=info["version"],
-            alias=info["alias"],
-            uri=info["uri"],
-            run_id=info["run_id"],
-            config=info["config"],
+            name=info.name,
+            version=info.version,
+            alias=info.alias,
+            uri=info.uri,
+            run_id=info.run_id,
+            config=asdict(info.config),
         )
         return ModelList(data=[card])

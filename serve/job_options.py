@@ -10,14 +10,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from flowtts.synthesis import CROSS_FADE_S, TARGET_RMS, InvalidOptionsError, SamplingSettings, SynthesisOptions
-from serve.http_layer import ApiError, check_text_length, decode_base64, decode_reference_audio
+from serve.http_errors import ApiError
 from serve.messages import EditJob, ReferenceSpec, SynthesisJob
+from serve.request_bodies import check_text_length, decode_base64, decode_reference_audio
 from serve.schemas import EditRequest, SamplingFields, SpeechRequest, TTSRequest
 from serve.settings import ServeSettings
 
 
 def out_of_range(name: str, value: float, low: float, high: float) -> ApiError:
-    return ApiError(422, "invalid_option", f"{name}={value} is outside the allowed range [{low}, {high}]")
+    return ApiError(422, "invalid_option", f"{name}={value} is outside the allowed range [{low}, {high}]", field=name)
 
 
 def sampling_settings(settings: ServeSettings, req: SamplingFields) -> SamplingSettings:
@@ -59,8 +60,8 @@ def synthesis_job(
 
 def edit_job(settings: ServeSettings, req: EditRequest) -> EditJob:
     for name in ("text", "new_text"):
-        check_text_length(getattr(req, name), settings.limits.max_text_chars)
-    audio = decode_reference_audio(decode_base64(req.audio, "audio"), settings.limits)
+        check_text_length(getattr(req, name), settings.limits.max_text_chars, name)
+    audio = decode_reference_audio(decode_base64(req.audio, "audio"), settings.limits, "audio")
     return EditJob(
         audio=audio,
         text=req.text,

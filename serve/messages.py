@@ -1,4 +1,5 @@
-"""What the ingress and the model replicas send each other (pickled by Ray; plain frozen dataclasses).
+"""What the ingress and the model replicas send each other (pickled by Ray; plain frozen dataclasses): the
+arguments and replies of ``TTSModel``'s methods, which ``serve.model_client.ModelClient`` calls.
 
 Client mistakes found on the model replica come back as ``ClientError`` values (not exceptions), so the
 ingress answers 4xx without a stack trace and the replica is untouched.
@@ -7,6 +8,7 @@ ingress answers 4xx without a stack trace and the replica is untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +70,7 @@ class ClientError:
     status: int
     code: str
     message: str
+    field: str | None = None  # what it is about, as /v1/voices and /v1/edit name it: audio, transcript, text, ...
 
 
 @dataclass(frozen=True)
@@ -94,23 +97,63 @@ class SynthesisReply:
     edited_spans: tuple[tuple[float, float], ...] = ()  # an edit's regenerated spans, seconds in ``audio``
 
 
-# Exceptions of the model path that are the client's doing: (type, HTTP status, error code), first match wins.
-CLIENT_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
-    (VoiceNotFoundError, 404, "voice_not_found"),  # deleted between the ingress' lookup and the model's read
-    (UnknownVoiceError, 404, "voice_not_found"),  # a [name] tag the ingress did not resolve
-    (ReferenceAudioError, 422, "invalid_reference_audio"),
-    (TranscriptRequiredError, 422, "transcript_required"),
-    (EmptyTextError, 422, "empty_text"),
-    (UnspeakableTextError, 422, "unspeakable_text"),
-    (UnknownCharactersError, 422, "unknown_characters"),
-    (InvalidOptionsError, 422, "invalid_option"),
-    (InvalidEditError, 422, "invalid_edit"),
-    (AudioError, 422, "invalid_audio"),
-    (SynthesisError, 422, "invalid_request"),
+@dataclass(frozen=True)
+class ReplicaHealth:
+    """``TTSModel.health``: the replica can sample (it ran its probe after a sampling failure)."""
+
+    model_version: str
+
+
+@dataclass(frozen=True)
+class ModelConfigSummary:
+    """The served model's architecture and how the replica runs it (``GET /v1/models``' ``config``)."""
+
+    backbone: str
+    dim: int
+    depth: int
+    heads: int
+    parameters: int
+    vocab_size: int
+    text_frontend: dict[str, Any] | None
+    asr_model: str | None
+    sample_rate: int
+    vocoder: str
+    device: str
+    backend: str
+    torch_threads: int
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """``TTSModel.describe``: where the served model comes from, and its config."""
+
+    name: str
+    version: str | None
+    alias: str | None
+    uri: str
+    run_id: str | None
+    model_version: str
+    config: ModelConfigSummary
+
+
+# Exceptions of the model path that are the client's doing: (type, HTTP status, error code, field), first match
+# wins; the field as ClientError names it.
+CLIENT_ERRORS: tuple[tuple[type[Exception], int, str, str | None], ...] = (
+    (VoiceNotFoundError, 404, "voice_not_found", "voice"),  # deleted between the ingress' lookup and the model's read
+    (UnknownVoiceError, 404, "voice_not_found", "text"),  # a [name] tag the ingress did not resolve
+    (ReferenceAudioError, 422, "invalid_reference_audio", "audio"),
+    (TranscriptRequiredError, 422, "transcript_required", "transcript"),
+    (EmptyTextError, 422, "empty_text", "text"),
+    (UnspeakableTextError, 422, "unspeakable_text", "text"),
+    (UnknownCharactersError, 422, "unknown_characters", "text"),
+    (InvalidOptionsError, 422, "invalid_option", None),  # the message names the option
+    (InvalidEditError, 422, "invalid_edit", "spans"),
+    (AudioError, 422, "invalid_audio", "audio"),
+    (SynthesisError, 422, "invalid_request", None),
 )
-CLIENT_EXCEPTIONS = tuple(cls for cls, _, _ in CLIENT_ERRORS)
+CLIENT_EXCEPTIONS = tuple(row[0] for row in CLIENT_ERRORS)
 
 
 def client_error(exc: Exception) -> ClientError:
-    status, code = next((status, code) for cls, status, code in CLIENT_ERRORS if isinstance(exc, cls))
-    return ClientError(status, code, str(exc))
+    status, code, field = next((s, c, f) for cls, s, c, f in CLIENT_ERRORS if isinstance(exc, cls))
+    return ClientError(status, code, str(exc), field)

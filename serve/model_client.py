@@ -1,11 +1,11 @@
-"""The ingress' side of the model deployment: calls through the handle, with every way a call can fail
-that is not the client's mapped to an HTTP answer.
+"""The ingress' side of the model deployment: one typed method per ``TTSModel`` method, with every way a call
+can fail that is not the client's mapped to an HTTP answer.
 
 - the queue is full (``BackPressureError``): 429 (or 503) with ``Retry-After``, from ``overloaded``;
 - the replica died or became unreachable mid-request (``RayActorError``, ``ActorUnavailableError``,
   ``ReplicaUnavailableError``, ``DeploymentUnavailableError``): 503 with ``Retry-After``; Serve replaces
   the replica (``TTSModel.check_health``) and the client's retry lands on a live one;
-- a ``ClientError`` reply: its 4xx.
+- a ``ClientError`` reply: its 4xx, about the request field ``fields`` names for its field (default: the same).
 
 A streamed response has sent its status before its last chunk; a replica dying after the first chunk
 ends the body early (logged), which an HTTP client sees as a truncated response.
@@ -15,22 +15,45 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 import numpy as np
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from serve.http_layer import ApiError, overloaded
-from serve.messages import ClientError, StreamStart, SynthesisJob
+from serve.http_errors import ApiError
+from serve.messages import (
+    ClientError,
+    EditJob,
+    ModelDescription,
+    ReferenceSpec,
+    ReplicaHealth,
+    StreamStart,
+    SynthesisJob,
+    SynthesisReply,
+)
 
 logger = logging.getLogger("ray.serve")
 
 REPLICA_LOST = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)  # ActorUnavailableError too
 RETRY_AFTER_LOST_S = 2
 READY_TIMEOUT_S = 5.0
+SAME_FIELDS: Mapping[str, str] = MappingProxyType({})  # a ClientError's field names the request's field
+Reply = TypeVar("Reply")
+
+
+def overloaded(exc: BackPressureError) -> ApiError:
+    """503 (or 429 with ``backpressure_config``) and always a ``Retry-After`` (1 s unless configured)."""
+    retry_after = max(1, int(np.ceil(exc.retry_after_s or 1)))
+    return ApiError(
+        exc.status_code,
+        "overloaded",
+        f"the server is busy: {exc.message}; retry later",
+        {"Retry-After": str(retry_after)},
+    )
 
 
 def replica_lost(exc: Exception) -> ApiError:
@@ -42,10 +65,11 @@ def replica_lost(exc: Exception) -> ApiError:
     )
 
 
-def answer(reply: Any) -> Any:
+def answer(reply: Reply | ClientError, fields: Mapping[str, str] = SAME_FIELDS) -> Reply:
     """A reply, or its ``ClientError`` raised as the 4xx it names."""
     if isinstance(reply, ClientError):
-        raise ApiError(reply.status, reply.code, reply.message)
+        field = fields.get(reply.field, reply.field) if reply.field else None
+        raise ApiError(reply.status, reply.code, reply.message, field=field)
     return reply
 
 
@@ -54,7 +78,23 @@ class ModelClient:
         self.handle = handle
         self.streaming = handle.options(stream=True)
 
-    async def call(self, method: str, *args) -> Any:
+    async def synthesize(self, job: SynthesisJob, fields: Mapping[str, str] = SAME_FIELDS) -> SynthesisReply:
+        return answer(await self._call("synthesize", job), fields)
+
+    async def edit(self, job: EditJob) -> SynthesisReply:
+        return answer(await self._call("edit", job))
+
+    async def check_reference(self, spec: ReferenceSpec) -> str:
+        """The reference's transcript (as given, or as the ASR model heard it), prepared and cached."""
+        return answer(await self._call("check_reference", spec))
+
+    async def describe(self) -> ModelDescription:
+        return await self._call("describe")
+
+    async def health(self) -> ReplicaHealth:
+        return await self._call("health")
+
+    async def _call(self, method: str, *args) -> Any:
         try:
             return await getattr(self.handle, method).remote(*args)
         except BackPressureError as exc:
@@ -62,7 +102,9 @@ class ModelClient:
         except REPLICA_LOST as exc:
             raise replica_lost(exc) from exc
 
-    async def open_stream(self, job: SynthesisJob) -> tuple[StreamStart, AsyncIterator[np.ndarray]]:
+    async def open_stream(
+        self, job: SynthesisJob, fields: Mapping[str, str] = SAME_FIELDS
+    ) -> tuple[StreamStart, AsyncIterator[np.ndarray]]:
         """Start a streamed synthesis; the first item (start or client error) decides the status."""
         stream = self.streaming.synthesize_stream.remote(job)
         try:
@@ -73,7 +115,7 @@ class ModelClient:
             raise replica_lost(exc) from exc
         if isinstance(first, ClientError):
             stream.cancel()
-        return answer(first), self._rest(stream)
+        return answer(first, fields), self._rest(stream)
 
     @staticmethod
     async def _rest(stream) -> AsyncIterator[np.ndarray]:
@@ -83,10 +125,10 @@ class ModelClient:
         except REPLICA_LOST as exc:
             logger.warning("stream ended early: the model replica is gone (%s)", type(exc).__name__)
 
-    async def ready(self) -> dict:
+    async def ready(self) -> ReplicaHealth:
         """What a model replica says of itself within ``READY_TIMEOUT_S``; 503 when none can serve."""
         try:
-            return await asyncio.wait_for(self.call("health"), timeout=READY_TIMEOUT_S)
+            return await asyncio.wait_for(self.health(), timeout=READY_TIMEOUT_S)
         except ApiError as exc:
             raise ApiError(503, "not_ready", f"no model replica can serve now: {exc.message}", exc.headers) from exc
         except Exception as exc:  # a timeout, or a replica that failed its probe

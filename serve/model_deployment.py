@@ -25,13 +25,17 @@ from ray import serve
 
 from flowtts.model_source import ModelSource
 from flowtts.synthesis import ReferenceAudioError, SamplingSettings, SynthesisOptions, Synthesizer
+from flowtts.usage_reporting import usage_reporting_off
 from serve.batching import GenerateWork, plan_generate_calls
 from serve.messages import (
     CLIENT_EXCEPTIONS,
     SAMPLE_RATE,
     ClientError,
     EditJob,
+    ModelConfigSummary,
+    ModelDescription,
     ReferenceSpec,
+    ReplicaHealth,
     StreamStart,
     SynthesisJob,
     SynthesisReply,
@@ -64,14 +68,7 @@ def load_synthesizer(settings: ServeSettings, source: ModelSource) -> Synthesize
     )
 
 
-@serve.deployment(
-    name="TTSModel",
-    max_ongoing_requests=32,
-    ray_actor_options={"num_cpus": 1},
-    health_check_period_s=10,
-    graceful_shutdown_timeout_s=60,
-    max_surge_percent=100,  # a model update starts the new replicas before the old ones stop
-)
+@serve.deployment  # its options: serve.settings.MODEL_DEPLOYMENT, applied by serve.app
 class TTSModel:
     def __init__(
         self,
@@ -79,6 +76,7 @@ class TTSModel:
         source: ModelSource,
         loader: Callable[[ServeSettings, ModelSource], Synthesizer] | None = None,
     ):
+        usage_reporting_off()  # before MLflow loads the model, whatever the replica's runtime_env says
         self.settings = settings
         self.source = source
         self.version = source.label
@@ -117,35 +115,35 @@ class TTSModel:
             await asyncio.to_thread(self.synth.generate, self.probe_items, WARMUP_SAMPLING)
             self.needs_probe = False
 
-    async def health(self) -> dict:
+    async def health(self) -> ReplicaHealth:
         await self.check_health()
-        return {"model_version": self.version}
+        return ReplicaHealth(model_version=self.version)
 
-    def describe(self) -> dict:
+    def describe(self) -> ModelDescription:
         config = self.synth.model.config
-        return {
-            "name": self.source.name,
-            "version": self.source.version,
-            "alias": self.source.alias,
-            "uri": self.source.uri,
-            "run_id": self.source.run_id,
-            "model_version": self.version,
-            "config": {
-                "backbone": config.backbone,
-                "dim": config.dim,
-                "depth": config.depth,
-                "heads": config.heads,
-                "parameters": sum(p.numel() for p in self.synth.model.parameters()),
-                "vocab_size": len(self.synth.vocab),
-                "text_frontend": self.synth.model_info.get("text_frontend"),
-                "asr_model": self.settings.asr_model,
-                "sample_rate": self.synth.mel.target_sample_rate,
-                "vocoder": type(self.synth.vocoder).__name__,
-                "device": self.settings.device,
-                "backend": self.settings.backend,
-                "torch_threads": torch.get_num_threads(),
-            },
-        }
+        return ModelDescription(
+            name=self.source.name,
+            version=self.source.version,
+            alias=self.source.alias,
+            uri=self.source.uri,
+            run_id=self.source.run_id,
+            model_version=self.version,
+            config=ModelConfigSummary(
+                backbone=config.backbone,
+                dim=config.dim,
+                depth=config.depth,
+                heads=config.heads,
+                parameters=sum(p.numel() for p in self.synth.model.parameters()),
+                vocab_size=len(self.synth.vocab),
+                text_frontend=self.synth.model_info.get("text_frontend"),
+                asr_model=self.settings.asr_model,
+                sample_rate=self.synth.mel.target_sample_rate,
+                vocoder=type(self.synth.vocoder).__name__,
+                device=self.settings.device,
+                backend=self.settings.backend,
+                torch_threads=torch.get_num_threads(),
+            ),
+        )
 
     def get_stats(self) -> dict:
         return {
@@ -163,7 +161,7 @@ class TTSModel:
 
     # ------------------------------------------------------------ batched sampling
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    @serve.batch  # sized by reconfigure (settings.batching, then the deployment's user_config)
     async def generate_batched(self, works: list[GenerateWork]) -> list[list[torch.Tensor] | Exception]:
         """One request's rows in, its mels out; concurrent requests share ``generate`` calls."""
         calls = plan_generate_calls(works, self.batching.max_batch_frames)

@@ -1,5 +1,6 @@
 """The OpenAI drop-in's own rules: OpenAI voice names mapped to stored voices, the voices listing, and
-what is accepted but not used (``instructions``: reported in ``X-Instructions-Ignored``)."""
+what is accepted but not used (``instructions``: reported in ``X-Instructions-Ignored``), and the routes
+that keep OpenAI's error shape."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from serve.settings import OpenAISettings
 from serve.voices import Voice
 
 INSTRUCTIONS_HEADER = "X-Instructions-Ignored"
+# Routes in OpenAI's shape: their errors stay {"error": {"code", "message"}}, without our "field".
+OPENAI_ROUTES = ("/v1/audio/speech", "/v1/audio/voices", "/v1/models")
 
 
 def stored_voice_key(req: SpeechRequest, settings: OpenAISettings) -> str:

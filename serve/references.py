@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 
 from flowtts.synthesis import EmptyTextError, split_voice_tags
-from serve.http_layer import ApiError
+from serve.http_errors import ApiError
 from serve.messages import ReferenceSpec
 from serve.settings import LimitSettings
 from serve.voices import Voice, VoiceNotFoundError, VoiceStore
@@ -29,21 +29,21 @@ def inline_reference(data: bytes, audio: np.ndarray, ref_text: str) -> Reference
     return ReferenceSpec(key=f"inline:{key}", text=ref_text, audio=audio)
 
 
-async def lookup_voice(store: VoiceStore, id_or_name: str, where: str | None = None) -> Voice:
-    """The stored voice, or a 404 naming it (and ``where`` it was asked for)."""
+async def lookup_voice(store: VoiceStore, id_or_name: str, where: str | None = None, field: str | None = None) -> Voice:
+    """The stored voice, or a 404 naming it (and ``where`` it was asked for), about the request ``field``."""
     try:
         return await asyncio.to_thread(store.lookup, id_or_name)
     except VoiceNotFoundError as exc:
-        raise ApiError(404, "voice_not_found", f"{where}: {exc}" if where else str(exc)) from exc
+        raise ApiError(404, "voice_not_found", f"{where}: {exc}" if where else str(exc), field=field) from exc
 
 
 async def tag_references(store: VoiceStore, text: str, limits: LimitSettings) -> tuple[tuple[str, ReferenceSpec], ...]:
     """The stored voice of every ``[name]`` tag in ``text`` (404 for an unknown one, 422 for a tag's speed
-    outside ``limits.speed_range`` or a text with nothing outside its tags)."""
+    outside ``limits.speed_range`` or a text with nothing outside its tags), errors about the ``text`` field."""
     try:
         segments = split_voice_tags(text)
     except EmptyTextError as exc:
-        raise ApiError(422, "empty_text", str(exc)) from exc
+        raise ApiError(422, "empty_text", str(exc), field="text") from exc
     low, high = limits.speed_range
     for segment in segments:
         if segment.speed is not None and not low <= segment.speed <= high:
@@ -52,6 +52,9 @@ async def tag_references(store: VoiceStore, text: str, limits: LimitSettings) ->
                 "invalid_option",
                 f"voice tag [{segment.voice} speed={segment.speed:g}]: speed is outside the allowed range "
                 f"[{low}, {high}]",
+                field="text",
             )
     names = dict.fromkeys(s.voice for s in segments if s.voice is not None)
-    return tuple([(name, stored_reference(await lookup_voice(store, name, f"voice tag [{name}]"))) for name in names])
+    return tuple(
+        [(name, stored_reference(await lookup_voice(store, name, f"voice tag [{name}]", "text"))) for name in names]
+    )

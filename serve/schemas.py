@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 OPENAI_MAX_INSTRUCTIONS_CHARS = 4096
 
@@ -20,10 +20,12 @@ class ApiModel(BaseModel):
 class ErrorDetail(ApiModel):
     code: str
     message: str
+    field: str | None = Field(default=None, description="the request field it is about (absent: none)")
 
 
 class ErrorResponse(ApiModel):
-    """Every error crossing HTTP: ``{"error": {"code", "message"}}``."""
+    """Every error crossing HTTP: ``{"error": {"code", "message", "field"}}`` (``field`` only where there is
+    one; the OpenAI routes answer ``{"error": {"code", "message"}}``)."""
 
     error: ErrorDetail
 
@@ -216,12 +218,13 @@ class TrainRequest(ApiModel):
         default_factory=dict, description="more config overrides, e.g. {'train.batch_size_per_gpu': 1500}"
     )
 
-    @model_validator(mode="after")
-    def _override_keys(self) -> TrainRequest:
-        for key in self.overrides:
+    @field_validator("overrides")
+    @classmethod
+    def _override_keys(cls, overrides: dict[str, str | int | float | bool]) -> dict[str, str | int | float | bool]:
+        for key in overrides:
             if not key.replace(".", "").replace("_", "").isalnum():
                 raise ValueError(f"override key {key!r} must look like section.field (letters, digits, _ and .)")
-        return self
+        return overrides
 
 
 class TrainJobInfo(ApiModel):

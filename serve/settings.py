@@ -4,6 +4,10 @@
 environment variables so one config file works on a laptop and on a cluster: ``FLOWTTS_MODEL_URI``,
 ``FLOWTTS_VOCODER``, ``FLOWTTS_VOICES_URI``, ``FLOWTTS_API_KEY`` (args win over the environment, the
 environment over the defaults). Where the model comes from is ``flowtts.model_source.ModelSource``.
+
+Each deployment's Serve options (replicas, concurrency, overload, resources) are ``MODEL_DEPLOYMENT`` and
+``INGRESS_DEPLOYMENT`` here, in Ray's own schema of a Serve config's ``deployments:`` entries: the builder
+applies them, a Serve config's ``deployments:`` override them, and the deployment decorators carry none.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from ray.serve.schema import DeploymentSchema
 
 from flowtts.synthesis import SamplingSettings
 from flowtts.text import TextFrontend
@@ -32,13 +37,39 @@ class StrictSettings(BaseModel):
 class BatchingSettings(StrictSettings):
     """Initial batching; ``user_config`` of the TTSModel deployment changes it at run time."""
 
-    max_batch_size: int = Field(default=8, ge=1, le=256, description="requests per batch")
+    max_batch_size: int = Field(default=16, ge=1, le=256, description="requests per batch")
     batch_wait_timeout_s: float = Field(
         default=0.05, ge=0.0, le=10.0, description="how long the first request of a batch waits for others"
     )
     max_batch_frames: int = Field(
-        default=16384, ge=64, description="cap on items x padded mel frames per sample() call"
+        default=32768, ge=64, description="cap on items x padded mel frames per sample() call"
     )
+
+
+MODEL_DEPLOYMENT = DeploymentSchema(
+    name="TTSModel",
+    max_ongoing_requests=32,  # keep >= max_batch_size, or a batch can never fill
+    max_queued_requests=64,  # past this many waiting requests: 429 + Retry-After at once
+    backpressure_config={"status_code": 429, "retry_after_s": 5},
+    autoscaling_config={
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 16,  # about one full batch per replica before scaling out
+        "upscale_delay_s": 10,
+        "downscale_delay_s": 300,
+    },
+    ray_actor_options={"num_cpus": 1},
+    graceful_shutdown_timeout_s=60,
+    health_check_period_s=10,  # TTSModel.check_health
+    max_surge_percent=100,  # a model update starts the new replicas before the old ones stop
+)
+INGRESS_DEPLOYMENT = DeploymentSchema(
+    name="TTSIngress",
+    max_ongoing_requests=256,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 64},
+    ray_actor_options={"num_cpus": 0.25},
+    max_surge_percent=100,
+)
 
 
 class LimitSettings(StrictSettings):

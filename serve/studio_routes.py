@@ -2,7 +2,7 @@
 ``serve/studio/``), a stored voice's audio, the model registry's versions, and the Train routes.
 
 The routes are plain functions on a router that ``serve.ingress`` includes; they reach the serving
-``TTSIngress`` replica through ``http_layer.ingress_replica``. All but the page need the API key; the
+``TTSIngress`` replica through ``http_access.ingress_replica``. All but the page need the API key; the
 Train routes answer 404 ``training_disabled`` unless ``training.enabled`` is set in the serve config.
 
 No ``from __future__ import annotations`` here: FastAPI reads the real annotations of the routes.
@@ -12,12 +12,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from flowtts.config import preset_names
-from serve.http_layer import AUTHORIZED, ApiError, ingress_replica, parse_model, read_body
+from serve.http_access import AUTHORIZED, ingress_replica
+from serve.http_errors import ApiError
 from serve.registry_view import registry_view
+from serve.request_bodies import json_body, json_body_schema
 from serve.schemas import RegistryView, TrainJobInfo, TrainJobList, TrainRequest
 from serve.training_jobs import TrainingJobs
 
@@ -56,10 +58,10 @@ async def voice_audio(voice_id: str, ingress: Any = REPLICA) -> Response:
 
 
 async def served_registry_name(ingress: Any) -> str:
-    info = await ingress.model.call("describe")
-    if info["version"] is None:
-        raise ApiError(404, "no_registry", f"the served model {info['uri']!r} is not from a model registry")
-    return info["name"]
+    info = await ingress.model.describe()
+    if info.version is None:
+        raise ApiError(404, "no_registry", f"the served model {info.uri!r} is not from a model registry")
+    return info.name
 
 
 @router.get("/v1/registry", dependencies=AUTHORIZED, response_model=RegistryView)
@@ -69,12 +71,16 @@ async def registry(ingress: Any = REPLICA) -> RegistryView:
     return await asyncio.to_thread(registry_view, name, ingress.settings.tracking_uri)
 
 
-def training(ingress: Any) -> TrainingJobs:
+def training(ingress: Any = REPLICA) -> TrainingJobs:
     if ingress.training is None:
         raise ApiError(
             404, "training_disabled", "training is off on this server (training.enabled in the serve config)"
         )
     return ingress.training
+
+
+TRAINING = Depends(training)  # before the body (TRAIN_BODY): 404 when training is off
+TRAIN_BODY = json_body(TrainRequest, max_bytes=65536)
 
 
 @router.get("/v1/train", dependencies=AUTHORIZED, response_model=TrainJobList)
@@ -83,11 +89,17 @@ async def list_training_jobs(ingress: Any = REPLICA) -> TrainJobList:
     return TrainJobList(presets=preset_names(), jobs=jobs)
 
 
-@router.post("/v1/train", dependencies=AUTHORIZED, status_code=201, response_model=TrainJobInfo)
-async def submit_training_job(request: Request, ingress: Any = REPLICA) -> TrainJobInfo:
+@router.post(
+    "/v1/train",
+    dependencies=AUTHORIZED,
+    status_code=201,
+    response_model=TrainJobInfo,
+    openapi_extra=json_body_schema(TrainRequest),
+)
+async def submit_training_job(
+    jobs: TrainingJobs = TRAINING, req: TrainRequest = TRAIN_BODY, ingress: Any = REPLICA
+) -> TrainJobInfo:
     """Submit ``jobs/train.py`` as a Ray job; its version registers under the served model's name."""
-    jobs = training(ingress)
-    req: TrainRequest = parse_model(TrainRequest, await read_body(request, 65536))
     name = jobs.settings.registered_model or await served_registry_name(ingress)
     return await asyncio.to_thread(jobs.submit, req, name)
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from flowtts.config import preset_names
-from serve.http_layer import ApiError
+from flowtts.usage_reporting import usage_reporting_off
+from serve.http_errors import ApiError
 from serve.schemas import TrainJobInfo, TrainRequest
 from serve.settings import TrainingSettings
 
@@ -40,7 +41,12 @@ def new_job_id() -> str:
 def train_command(request: TrainRequest, job_id: str, settings: TrainingSettings, registered_model: str) -> list[str]:
     """The ``jobs/train.py`` command line of a studio request (one worker, the settings' CPUs)."""
     if request.preset not in preset_names():
-        raise ApiError(422, "invalid_request", f"preset {request.preset!r} is not one of {', '.join(preset_names())}")
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"preset {request.preset!r} is not one of {', '.join(preset_names())}",
+            field="preset",
+        )
     command = ["python", TRAIN_SCRIPT, "--config", request.preset, "--data", request.data, "--name", job_id]
     command += ["--max-steps", str(request.max_steps), "--checkpoint-every", str(request.max_steps)]
     command += ["--workers", "1", "--cpus-per-worker", str(settings.cpus_per_worker)]
@@ -97,7 +103,7 @@ class TrainingJobs:
             )
         job_id = new_job_id()
         command = train_command(request, job_id, self.settings, registered_model)
-        env_vars = dict(self.settings.env_vars)
+        env_vars = {**usage_reporting_off(), **self.settings.env_vars}  # flowtts.usage_reporting; settings win
         if self.tracking_uri:
             env_vars.setdefault("MLFLOW_TRACKING_URI", self.tracking_uri)
         runtime_env = {"working_dir": str(self.working_dir), **({"env_vars": env_vars} if env_vars else {})}

@@ -99,7 +99,7 @@ class VoiceStore:
             transcript=transcript,
             duration_s=round(len(audio) / sample_rate, 3),
             sample_rate=sample_rate,
-            created_at=round(time.time(), 3),
+            created_at=time.time(),  # full resolution: voices saved within one millisecond keep their order
             audio_sha256=hashlib.sha256(data).hexdigest(),
         )
         folder = f"{self.root}/{voice.id}"

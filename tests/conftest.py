@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from flowtts.usage_reporting import usage_reporting_off
 from tests.helpers import DEV_CORPUS, FIXTURES, require
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The test session goes through ``flowtts.usage_reporting`` before any test imports MLflow or starts Ray;
+    the services and Ray instances it starts inherit the variables."""
+    usage_reporting_off()
 
 
 @pytest.fixture(scope="session")

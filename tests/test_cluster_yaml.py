@@ -18,6 +18,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.util import accelerators
 
+from flowtts.usage_reporting import usage_reporting_off
 from tests.helpers import REPO
 
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -132,6 +133,17 @@ def test_job_environment(config: dict) -> None:
         assert var in setup, var
     # The variables reach `ray start` (and so every worker process) through ~/.bashrc.
     assert "~/.bashrc" in setup
+
+
+def test_nothing_phones_home(config: dict) -> None:
+    # every node's ~/flowtts.env (sourced by the shell that runs `ray start` and `mlflow server`) turns
+    # MLflow telemetry and Ray usage stats off, and every `ray start` says so too
+    env_file = next(c for c in config["setup_commands"] if "/home/ray/flowtts.env" in c and ">" in c)
+    for key, value in usage_reporting_off({}).items():  # with the head's "usage stats disabled" notice
+        assert f'echo "export {key}={value}"' in env_file, key
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("--disable-usage-stats" in c for c in starts), key
 
 
 def test_mlflow_server_on_head(config: dict) -> None:

@@ -12,9 +12,10 @@ import soundfile as sf
 
 from flowtts.synthesis import CROSS_FADE_S, TARGET_RMS, SamplingSettings
 from serve.audio_responses import audio_headers
-from serve.http_layer import ApiError, parse_model
+from serve.http_errors import ApiError
 from serve.job_options import edit_job, synthesis_job
 from serve.messages import ReferenceSpec, SynthesisReply
+from serve.request_bodies import parse_model
 from serve.schemas import EditRequest, SpeechRequest, TTSRequest
 from serve.settings import ServeSettings
 

@@ -4,6 +4,10 @@ an ``mlflow server`` (sqlite + artifact folder) and a ``ray start --head`` clust
 Preprocessing of the shipped sample corpus, training and the evaluation gate run as ``ray job submit``
 jobs; the run, its metrics, the registered version, its aliases and tags are checked through the MLflow
 REST API; ``serve deploy`` serves the ``production`` alias and answers real HTTP requests.
+
+Every Python process of it (the services, job drivers, Ray workers, Serve replicas) runs with
+``tests/helpers/netguard`` on ``PYTHONPATH``, which records each connection and name lookup it makes; the
+last test checks that none of them left loopback (nothing phones home: ``flowtts.usage_reporting``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import requests
 import soundfile as sf
 from local_services import LocalMlflowServer, LocalRayHead, free_ports, service_env, wait_until_answers
 
+from flowtts.usage_reporting import usage_reporting_off
 from tests.helpers import REPO, SAMPLE_CORPUS
+from tests.helpers.network import goes_outside, is_ray_metadata_probe, read_records, recorded_env
 from tests.helpers.serving import small_serve_config
 
 pytestmark = pytest.mark.integration
@@ -31,19 +37,21 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     root = tmp_path_factory.mktemp("platform")
-    mlflow_server = LocalMlflowServer(root / "mlflow", env=service_env())
+    netlog = root / "netguard"
+    mlflow_server = LocalMlflowServer(root / "mlflow", env=recorded_env(service_env(), netlog))
     tracking_uri = mlflow_server.start()
     env = service_env(
         MLFLOW_TRACKING_URI=tracking_uri,
         FLOWTTS_MODEL_URI=f"models:/{MODEL}@production",
         FLOWTTS_VOICES_URI=str(root / "voices"),
     )
+    env = recorded_env(env, netlog)
     head = LocalRayHead(env=env, log=root / "ray_head.log")
     started = [mlflow_server.process.pid]
     try:
         head.start()
         started.append(head.process.pid)
-        yield {"root": root, "head": head, "mlflow": tracking_uri}
+        yield {"root": root, "head": head, "mlflow": tracking_uri, "netlog": netlog}
     finally:
         head.stop()
         mlflow_server.stop()
@@ -177,3 +185,22 @@ def test_preprocess_train_evaluate_promote_and_serve(platform):
 
     bad = requests.post(f"{url}/v1/tts", json={**body, "nfe": 1000}, timeout=60)
     assert bad.status_code == 422 and bad.json()["error"]["message"]
+
+
+def test_nothing_left_loopback(platform):
+    """Runs after the scenario above: every process it reached recorded itself, started with usage reporting
+    off, and named no host or address beyond loopback in a connection or a lookup."""
+    records = read_records(platform["netlog"])
+    starts = [r for r in records if r["kind"] == "start"]
+    commands = [r["cmdline"] for r in records]
+    # the recorder reached the services, the job drivers, Ray workers and the Serve replicas
+    assert any(" server " in c and "mlflow" in c for c in commands), "no record of the mlflow server"
+    for name in ("jobs/preprocess.py", "jobs/train.py", "jobs/evaluate.py", "default_worker.py", "ServeReplica"):
+        assert any(name in c for c in commands), f"no record of a {name} process"
+    assert all(r["env"] == usage_reporting_off({}) for r in starts), [
+        (r["cmdline"][:120], r["env"]) for r in starts if r["env"] != starts[0]["env"]
+    ]
+    assert any(r["kind"] != "start" for r in records)  # connections were recorded (MLflow's REST calls, ...)
+    outside = [r for r in records if goes_outside(r)]
+    probes = [r for r in outside if is_ray_metadata_probe(r)]
+    assert not [r for r in outside if r not in probes], outside[:20]

@@ -143,7 +143,7 @@ def main_settings(assets) -> ServeSettings:
     )
 
 
-SMALL = {"ray_actor_options": {"num_cpus": 0.25}}
+SMALL = {"ray_actor_options": {"num_cpus": 0.25}, "num_replicas": 1}  # one replica: no autoscaling
 
 
 def deploy_main(assets):
@@ -348,8 +348,9 @@ def test_voice_crud_with_json_upload(base, http, voice):
 # ---------------------------------------------------------------- errors
 
 
-def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]:
-    """(method, path, requests kwargs, status, error code)."""
+def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str, str | None]]:
+    """(method, path, requests kwargs, status, error code, the request field it is about: None for none, and
+    on the OpenAI routes, whose errors keep OpenAI's {"code", "message"})."""
     ref = b64(REF_PATH.read_bytes())
     tone = (0.3 * np.sin(np.arange(24000 * 5) / 24000 * 2 * np.pi * 220)).astype(np.float32)
     speak = {"text": TEXTS[0], "voice": voice["id"]}
@@ -360,6 +361,7 @@ def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]
             {"data": b'{"text": "x",', "headers": {"Content-Type": "application/json"}},
             400,
             "malformed_json",
+            None,
         ),
         (
             "post",
@@ -367,30 +369,33 @@ def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]
             {"json": {"text": "x", "ref_audio": "###", "ref_text": "a"}},
             400,
             "malformed_base64",
+            "ref_audio",
         ),
-        ("post", "/v1/tts", {"json": {"voice": voice["id"]}}, 422, "invalid_request"),
-        ("post", "/v1/tts", {"json": {**speak, "ref_audio": ref, "ref_text": "a"}}, 422, "invalid_request"),
+        ("post", "/v1/tts", {"json": {"voice": voice["id"]}}, 422, "invalid_request", "text"),
+        ("post", "/v1/tts", {"json": {**speak, "ref_audio": ref, "ref_text": "a"}}, 422, "invalid_request", None),
         (
             "post",
             "/v1/tts",
             {"json": {**speak, "stream": True, "response_format": "aac"}},
             422,
             "invalid_request",
+            None,
         ),
-        ("post", "/v1/tts", {"json": {**speak, "nfe": 64}}, 422, "invalid_option"),
-        ("post", "/v1/tts", {"json": {"text": "a", "ref_audio": ref}}, 422, "transcript_required"),
-        ("post", "/v1/tts", {"json": {**speak, "text": "Chào. [anna] Chào."}}, 404, "voice_not_found"),
-        ("post", "/v1/tts", {"json": {**speak, "text": "Chào. [lan speed=9] Chào."}}, 422, "invalid_option"),
-        ("post", "/v1/tts", {"json": {**speak, "text": "[lan]"}}, 422, "empty_text"),
-        ("post", "/v1/tts", {"json": {**speak, "speed": 9.0}}, 422, "invalid_option"),
-        ("post", "/v1/tts", {"json": {**speak, "text": "こんにちは"}}, 422, "unknown_characters"),
-        ("post", "/v1/tts", {"json": {**speak, "text": "…!?"}}, 422, "unspeakable_text"),
+        ("post", "/v1/tts", {"json": {**speak, "nfe": 64}}, 422, "invalid_option", "nfe"),
+        ("post", "/v1/tts", {"json": {"text": "a", "ref_audio": ref}}, 422, "transcript_required", "ref_text"),
+        ("post", "/v1/tts", {"json": {**speak, "text": "Chào. [anna] Chào."}}, 404, "voice_not_found", "text"),
+        ("post", "/v1/tts", {"json": {**speak, "text": "Chào. [lan speed=9] Chào."}}, 422, "invalid_option", "text"),
+        ("post", "/v1/tts", {"json": {**speak, "text": "[lan]"}}, 422, "empty_text", "text"),
+        ("post", "/v1/tts", {"json": {**speak, "speed": 9.0}}, 422, "invalid_option", "speed"),
+        ("post", "/v1/tts", {"json": {**speak, "text": "こんにちは"}}, 422, "unknown_characters", "text"),
+        ("post", "/v1/tts", {"json": {**speak, "text": "…!?"}}, 422, "unspeakable_text", "text"),
         (
             "post",
             "/v1/tts",
             {"json": {"text": "a", "ref_audio": b64(b"not audio at all" * 50), "ref_text": "a"}},
             422,
             "invalid_audio",
+            "ref_audio",
         ),
         (
             "post",
@@ -398,14 +403,16 @@ def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]
             {"json": {"text": "a", "ref_audio": b64(wav_bytes(tone[:2400])), "ref_text": "a"}},
             422,
             "invalid_reference_audio",
+            "ref_audio",
         ),
-        ("post", "/v1/tts", {"json": {**speak, "text": "a" * 601}}, 413, "text_too_long"),
+        ("post", "/v1/tts", {"json": {**speak, "text": "a" * 601}}, 413, "text_too_long", "text"),
         (
             "post",
             "/v1/tts",
             {"json": {"text": "a", "ref_audio": b64(wav_bytes(tone)), "ref_text": "a"}},
             413,
             "reference_too_long",
+            "ref_audio",
         ),
         (
             "post",
@@ -413,6 +420,7 @@ def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]
             {"json": {"text": "a", "ref_audio": b64(bytes(320_000)), "ref_text": "a"}},
             413,
             "upload_too_large",
+            "ref_audio",
         ),
         (
             "post",
@@ -420,15 +428,17 @@ def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]
             {"json": {"text": "a", "ref_audio": b64(bytes(400_000)), "ref_text": "a"}},
             413,
             "payload_too_large",
+            None,
         ),
-        ("post", "/v1/tts", {"json": {**speak, "voice": "voice_" + "0" * 24}}, 404, "voice_not_found"),
-        ("post", "/v1/tts", {"json": {**speak, "voice": "../../etc/passwd"}}, 404, "voice_not_found"),
+        ("post", "/v1/tts", {"json": {**speak, "voice": "voice_" + "0" * 24}}, 404, "voice_not_found", "voice"),
+        ("post", "/v1/tts", {"json": {**speak, "voice": "../../etc/passwd"}}, 404, "voice_not_found", "voice"),
         (
             "post",
             "/v1/audio/speech",
             {"json": {"model": "m", "voice": "alloy", "input": "a"}},
             404,
             "voice_not_found",
+            None,
         ),
         (
             "post",
@@ -436,6 +446,7 @@ def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]
             {"json": {"model": "m", "voice": "lan", "input": "a", "speed": 5}},
             422,
             "invalid_request",
+            None,
         ),
         (
             "post",
@@ -443,6 +454,7 @@ def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]
             {"json": {"model": "m", "voice": "lan", "input": "a" * 4097}},
             413,
             "text_too_long",
+            None,
         ),
         (
             "post",
@@ -450,23 +462,26 @@ def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str]]
             {"json": {"audio": ref, "transcript": REF_TEXT, "name": "lan"}},
             409,
             "voice_name_taken",
+            "name",
         ),
-        ("post", "/v1/voices", {"json": {"audio": ref, "transcript": "   "}}, 422, "transcript_required"),
-        ("post", "/v1/voices", {"files": {"transcript": (None, "a")}}, 422, "invalid_request"),
-        ("get", "/v1/voices/voice_" + "f" * 24, {}, 404, "voice_not_found"),
-        ("delete", "/v1/voices/nope", {}, 404, "voice_not_found"),
-        ("get", "/v1/nothing-here", {}, 404, "not_found"),
-        ("get", "/v1/tts", {}, 405, "method_not_allowed"),
+        ("post", "/v1/voices", {"json": {"audio": ref, "transcript": "   "}}, 422, "transcript_required", "transcript"),
+        ("post", "/v1/voices", {"files": {"transcript": (None, "a")}}, 422, "invalid_request", "audio"),
+        ("get", "/v1/voices/voice_" + "f" * 24, {}, 404, "voice_not_found", None),
+        ("delete", "/v1/voices/nope", {}, 404, "voice_not_found", None),
+        ("get", "/v1/nothing-here", {}, 404, "not_found", None),
+        ("get", "/v1/tts", {}, 405, "method_not_allowed", None),
     ]
 
 
 def test_every_error_has_its_status_and_json_body_and_the_replica_keeps_serving(base, http, voice):
-    for method, path, kwargs, status, code in error_cases(base, voice):
+    for method, path, kwargs, status, code, field in error_cases(base, voice):
         response = getattr(http, method)(f"{base}{path}", timeout=TIMEOUT, **kwargs)
         assert response.status_code == status, (path, code, response.text)
         body = response.json()
-        assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+        keys = {"code", "message"} | ({"field"} if field else set())
+        assert set(body) == {"error"} and set(body["error"]) == keys, body
         assert body["error"]["code"] == code, (path, body)
+        assert body["error"].get("field") == field, (path, body)
         assert body["error"]["message"]
     assert tts(http, base, text=TEXTS[5], voice=voice["id"]).status_code == 200
     assert http.get(f"{base}/healthz").status_code == 200

@@ -35,7 +35,7 @@ serve = pytest.importorskip("ray.serve")
 
 APP = "resilient"
 TIMEOUT = 120
-SMALL = {"ray_actor_options": {"num_cpus": 0.25}}
+SMALL = {"ray_actor_options": {"num_cpus": 0.25}, "num_replicas": 1}  # one replica: no autoscaling
 MODEL_OPTIONS = {
     **SMALL,
     "max_ongoing_requests": 8,

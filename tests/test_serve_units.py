@@ -270,6 +270,50 @@ def test_config_yaml_is_a_valid_serve_config_for_our_builder():
     assert model.max_queued_requests > 0 and model.backpressure_config.status_code == 429
 
 
+def deployed_options(app, config=None) -> dict:
+    """What Serve deploys for ``app``: each deployment's config and actor options as the controller receives them
+    (through their protos), with a Serve config application's ``deployments:`` over them as ``serve deploy``
+    applies them."""
+    from ray.serve._private.application_state import override_deployment_info
+    from ray.serve._private.build_app import build_app
+    from ray.serve._private.deploy_utils import deploy_args_to_deployment_info
+
+    built = build_app(app, name="flowtts")
+    infos = {
+        d.name: deploy_args_to_deployment_info(
+            d.name, d._deployment_config.to_proto_bytes(), d._replica_config.to_proto_bytes(), "test", "flowtts"
+        )
+        for d in built.deployments
+    }
+    return {
+        name: (
+            info.deployment_config.model_dump(exclude={"user_configured_option_names"}),
+            info.replica_config.ray_actor_options,
+        )
+        for name, info in override_deployment_info(infos, config).items()
+    }
+
+
+def test_a_python_built_app_deploys_what_config_yaml_deploys(monkeypatch):
+    import yaml
+    from ray._common.utils import import_attr
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import build_application
+    from serve.ingress import TTSIngress
+    from serve.model_deployment import TTSModel
+
+    monkeypatch.setenv("FLOWTTS_MODEL_URI", "runs:/abc123/checkpoint")  # resolved without a registry
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "serve" / "config.yaml").read_text()))
+    (app,) = config.applications
+    from_yaml = deployed_options(import_attr(app.import_path)(app.args), app)
+    from_python = deployed_options(build_application(ServeSettings.from_args({})))
+    assert from_python == from_yaml
+    assert from_python["TTSModel"][0]["autoscaling_config"]["max_replicas"] > 1  # autoscaling without a config
+    for deployment in (TTSModel, TTSIngress):  # the decorators set nothing
+        assert not deployment._deployment_config.user_configured_option_names, deployment.name
+
+
 # ---------------------------------------------------------------- streaming joins
 
 
@@ -292,7 +336,8 @@ def test_streamed_chunks_join_exactly_as_the_whole_utterance(lengths):
 def test_bearer_check_needs_the_exact_header_only_when_a_key_is_set():
     from starlette.requests import Request
 
-    from serve.http_layer import ApiError, check_bearer
+    from serve.http_access import check_bearer
+    from serve.http_errors import ApiError
 
     def request(header: str | None) -> Request:
         headers = [] if header is None else [(b"authorization", header.encode())]

@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from local_services import free_ports
 
-from serve.http_layer import ApiError
+from serve.http_errors import ApiError
 from serve.registry_view import registry_view
 from serve.schemas import TrainRequest
 from serve.settings import ServeSettings, TrainingSettings

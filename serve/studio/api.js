@@ -1,13 +1,15 @@
 // The public HTTP API as the studio uses it: the bearer key (asked once, kept in localStorage), JSON errors
-// turned into ApiError, and errors shown next to the control that caused them.
+// turned into ApiError, and errors shown next to the control of the request field they are about.
 
 const KEY_STORAGE = "flowtts.apiKey";
 
+// `field`: the request field the error is about (the server's `error.field`), or undefined.
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, field) {
     super(message);
     this.status = status;
     this.code = code;
+    this.field = field;
   }
 }
 
@@ -44,7 +46,7 @@ async function errorOf(response) {
     // not JSON (e.g. Serve's plain-text 408)
   }
   const error = body && body.error;
-  if (error && error.message) return new ApiError(response.status, error.code, error.message);
+  if (error && error.message) return new ApiError(response.status, error.code, error.message, error.field);
   return new ApiError(response.status, "http_error", `the server answered ${response.status} ${response.statusText}`);
 }
 
@@ -81,14 +83,19 @@ export async function apiJson(path, options = {}) {
   return (await api(path, options)).json();
 }
 
-// Show `error` next to the control it is about: the first entry of `fields` ({apiField: elementId}) whose
-// field name the message mentions, else `fallbackId`. Clears the other error boxes of the form.
+// An error of the page itself about a request field (no status: nothing was sent).
+export function fieldError(field, message) {
+  return new ApiError(0, "invalid_request", message, field);
+}
+
+// Show `error` next to the control of the field it is about (`fields`: {apiField: elementId}), else at
+// `fallbackId`. Clears the other error boxes of the form.
 export function showError(error, fields, fallbackId) {
   const ids = [...new Set([...Object.values(fields), fallbackId])];
   ids.forEach((id) => clearError(id));
   const message = error instanceof ApiError ? error.message : String(error.message || error);
-  const field = Object.keys(fields).find((name) => new RegExp(`(^|[^\\w])${name}([^\\w]|$)`).test(message));
-  const target = field ? fields[field] : fallbackId;
+  const field = error instanceof ApiError ? error.field : undefined;
+  const target = field && Object.hasOwn(fields, field) ? fields[field] : fallbackId;
   const box = document.getElementById(`${target}-error`);
   box.textContent = error instanceof ApiError && error.status ? `${message} (${error.status})` : message;
   const control = document.getElementById(target);

@@ -1,7 +1,7 @@
 // Edit: load a recording, see its waveform, select a span with the mouse (or type it), give the new text and
 // regenerate that span (POST /v1/edit: audio base64, text, new_text, spans in seconds).
 
-import { api, clearError, setStatus, showError } from "./api.js";
+import { api, clearError, fieldError, setStatus, showError } from "./api.js";
 import { base64Of, decodeAudio, drawWave, SAMPLE_RATE } from "./audio.js";
 
 const FIELDS = { new_text: "edit-new-text", text: "edit-text", spans: "edit-spans", audio: "edit-file" };
@@ -34,7 +34,7 @@ async function load() {
     setStatus("edit-status", `${seconds.toFixed(2)} s loaded: drag over the waveform to choose the span.`);
   } catch (error) {
     recording = null;
-    showError(new Error(`audio: this file cannot be decoded (${error.message})`), FIELDS, "edit");
+    showError(fieldError("audio", `audio: this file cannot be decoded (${error.message})`), FIELDS, "edit");
   }
 }
 
@@ -62,7 +62,7 @@ async function regenerate(event) {
   Object.values(FIELDS).forEach(clearError);
   clearError("edit");
   if (!recording) {
-    showError(new Error("audio: load a recording first"), FIELDS, "edit");
+    showError(fieldError("audio", "audio: load a recording first"), FIELDS, "edit");
     return;
   }
   const button = document.getElementById("edit-button");

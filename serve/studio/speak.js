@@ -6,7 +6,6 @@ import { ChunkPlayer, decodeAudio, drawMel, pcm16ToFloat, SAMPLE_RATE, wavBlob }
 
 const FIELDS = {
   text: "speak-text",
-  characters: "speak-text",
   voice: "speak-voice",
   nfe: "speak-steps",
   speed: "speak-speed",

@@ -1,7 +1,7 @@
 // Train: submit jobs/train.py as a Ray job (POST /v1/train), follow its status, log tail and loss curve
 // (GET /v1/train/{id}), stop it; when it succeeds, the Model section shows the version it registered.
 
-import { apiJson, clearError, numberOf, showError } from "./api.js";
+import { apiJson, clearError, fieldError, numberOf, showError } from "./api.js";
 import { loadModel } from "./model.js";
 
 const FIELDS = {
@@ -10,7 +10,7 @@ const FIELDS = {
   init_from: "train-init",
   max_steps: "train-steps",
   learning_rate: "train-lr",
-  override: "train-overrides",
+  overrides: "train-overrides",
 };
 const ACTIVE = new Set(["PENDING", "RUNNING"]);
 const POLL_MS = 3000;
@@ -21,7 +21,9 @@ function overrides() {
   for (const line of document.getElementById("train-overrides").value.split("\n")) {
     if (!line.trim()) continue;
     const [key, ...rest] = line.split("=");
-    if (!rest.length) throw new Error(`override "${line.trim()}": write key=value, e.g. train.batch_size_per_gpu=1500`);
+    if (!rest.length) {
+      throw fieldError("overrides", `override "${line.trim()}": write key=value, e.g. train.batch_size_per_gpu=1500`);
+    }
     const text = rest.join("=").trim();
     values[key.trim()] = text === "true" ? true : text === "false" ? false : text !== "" && !isNaN(text) ? Number(text) : text;
   }

@@ -1,7 +1,7 @@
 // Voices: store a reference (file or microphone) with its transcript and name (POST /v1/voices, multipart),
 // list them with play and delete; the Speak section's voice picker follows the list.
 
-import { api, apiJson, clearError, setStatus, showError } from "./api.js";
+import { api, apiJson, clearError, fieldError, setStatus, showError } from "./api.js";
 import { decodeAudio, SAMPLE_RATE, wavBlob } from "./audio.js";
 
 const FIELDS = { audio: "voice-file", transcript: "voice-transcript", name: "voice-name" };
@@ -81,7 +81,7 @@ async function save(event) {
   clearError("voice");
   const file = document.getElementById("voice-file").files[0] || recorded;
   if (!file) {
-    showError(new Error("audio: choose a reference audio file or record one"), FIELDS, "voice");
+    showError(fieldError("audio", "audio: choose a reference audio file or record one"), FIELDS, "voice");
     return;
   }
   const form = new FormData();
