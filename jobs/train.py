@@ -2,10 +2,12 @@
 
     python jobs/train.py --config tiny --data DATASET_DIR_OR_URI [--workers 2] [--max-steps 1000]
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
-        python jobs/train.py --config F5TTS_v1_Base --data /shared/ds --gpu --workers 8 --storage /shared/runs
+        python jobs/train.py --config F5TTS_v1_Base --data s3://bucket/ds --gpu --workers 8 --storage s3://bucket/runs
 
 With RAY_ADDRESS set (as under ``ray job submit``) it attaches to that cluster, otherwise it starts a
-private local Ray instance. Re-running with the same --name (and --storage) resumes that run. Prints
+private local Ray instance. --storage is a folder or a URI (s3://bucket/runs, gs://..., hdfs://...; on a
+cluster a URI every node reaches, with MLFLOW_TRACKING_URI set to a tracking server, as the embedded
+sqlite store needs a local folder). Re-running with the same --name (and --storage) resumes that run. Prints
 one JSON line at the end: run name, step, checkpoint, MLflow run id and the registered model URI.
 """
 
@@ -19,10 +21,12 @@ import sys
 import yaml
 
 from flowtts.options import add_model_options
+from flowtts.usage_reporting import usage_reporting_off
 from trainer.cluster import connect_ray
 from trainer.job_exit import exit_on_project_error
 from trainer.launch import run_training
 from trainer.settings import TrainJob
+from trainer.tracking import tracking_uri_for
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -46,10 +50,12 @@ def parse_args(argv: list[str] | None = None) -> TrainJob:
 
 @exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     job = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"
     )
+    tracking_uri_for(job.storage)  # a storage URI without MLFLOW_TRACKING_URI fails here, before Ray starts
     connect_ray(job.workers * job.cpus_per_worker, job.num_cpus)
     outcome = run_training(job)
     registration = outcome.registration

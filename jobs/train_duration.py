@@ -2,13 +2,15 @@
 
     python jobs/train_duration.py --model models:/flowtts@production --data DATASET_DIR [--steps 1000]
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
-        python jobs/train_duration.py --model models:/flowtts@production --data /shared/ds --storage /shared/runs
+        python jobs/train_duration.py --model models:/flowtts@production --data s3://bucket/ds \\
+            --storage s3://bucket/runs
 
 ``--model`` is a registered model URI or a checkpoint folder of ours (an official checkpoint imported with
 ``flowtts.checkpoint.load_f5_checkpoint`` and saved with ``save_checkpoint``). The CFM weights stay as
 they are; a predictor is added when the model has none (else the existing one keeps training). The
 held-out duration error of the predictor and of upstream's byte-ratio rule is logged to MLflow, and the
-model is registered as a new version with alias ``--alias``. Prints one JSON line at the end.
+model is registered as a new version with alias ``--alias``. --storage is a folder or a URI (s3://bucket/runs,
+gs://..., hdfs://...; a URI needs MLFLOW_TRACKING_URI). Prints one JSON line at the end.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import logging
 import sys
 
 from flowtts.options import add_model_options, model_from_args
+from flowtts.usage_reporting import usage_reporting_off
 from trainer.cluster import connect_ray
 from trainer.duration_job import DurationJob, run_duration_training
 from trainer.job_exit import exit_on_project_error
 from trainer.settings import RunOptions
+from trainer.tracking import tracking_uri_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @exit_on_project_error
 def main(argv: list[str] | None = None) -> int:
+    usage_reporting_off()  # before MLflow or Ray start: flowtts.usage_reporting
     args = parse_args(argv)
     run = model_from_args(RunOptions, args)
     logging.basicConfig(
@@ -62,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         registered_model=run.registered_model,
         alias=run.alias,
     )
+    tracking_uri_for(job.storage)  # a storage URI without MLFLOW_TRACKING_URI fails here, before Ray starts
     connect_ray(args.cpus_per_worker, run.num_cpus)
     outcome = run_duration_training(job)
     print(

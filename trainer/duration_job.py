@@ -28,12 +28,12 @@ from flowtts.checkpoint import load_bundle, save_checkpoint
 from flowtts.config import DurationPredictorConfig
 from flowtts.evaluation.heldout import heldout_duration_mape
 from flowtts.model_source import local_model, parse_model_source, resolve_model_source
-from flowtts.storage import StorageUri
+from flowtts.storage import StorageUri, resolve
 from flowtts.training import TrainingData
 from flowtts.training.duration_fitting import DurationExamples, train_duration_predictor, with_duration_predictor
 from trainer.loop import setup_worker_logging
 from trainer.registry import Registration, register_cfm
-from trainer.tracking import RunLogger, open_run
+from trainer.tracking import RunLogger, open_run, tracking_uri_for
 
 logger = logging.getLogger("trainer")
 CHECKPOINT_DIR = "model"  # inside the Ray Train checkpoint
@@ -52,7 +52,7 @@ class DurationJob(BaseModel):
     seed: int = 0
     predictor: DurationPredictorConfig = Field(default_factory=DurationPredictorConfig)
     name: str | None = None
-    storage: Path = Path("outputs/ray_train")
+    storage: StorageUri = Field(default="outputs/ray_train", validate_default=True)  # a folder or a URI
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpu: bool = False
     experiment: str = "flowtts"
@@ -109,19 +109,14 @@ def duration_loop(config: dict) -> None:
 
 
 def run_duration_training(job: DurationJob) -> DurationOutcome:
-    storage = job.storage.resolve()
+    tracking_uri_for(job.storage)  # a storage URI needs MLFLOW_TRACKING_URI: say so before anything else
+    storage = resolve(job.storage)  # job.storage: a local folder made absolute, or a URI
     model = parse_model_source(job.model).load_uri  # a local path made absolute: workers' cwd differs
-    job = job.model_copy(
-        update={
-            "model": model,
-            "storage": storage,
-            "name": job.name or f"duration-{time.strftime('%Y%m%d-%H%M%S')}",
-        }
-    )
+    job = job.model_copy(update={"model": model, "name": job.name or f"duration-{time.strftime('%Y%m%d-%H%M%S')}"})
     tags = {"base_model": job.model}
     tracking_uri, run_id = open_run(
-        storage / job.name,
-        storage=storage,
+        storage.join(job.name),
+        storage=storage.uri,
         experiment=job.experiment,
         run_name=job.name,
         params={"duration_job": job.model_dump(mode="json")},
@@ -132,7 +127,7 @@ def run_duration_training(job: DurationJob) -> DurationOutcome:
         duration_loop,
         train_loop_config={"job": job.model_dump(mode="json"), "tracking_uri": tracking_uri, "run_id": run_id},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=job.gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=job.name, storage_path=str(storage)),
+        run_config=RunConfig(name=job.name, storage_path=storage.path, storage_filesystem=storage.fs),
     )
     result = trainer.fit()
     if result.checkpoint is None:

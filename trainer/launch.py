@@ -3,13 +3,17 @@
 
 Resuming is Ray Train V2's: a trainer with the same ``RunConfig(name, storage_path)`` finds the run's
 checkpoints and every worker starts from the latest one; the MLflow run id is kept in the run folder
-(and in every checkpoint), so the same MLflow run continues.
+(and in every checkpoint), so the same MLflow run continues. The storage is a local folder or a URI
+(``s3://bucket/runs``): Ray Train and everything kept in ``<storage>/<name>/`` go through the filesystem
+``flowtts.storage`` resolves, so a resubmission on another node finds the run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import posixpath
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from flowtts.checkpoint import save_checkpoint
 from flowtts.config import load_config
-from flowtts.storage import resolve
+from flowtts.storage import Location, resolve
 from flowtts.training.data import (
     corpus_fingerprint,
     dataset_text_frontend,
@@ -32,7 +36,7 @@ from flowtts.training.warmstart import prepare_start
 from trainer.loop import train_loop_per_worker
 from trainer.registry import Registration, git_commit, register_model
 from trainer.settings import INIT_DIR, TrainJob, TrainSettings
-from trainer.tracking import open_run
+from trainer.tracking import open_run, tracking_uri_for
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +46,8 @@ FAIL_AT_STEP_ENV = "FLOWTTS_TEST_FAIL_AT_STEP"  # test hook, see TrainSettings.f
 @dataclass(frozen=True)
 class TrainOutcome:
     name: str
-    run_dir: Path
-    checkpoint: str  # path of the last checkpoint
+    run_dir: str  # <storage>/<name>: a folder or a URI
+    checkpoint: str  # the last checkpoint: a folder or a URI
     step: int
     metrics: dict[str, Any]
     mlflow_run_id: str
@@ -56,31 +60,27 @@ def prepare_run(job: TrainJob) -> TrainSettings:
     overrides = dict(job.overrides)
     if job.duration_predictor:
         overrides.setdefault("model.duration_predictor", {})  # the default predictor config
+    tracking_uri_for(job.storage)  # a storage URI needs MLFLOW_TRACKING_URI: say so before reading anything
     config = load_config(job.config).with_overrides(overrides)
     data = resolve(job.data).uri  # a local path made absolute, or the URI as given
-    storage = job.storage.resolve()
+    storage = resolve(job.storage)
     name = job.name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = prepare_start(
         config, dataset_texts(data), dataset_vocab(data), init_from=job.init_from, init_vocab=job.init_vocab
     )
-    run_dir = storage / name
+    run_dir = storage.join(name)
     init_weights = None
     if start.model is not None:
-        init_dir = run_dir / INIT_DIR
+        init_dir = run_dir.join(INIT_DIR)
         if not init_dir.exists():
-            save_checkpoint(
-                start.model,
-                init_dir,
-                start.vocab,
-                mel=start.config.mel,
-                info={"init_from": str(job.init_from), "added_characters": start.added},
-            )
-        init_weights = str(init_dir)
+            info = {"init_from": str(job.init_from), "added_characters": start.added}
+            _save_init_weights(start, init_dir, info)
+        init_weights = init_dir.uri
     train = start.config.train
     resolved = dict(
         data=data,
         name=name,
-        storage=str(storage),
+        storage=storage.uri,
         max_steps=job.max_steps or train.max_updates,
         checkpoint_every=job.checkpoint_every or train.save_per_updates,
         sample_every=train.log_samples_per_updates,
@@ -89,7 +89,7 @@ def prepare_run(job: TrainJob) -> TrainSettings:
     job_params = {**job.model_dump(mode="json", exclude={"overrides"}), **resolved}
     tracking_uri, run_id = open_run(
         run_dir,
-        storage=storage,
+        storage=storage.uri,
         experiment=job.experiment,
         run_name=name,
         params={
@@ -109,6 +109,16 @@ def prepare_run(job: TrainJob) -> TrainSettings:
     )
 
 
+def _save_init_weights(start, target: Location, info: dict) -> None:
+    """The warm-start weights in our format, in the run folder (uploaded when it is a URI)."""
+    if target.is_local:
+        save_checkpoint(start.model, target.local_path(), start.vocab, mel=start.config.mel, info=info)
+        return
+    with tempfile.TemporaryDirectory(prefix="flowtts-init-") as tmp:
+        folder = save_checkpoint(start.model, Path(tmp) / INIT_DIR, start.vocab, mel=start.config.mel, info=info)
+        target.upload_folder(folder)
+
+
 def registry_tags(config_hash: str, data: str) -> dict[str, str]:
     tags = {
         "config_hash": config_hash,
@@ -125,6 +135,7 @@ def build_trainer(settings: TrainSettings) -> TorchTrainer:
     keep = settings.flowtts_config().train.keep_last_n_checkpoints
     job = settings.job
     resources = {"CPU": job.cpus_per_worker, **({"GPU": 1} if job.gpu else {})}
+    storage = resolve(settings.storage)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=settings.model_dump(mode="json"),
@@ -132,7 +143,8 @@ def build_trainer(settings: TrainSettings) -> TorchTrainer:
         torch_config=TorchConfig(backend="nccl" if job.gpu else "gloo"),
         run_config=RunConfig(
             name=settings.name,
-            storage_path=settings.storage,
+            storage_path=storage.path,
+            storage_filesystem=storage.fs,  # flowtts.storage's: endpoint and credentials as for the data
             checkpoint_config=CheckpointConfig(num_to_keep=keep if keep > 0 else None),
             failure_config=FailureConfig(max_failures=job.max_failures),
         ),
@@ -171,14 +183,19 @@ def run_training(job: TrainJob, *, register: bool = True) -> TrainOutcome:
             )
     return TrainOutcome(
         name=settings.name,
-        run_dir=settings.run_dir,
-        checkpoint=result.checkpoint.path,
+        run_dir=settings.run_dir.uri,
+        checkpoint=checkpoint_location(settings.run_dir, result.checkpoint.path).uri,
         step=int(metrics.get("step", 0)),
         metrics=metrics,
         mlflow_run_id=settings.mlflow_run_id,
         tracking_uri=settings.tracking_uri,
         registration=registration,
     )
+
+
+def checkpoint_location(run_dir: Location, fs_path: str) -> Location:
+    """A checkpoint Ray Train reports (a path on the run's filesystem) as a location users can name."""
+    return run_dir.join(posixpath.relpath(fs_path, run_dir.path))
 
 
 def _fail_at_step() -> int | None:

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from flowtts.checkpoint import load_checkpoint
 from flowtts.config import FlowTTSConfig
 from flowtts.model import CFM, build_model
+from flowtts.storage import resolve
 from flowtts.text import Vocab
 from flowtts.training import (
     BatchFeed,
@@ -89,8 +90,9 @@ def build_cfm(config: FlowTTSConfig, init_weights: str | None) -> CFM:
         cond_drop_prob=train.cond_drop_prob,
         frac_lengths_mask=train.frac_lengths_mask,
     )
-    if init_weights is not None:
-        model.load_state_dict(load_checkpoint(init_weights).state_dict())
+    if init_weights is not None:  # a folder in the run's storage: downloaded to a temporary folder when remote
+        with resolve(init_weights).local_folder() as folder:
+            model.load_state_dict(load_checkpoint(folder).state_dict())
     return model
 
 
@@ -240,10 +242,10 @@ class Worker:
         """Test hook: the last rank exits once, hard, right after ``fail_at_step`` (marker in the run dir)."""
         if self.settings.fail_at_step != step or self.rank != self.world - 1:
             return
-        marker = self.settings.run_dir / FAIL_MARKER
+        marker = self.settings.run_dir.join(FAIL_MARKER)
         if marker.exists():
             return
-        marker.write_text(f"rank {self.rank} exited after step {step}\n", encoding="utf-8")
+        marker.write_text(f"rank {self.rank} exited after step {step}\n")
         # Ray Train's controller takes reported checkpoints when it polls the workers (every 2 s by default);
         # a rank that dies before that poll takes its last report with it, and the restart would find no
         # checkpoint. A real crash can do that too; the hook waits so that it tests resuming, not the race.

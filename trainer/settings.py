@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowtts.config import FlowTTSConfig
+from flowtts.storage import Location, StorageUri, resolve
 from flowtts.text import Vocab
 
 RUN_INFO_FILE = "flowtts_run.json"  # in <storage>/<name>/: the MLflow run this training run logs to
@@ -21,8 +22,8 @@ INIT_DIR = "init_weights"  # in <storage>/<name>/: the warm-start weights (our f
 FAIL_MARKER = ".flowtts_failure_injected"  # test hook: the injected failure happened already
 
 
-def _default_storage() -> Path:
-    return Path(os.environ.get("FLOWTTS_STORAGE", "outputs/ray_train"))
+def _default_storage() -> str:
+    return os.environ.get("FLOWTTS_STORAGE", "outputs/ray_train")
 
 
 class RunOptions(BaseModel):
@@ -30,9 +31,11 @@ class RunOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    storage: Path = Field(
+    storage: StorageUri = Field(
         default_factory=_default_storage,
-        description="Ray Train storage folder (default: $FLOWTTS_STORAGE or ./outputs/ray_train)",
+        validate_default=True,
+        description="Ray Train storage, $FLOWTTS_STORAGE when set: a folder, or a URI every node reaches "
+        "(s3://bucket/runs, gs://..., hdfs://...; a URI needs MLFLOW_TRACKING_URI)",
     )
     experiment: str = Field(default="flowtts", description="MLflow experiment")
     registered_model: str = Field(default="flowtts", description="MLflow registered model name")
@@ -93,11 +96,11 @@ class TrainSettings(BaseModel):
     vocab: list[str]  # the final vocab (dataset texts are tokenised with it)
     data: str  # dataset folder (absolute) or URI
     name: str
-    storage: str  # absolute
+    storage: str  # an absolute folder or a URI (flowtts.storage)
     max_steps: int = Field(gt=0)
     checkpoint_every: int = Field(gt=0)
     sample_every: int = Field(ge=0)  # 0: no samples
-    init_weights: str | None = None  # folder of ours to start from
+    init_weights: str | None = None  # folder of ours to start from (in the run folder: a path or a URI)
     tracking_uri: str
     mlflow_run_id: str
     fail_at_step: int | None = None  # test hook: the last rank dies once after this step
@@ -109,5 +112,6 @@ class TrainSettings(BaseModel):
         return Vocab(self.vocab)
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.storage) / self.name
+    def run_dir(self) -> Location:
+        """``<storage>/<name>``: Ray Train's checkpoints and what the trainer keeps beside them."""
+        return resolve(self.storage).join(self.name)

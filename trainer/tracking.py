@@ -2,7 +2,8 @@
 metrics and audio samples from rank 0, and where the tracking data lives by default.
 
 Without ``MLFLOW_TRACKING_URI`` the store is an embedded sqlite file beside the Ray Train storage:
-``sqlite:///<storage>/mlflow.db`` with artifacts in ``<storage>/mlartifacts``.
+``sqlite:///<storage>/mlflow.db`` with artifacts in ``<storage>/mlartifacts``. That needs a local storage
+folder: with a storage URI (``s3://...``, what a cluster uses) ``MLFLOW_TRACKING_URI`` must be set.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from flowtts.audio import write_audio
 from flowtts.evaluation import compare_mels
 from flowtts.model import CFM
+from flowtts.storage import Location, is_remote
 from flowtts.text import Vocab, pad_token_ids
 from flowtts.training import Utterance
 from trainer.settings import RUN_INFO_FILE
@@ -41,13 +43,23 @@ class TrackingError(RuntimeError):
 
 
 def tracking_uri_for(storage: str | Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the embedded sqlite store under ``storage``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(storage).resolve() / DB_FILE}"
+    """``MLFLOW_TRACKING_URI`` when set, else the embedded sqlite store under a local ``storage`` folder; a
+    storage URI without ``MLFLOW_TRACKING_URI`` raises ``TrackingError`` (jobs call this before Ray starts)."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    if is_remote(storage):
+        raise TrackingError(
+            f"--storage {storage} is not a local folder, so the default MLflow store (a sqlite file beside "
+            "the storage) cannot live there; set MLFLOW_TRACKING_URI to a tracking server every node reaches "
+            "(e.g. http://HEAD:5000, `mlflow server` on the head)"
+        )
+    return f"sqlite:///{Path(storage).resolve() / DB_FILE}"
 
 
 def artifact_location_for(storage: str | Path, tracking_uri: str) -> str | None:
     """Artifacts beside the embedded store; a tracking server decides for itself (None)."""
-    if tracking_uri == f"sqlite:///{Path(storage).resolve() / DB_FILE}":
+    if not is_remote(storage) and tracking_uri == f"sqlite:///{Path(storage).resolve() / DB_FILE}":
         return (Path(storage).resolve() / ARTIFACT_DIR).as_uri()
     return None
 
@@ -72,18 +84,25 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def open_run(
-    run_dir: Path, *, storage: str | Path, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
+    run_dir: Location,
+    *,
+    storage: str | Path,
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any],
+    tags: dict[str, str],
 ) -> tuple[str, str]:
-    """The MLflow run of a training run: the one recorded in ``run_dir`` when resuming, else a new one.
+    """The MLflow run of a training run: the one recorded in ``run_dir`` (``<storage>/<name>``, a local
+    folder or a URI: a resubmission on another node finds it) when resuming, else a new one.
 
     Returns ``(tracking_uri, run_id)``. Params are logged once, when the run is created (MLflow params are
     immutable); a resumed run keeps them.
     """
     tracking_uri = tracking_uri_for(storage)
     client = MlflowClient(tracking_uri)
-    info_file = run_dir / RUN_INFO_FILE
+    info_file = run_dir.join(RUN_INFO_FILE)
     if info_file.is_file():
-        run_id = json.loads(info_file.read_text(encoding="utf-8"))["mlflow_run_id"]
+        run_id = json.loads(info_file.read_text())["mlflow_run_id"]
         try:
             client.get_run(run_id)
         except MlflowException as exc:
@@ -98,8 +117,7 @@ def open_run(
     flat = [Param(k, v) for k, v in flatten(params).items()]
     for start in range(0, len(flat), MAX_PARAMS_PER_BATCH):
         client.log_batch(run.info.run_id, params=flat[start : start + MAX_PARAMS_PER_BATCH])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    info_file.write_text(json.dumps({"mlflow_run_id": run.info.run_id, "tracking_uri": tracking_uri}), encoding="utf-8")
+    info_file.write_text(json.dumps({"mlflow_run_id": run.info.run_id, "tracking_uri": tracking_uri}))
     logger.info("created MLflow run %s in experiment %r (%s)", run.info.run_id, experiment, tracking_uri)
     return tracking_uri, run.info.run_id
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -168,6 +169,27 @@ class Location:
         if self.is_file():
             with _named_errors(self.uri, "delete"):
                 self.fs.delete_file(self.path)
+
+    def upload_folder(self, local: str | Path) -> None:
+        """Copy the files of a local folder into this folder (created, or added to)."""
+        with _named_errors(self.uri, "upload to"):
+            pafs.copy_files(str(local), self.path, pafs.LocalFileSystem(), self.fs)
+
+    @contextmanager
+    def local_folder(self) -> Iterator[Path]:
+        """This folder on the local disk, read-only: itself when local, else a temporary download that is
+        removed on exit (libraries that only read local folders, e.g. checkpoint loaders)."""
+        if self.is_local:
+            yield Path(self.path)
+            return
+        with tempfile.TemporaryDirectory(prefix="flowtts-download-") as tmp:
+            target = Path(tmp) / (self.name or "folder")
+            with _named_errors(self.uri, "download"):
+                if not self.is_dir():
+                    raise StorageError(f"cannot download {self.uri}: not found")
+                target.mkdir()  # copy_files makes the folders below, not this one
+                pafs.copy_files(self.path, str(target), self.fs, pafs.LocalFileSystem())
+            yield target
 
     def copy_file_to(self, target: Location) -> None:
         if type(self.fs) is type(target.fs) and self.fs.equals(target.fs):
