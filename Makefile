@@ -25,3 +25,4 @@ LINT_DIRS := platform data_pipelines jobs serve trainer tests bench scripts
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_DIRS)
 	$(VENV)/bin/ruff format --check $(LINT_DIRS)
+	$(VENV)/bin/hadolint Dockerfile
