@@ -1,13 +1,11 @@
 """Training end to end on real Ray Train (2 CPU workers, DDP over gloo), MLflow (embedded sqlite) and the
-model registry: a run, a worker failure with restart, a re-submission that resumes, and ``ray job submit``
-against a ``ray start --head`` cluster this module starts and stops itself (by PID)."""
+model registry: a run, a worker failure with restart, and a re-submission that resumes. Training submitted
+with ``ray job submit`` to a ``ray start --head`` cluster is tests/test_platform_e2e.py's (and the studio's)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import re
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,7 +13,6 @@ import mlflow
 import pytest
 import ray
 import torch
-from local_services import LocalRayHead, service_env
 from mlflow.tracking import MlflowClient
 
 from flowtts.checkpoint import load_bundle, save_checkpoint
@@ -31,7 +28,6 @@ from trainer.settings import FAIL_MARKER
 
 pytestmark = pytest.mark.integration
 
-VENV_BIN = Path(sys.executable).parent
 TINY_OVERRIDES = {
     "train.batch_size_per_gpu": 1000,
     "train.max_samples": 4,
@@ -246,51 +242,3 @@ def test_worker_failure_restarts_and_resubmission_resumes(dataset, tmp_path, loc
     assert sorted(records) == [0, 2, 4]
     assert records[4]["first_batch"] == checkpoint_next  # the same next batch as before the stop
     assert loss_steps(client, first.mlflow_run_id)[-2:] == [5, 6]
-
-
-# ---------------------------------------------------------------- ray job submit
-
-
-@pytest.fixture
-def head_node(tmp_path):
-    """A ``ray start --head`` cluster on free ports with a private temp dir; stopped by PID."""
-    head = LocalRayHead(env=service_env(), log=tmp_path / "ray_head.log")
-    head.env.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        head.start()
-        yield head
-    finally:
-        head.stop()
-
-
-def test_ray_job_submit_trains_and_registers(dataset, tmp_path, head_node):
-    storage = tmp_path / "runs"
-    output = head_node.submit(
-        "python",
-        "jobs/train.py",
-        "--config",
-        "tiny",
-        "--data",
-        str(dataset),
-        "--storage",
-        str(storage),
-        "--name",
-        "submitted",
-        "--workers",
-        "2",
-        "--max-steps",
-        "2",
-        "--checkpoint-every",
-        "2",
-        "--set",
-        "train.batch_size_per_gpu=1000",
-        "--set",
-        "train.log_samples_per_updates=0",
-        cwd=REPO,
-    )
-    summary = json.loads(re.findall(r'^\{"name": "submitted".*\}$', output, flags=re.M)[-1])
-    assert summary["step"] == 2 and summary["model_uri"] == "models:/flowtts@candidate"
-    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
-    version = client.get_model_version_by_alias("flowtts", "candidate")
-    assert version.run_id == summary["mlflow_run_id"]
-    assert loss_steps(client, summary["mlflow_run_id"]) == [1, 2]
