@@ -5,7 +5,8 @@ Per step (the exported graph against the eager ``GuidedStep``): <= 1e-4. Whole s
 
 The reference fixtures' random N(0, 0.3^2) weights make steps of |20| and amplify float32 rounding, so there a
 step is held to 1e-4 of its scale, and, as in test_reference.py, a larger difference passes only within 10x how
-far eager itself moves when every weight is nudged by one float32 rounding unit (``tests.helpers.parity``).
+far eager itself moves when every weight is nudged by one float32 rounding unit, never beyond 0.1
+(``tests.helpers.parity``).
 Models at upstream's initial weight scale are held to 1e-4 per step outright
 (``test_step_at_upstream_weight_scale_matches_eager_within_1e_4``).
 """

@@ -5,8 +5,10 @@ calls may pass beyond it, and only within ``NOISE_FACTOR`` times the *reference'
 the reference output moves when every weight is nudged by one float32 rounding unit), never beyond
 ``FLOOR_CAP``: random N(0, 0.3^2) weights and an ODE over several steps amplify rounding (upstream's own output
 moves by up to 8.5e-3 on ``dit-v1-avgupsample``), while the mismatches these checks guard against are O(1).
-For upstream's fixtures the floor is measured by the generator on upstream's model and recorded in the fixture;
-for a backend held to eager, it is measured on eager (the reference there), never on the code under test.
+For upstream's fixtures the floor is measured by the generator on upstream's model and recorded in the fixture.
+A backend (compiled, ONNX Runtime) held to eager is a different graph of the same float32 arithmetic, so its
+floor is measured on eager (the reference there), never on the code under test, and capped at
+``BACKEND_FLOOR_CAP``: on ``dit-v1-avgupsample`` eager's own sampling moves by 2.3e-2 under a 1-ULP nudge.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ ULP = 2.0**-23  # float32's relative rounding unit
 NOISE_TRIALS = 3
 NOISE_FACTOR = 10
 FLOOR_CAP = 1e-2
+BACKEND_FLOOR_CAP = 1e-1
 
 
 def max_diff_valid(ours: torch.Tensor, reference: torch.Tensor, lens) -> float:
@@ -28,14 +31,16 @@ def max_diff_valid(ours: torch.Tensor, reference: torch.Tensor, lens) -> float:
     return max(float((ours[i, :n] - reference[i, :n]).abs().max()) for i, n in enumerate(lens))
 
 
-def allowance(tol: float, floor: float) -> float:
-    """What a sampling case may differ by: ``tol``, or NOISE_FACTOR x the reference's floor up to FLOOR_CAP."""
-    return max(tol, min(NOISE_FACTOR * floor, FLOOR_CAP))
+def allowance(tol: float, floor: float, cap: float = FLOOR_CAP) -> float:
+    """What a sampling case may differ by: ``tol``, or NOISE_FACTOR x the reference's floor up to ``cap``."""
+    return max(tol, min(NOISE_FACTOR * floor, cap))
 
 
-def assert_close(ours: torch.Tensor, reference: torch.Tensor, lens, tol: float = TOL, floor: float = 0.0) -> None:
+def assert_close(
+    ours: torch.Tensor, reference: torch.Tensor, lens, tol: float = TOL, floor: float = 0.0, cap: float = FLOOR_CAP
+) -> None:
     diff = max_diff_valid(ours, reference, lens)
-    allowed = allowance(tol, floor)
+    allowed = allowance(tol, floor, cap)
     assert diff <= allowed, f"max |diff| {diff:.3g} > {allowed:.3g} (tol {tol:g}, reference rounding floor {floor:.3g})"
 
 
@@ -60,9 +65,9 @@ def rounding_floor(reference_model, run: Callable[[], torch.Tensor], lens) -> fl
 
 
 def assert_matches_eager(model, run_eager: Callable[[], torch.Tensor], ours: torch.Tensor, lens, tol: float) -> None:
-    """A backend's output against eager's (``run_eager``): within ``tol``, or else within the allowance of
-    eager's own rounding floor."""
+    """A backend's output against eager's (``run_eager``): within ``tol``, or else within NOISE_FACTOR x eager's
+    own rounding floor, up to BACKEND_FLOOR_CAP."""
     reference = run_eager()
     if max_diff_valid(ours, reference, lens) <= tol:
         return
-    assert_close(ours, reference, lens, tol, rounding_floor(model, run_eager, lens))
+    assert_close(ours, reference, lens, tol, rounding_floor(model, run_eager, lens), BACKEND_FLOOR_CAP)
