@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.flowtts-installed
 
-.PHONY: test demo bench lint
+.PHONY: test demo bench lint cluster-demo
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+# A local autoscaling Ray cluster (Ray's fake multi-node provider): watch cpu_worker nodes join and leave.
+cluster-demo: $(STAMP)
+	$(PY) scripts/cluster_demo.py
 
 LINT_DIRS := platform data_pipelines jobs serve trainer tests bench scripts
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from flowtts.usage_reporting import usage_reporting_off
 
 BIN = Path(sys.executable).parent
+SUBMIT_HICCUPS = ("ConnectionError", "No available agent to submit job")  # the job was not created: submit again
 RAY = str(BIN / "ray")
 MLFLOW = str(BIN / "mlflow")
 MOTO_SERVER = str(BIN / "moto_server")
@@ -74,10 +75,14 @@ class LocalRayHead:
     process: subprocess.Popen | None = None
     # short: Ray's socket paths under the temp dir must fit the 107-byte limit of AF_UNIX
     temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
+    port: int | None = None  # the GCS port (default: a free one), for callers that must name it beforehand
+    extra_args: list[str] = field(default_factory=list)  # more `ray start` options (scripts/local_cluster.py)
 
     def start(self, timeout_s: float = 180) -> str:
         """Start the head and return the job/dashboard address once its job API answers."""
         gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
+        gcs = self.port or gcs
+        self.gcs_address = f"127.0.0.1:{gcs}"
         self.address = f"http://127.0.0.1:{dashboard}"
         output = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(
@@ -97,6 +102,7 @@ class LocalRayHead:
                 f"--runtime-env-agent-port={runtime_env}",
                 f"--metrics-export-port={metrics}",
                 f"--temp-dir={self.temp_dir}",
+                *self.extra_args,
             ],
             env=self.env,
             start_new_session=True,
@@ -115,7 +121,7 @@ class LocalRayHead:
         *entrypoint: str,
         cwd: Path,
         echo: bool = False,
-        attempts: int = 3,
+        attempts: int = 10,
         timeout_s: float = 1200,
         env_vars: dict[str, str] | None = None,
     ) -> str:
@@ -123,8 +129,10 @@ class LocalRayHead:
         (also printed as they come when ``echo``). ``env_vars`` go in the job's runtime_env, which reaches the
         driver and every worker (``--runtime-env-json``).
 
-        Two hiccups of a dashboard starved of CPU are absorbed: a dropped working-dir upload (the job was
-        never created: submit again) and a dropped log stream (submit returns early: the status is polled).
+        Three hiccups of a head starved of CPU are absorbed: a dropped working-dir upload and a head whose job
+        agent has not registered yet (``No available agent to submit job``; either way the job was never
+        created: submit again, ``attempts`` times), and a dropped log stream (submit returns early: the status
+        is polled).
         """
         for _ in range(attempts):
             runtime_env = ["--runtime-env-json", json.dumps({"env_vars": env_vars})] if env_vars else []
@@ -132,9 +140,9 @@ class LocalRayHead:
                 "submit", "--working-dir", str(cwd), *runtime_env, "--", *entrypoint, cwd=cwd, echo=echo
             )
             job_id = re.search(r"raysubmit_\w+", output)
-            if job_id or "ConnectionError" not in output:
+            if job_id or not any(hiccup in output for hiccup in SUBMIT_HICCUPS):
                 break
-            time.sleep(5)
+            time.sleep(3)
         if not job_id:
             raise RuntimeError(f"ray job submit failed: {output[-4000:]}")
         deadline = time.monotonic() + timeout_s

@@ -29,18 +29,13 @@ from flowtts.training import TrainingData, dataset_vocab
 from flowtts.training.duration_fitting import DurationExamples, train_duration_predictor
 from tests.helpers import REPO, SAMPLE_CORPUS
 from tests.helpers.corpus import write_text, write_wav
+from tests.helpers.locations import shard_bytes, upload
 from tests.helpers.models import small_model_config
 from tests.helpers.shards import write_dataset
 from trainer.duration_job import DurationJob, run_duration_training
 
 pytestmark = pytest.mark.integration
 OUTPUTS = ("manifest.json", "rejected.jsonl", "shards", "vocab.txt")
-
-
-def upload(folder: Path, target: Location) -> Location:
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        target.join(path.relative_to(folder).as_posix()).write_bytes(path.read_bytes())
-    return target
 
 
 def mixed_corpus(folder: Path, good: int = 6) -> Path:
@@ -85,10 +80,6 @@ def run(corpus: str | Path, out: str | Path, **options):
 def rejections(out: Location) -> list[tuple[int, str, str]]:
     rows = [json.loads(line) for line in out.join("rejected.jsonl").read_text().splitlines()]
     return [(row["line"], row["audio_file"], row["reason"]) for row in rows]
-
-
-def shard_bytes(out: Location) -> dict[str, bytes]:
-    return {f.relative_to(out): f.read_bytes() for f in out.files(".parquet", recursive=True)}
 
 
 def test_s3_to_s3_keeps_the_rows_of_a_local_run_and_reruns_identically(ray_local, s3_bucket, tmp_path):

@@ -95,7 +95,7 @@ class Location:
 
     def relative_to(self, folder: Location) -> str:
         """This location's path inside ``folder`` (``shards/x.parquet``)."""
-        return posixpath.relpath(self.path, folder.path)
+        return _inside(self.path, folder.path)
 
     def _info(self) -> pafs.FileInfo:
         with _named_errors(self.uri, "inspect"):
@@ -121,7 +121,7 @@ class Location:
         with _named_errors(self.uri, "list"):
             infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive))
         found = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
-        return [self.join(posixpath.relpath(p, self.path)) for p in found]
+        return [self.join(_inside(p, self.path)) for p in found]
 
     def read_bytes(self) -> bytes:
         with _named_errors(self.uri, "read"), self.fs.open_input_file(self.path) as f:
@@ -253,3 +253,12 @@ def _named_errors(uri: str, action: str) -> Iterator[None]:
 def _short(err: BaseException) -> str:
     """pyarrow's S3 messages carry a long 'Detail:' tail; the first line says what went wrong."""
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _inside(path: str, folder: str) -> str:
+    """``path`` relative to ``folder``, both as the filesystem names them; pure string work (posixpath.relpath
+    would ask for the working directory, which a Ray job's driver may no longer have)."""
+    prefix = folder.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        raise StorageError(f"{path} is not inside {folder}")
+    return path[len(prefix) :]
