@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 import torch
-from local_services import LocalRayHead, service_env
+from local_services import service_env
 
 from data_pipelines import (
     MetadataError,
@@ -419,7 +419,7 @@ def test_holdout_list_vocab_extension_and_vietnamese_front_end(run, tmp_path: Pa
     assert all(not vocab.missing(text) for text in all_texts) and info["vocab"]["size"] == len(vocab)
 
 
-# --- entry points: the CLI with a local Ray, and `ray job submit` against a cluster we start ---------------
+# --- entry point: the CLI with a private local Ray (`ray job submit`: test_cluster_autoscaling, test_platform_e2e) ---
 
 
 @pytest.mark.integration
@@ -439,16 +439,3 @@ def test_cli_runs_with_a_local_ray_and_refuses_an_existing_output(tmp_path: Path
     assert summary.startswith("kept 4, held out 2, rejected 0 of 6 rows") and "audio-hours/min" in summary
     refused = subprocess.run(command, cwd=REPO, env=service_env(), capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
-
-
-@pytest.mark.integration
-def test_ray_job_submit_preprocesses_the_dev_corpus(dev_corpus: Path, tmp_path: Path):
-    head = LocalRayHead(env=service_env())
-    try:
-        head.start()
-        out = tmp_path / "out"
-        logs = head.submit("python", "jobs/preprocess.py", "--corpus", str(dev_corpus), "--out", str(out), cwd=REPO)
-        assert "kept 300, held out 0, rejected 0 of 300 rows" in logs, logs[-4000:]
-        assert manifest(out)["counts"]["kept"] == 300 and read_table(out).num_rows == 300
-    finally:
-        head.stop()

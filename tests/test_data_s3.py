@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from local_services import LocalRayHead, LocalS3Server, service_env
+from local_services import LocalS3Server
 from mlflow.tracking import MlflowClient
 
 from data_pipelines import OutputExistsError, PreprocessConfig, preprocess_corpus
@@ -281,19 +281,3 @@ def test_bad_credentials_are_a_clean_error_naming_the_uri(tmp_path, monkeypatch,
         assert "s3://some-bucket/corpus" in capsys.readouterr().err
     finally:
         server.stop()
-
-
-def test_ray_job_submit_reaches_s3_through_the_jobs_runtime_env(s3_server, s3_bucket, tmp_path):
-    """The cluster path: a Ray head started without any AWS variable; the job's runtime_env carries them to
-    the driver and to every Ray Data worker (``ray job submit --runtime-env-json``), as docs/cluster.md says."""
-    corpus = upload(mixed_corpus(tmp_path / "corpus", good=4), resolve(f"{s3_bucket}/corpus"))
-    head = LocalRayHead(env={k: v for k, v in service_env().items() if not k.startswith("AWS_")})
-    try:
-        head.start()
-        entrypoint = ["python", "jobs/preprocess.py", "--corpus", corpus.uri, "--out", f"{s3_bucket}/data"]
-        options = ["--holdout-fraction", "0.5", "--num-workers", "1"]  # one worker process: one torch import
-        logs = head.submit(*entrypoint, *options, cwd=REPO, env_vars=s3_server)
-    finally:
-        head.stop()
-    assert "kept 2, held out 2, rejected 9 of 13 rows" in logs, logs[-4000:]
-    assert read_table(f"{s3_bucket}/data", "heldout").num_rows == 2
