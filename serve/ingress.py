@@ -24,6 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from flowtts.usage_reporting import usage_reporting_off
+from flowtts.voices import Voice, VoiceNameTakenError, VoiceNotFoundError, VoiceStore
 from serve.audio_responses import speech_events, streamed_audio, whole_audio
 from serve.http_access import AUTHORIZED, install_cors
 from serve.http_errors import ApiError, install_error_handlers
@@ -63,7 +64,6 @@ from serve.settings import ServeSettings
 from serve.studio_routes import router as studio_router
 from serve.telemetry import IngressMetrics, install_request_metrics
 from serve.training_jobs import TrainingJobs
-from serve.voices import Voice, VoiceNameTakenError, VoiceNotFoundError, VoiceStore
 
 logger = logging.getLogger("ray.serve")
 BODY = capped_body()

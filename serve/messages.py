@@ -27,7 +27,7 @@ from flowtts.synthesis import (
     UnspeakableTextError,
 )
 from flowtts.text import UnknownCharactersError
-from serve.voices import VoiceNotFoundError
+from flowtts.voices import VoiceNotFoundError
 
 SAMPLE_RATE = 24000
 

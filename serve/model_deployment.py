@@ -25,8 +25,9 @@ from ray import serve
 
 from flowtts.model_source import ModelSource
 from flowtts.synthesis import ReferenceAudioError, SamplingSettings, SynthesisOptions, Synthesizer
+from flowtts.synthesis.batching import GenerateWork, plan_generate_calls
 from flowtts.usage_reporting import usage_reporting_off
-from serve.batching import GenerateWork, plan_generate_calls
+from flowtts.voices import VoiceStore
 from serve.messages import (
     CLIENT_EXCEPTIONS,
     SAMPLE_RATE,
@@ -41,10 +42,10 @@ from serve.messages import (
     SynthesisReply,
     client_error,
 )
+from serve.references import LRUCache
 from serve.settings import BatchingSettings, ServeSettings
 from serve.streaming import CrossFadeJoiner
 from serve.telemetry import ModelMetrics
-from serve.voices import LRUCache, VoiceStore
 
 logger = logging.getLogger("ray.serve")
 

@@ -4,9 +4,9 @@ that keep OpenAI's error shape."""
 
 from __future__ import annotations
 
+from flowtts.voices import Voice
 from serve.schemas import SpeechRequest, SpeechVoices
 from serve.settings import OpenAISettings
-from serve.voices import Voice
 
 INSTRUCTIONS_HEADER = "X-Instructions-Ignored"
 # Routes in OpenAI's shape: their errors stay {"error": {"code", "message"}}, without our "field".

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import OrderedDict
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from flowtts.synthesis import EmptyTextError, split_voice_tags
+from flowtts.voices import Voice, VoiceNotFoundError, VoiceStore
 from serve.http_errors import ApiError
 from serve.messages import ReferenceSpec
 from serve.settings import LimitSettings
-from serve.voices import Voice, VoiceNotFoundError, VoiceStore
+
+T = TypeVar("T")
 
 
 def stored_reference(voice: Voice) -> ReferenceSpec:
@@ -58,3 +62,32 @@ async def tag_references(store: VoiceStore, text: str, limits: LimitSettings) ->
     return tuple(
         [(name, stored_reference(await lookup_voice(store, name, f"voice tag [{name}]", "text"))) for name in names]
     )
+
+
+class LRUCache(Generic[T]):
+    """A small least-recently-used map (per replica: prepared references keyed by content hash)."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"cache capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._items: OrderedDict[str, T] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> T | None:
+        if key not in self._items:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def put(self, key: str, value: T) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)

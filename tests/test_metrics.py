@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from flowtts.evaluation import (
+    ErrorCounts,
     MelMetrics,
+    character_error_rate,
     compare_mels,
     dtw_path,
     duration_error,
+    error_counts,
     mape,
     mcd_dtw,
     mel_cepstrum,
@@ -312,3 +315,21 @@ def test_word_error_rate_counts_edits_per_reference_word():
     assert word_error_rate("Việt", unicodedata.normalize("NFD", "Việt")) == 0.0
     with pytest.raises(ValueError, match="at least one word"):
         word_error_rate(" ... ", "một")
+
+
+def test_error_counts_split_skipped_repeated_and_wrong_words():
+    skipped = error_counts("một hai ba bốn", "một bốn")
+    assert (skipped.substitutions, skipped.deletions, skipped.insertions) == (0, 2, 0)
+    repeated = error_counts("một hai ba", "một hai hai ba ba")
+    assert (repeated.substitutions, repeated.deletions, repeated.insertions) == (0, 0, 2)
+    # a wrong word is one substitution, not a deletion plus an insertion
+    wrong = error_counts("một hai ba", "một bảy ba")
+    assert (wrong.substitutions, wrong.deletions, wrong.insertions, wrong.reference_length) == (1, 0, 0, 3)
+    mixed = error_counts("xin chào việt nam", "chào chào việt nem")
+    assert (mixed.substitutions, mixed.errors, mixed.rate) == (2, 2, 0.5)  # xin -> chào, nam -> nem
+    assert mixed.errors == round(word_error_rate("xin chào việt nam", "chào chào việt nem") * 4)
+    # characters of the words, spaces and punctuation left out: "chào" -> "chao" is one substitution
+    assert error_counts("Xin chào!", "xin chao", unit="char") == ErrorCounts(1, 0, 0, 7)
+    assert character_error_rate("abc", "abcabc") == 1.0
+    with pytest.raises(ValueError, match="unit must be one of"):
+        error_counts("a", "a", unit="phone")

@@ -13,6 +13,8 @@ import soundfile as sf
 
 from flowtts.model_source import ModelSourceError, resolve_model_source
 from flowtts.synthesis import SamplingSettings, lead_chunks
+from flowtts.synthesis.batching import GenerateWork, plan_generate_calls
+from flowtts.voices import VoiceNameTakenError, VoiceNotFoundError, VoiceStore
 from serve.audio_formats import (
     FORMATS,
     STREAMABLE_FORMATS,
@@ -23,10 +25,9 @@ from serve.audio_formats import (
     pcm16_bytes,
     streaming_wav_header,
 )
-from serve.batching import GenerateWork, plan_generate_calls
 from serve.openai_compat import speech_voices
+from serve.references import LRUCache
 from serve.settings import OpenAISettings, ServeSettings
-from serve.voices import LRUCache, VoiceNameTakenError, VoiceNotFoundError, VoiceStore
 from tests.helpers import REPO
 from tests.helpers.audio import decode_stream_wav, decode_with_ffmpeg
 

@@ -1,10 +1,13 @@
 """Evaluation: objective metrics between reference and generated speech features."""
 
 from flowtts.evaluation.metrics import (
+    ErrorCounts,
     MelMetrics,
+    character_error_rate,
     compare_mels,
     dtw_path,
     duration_error,
+    error_counts,
     mape,
     mcd_dtw,
     mel_cepstrum,
@@ -13,10 +16,13 @@ from flowtts.evaluation.metrics import (
 )
 
 __all__ = [
+    "ErrorCounts",
     "MelMetrics",
+    "character_error_rate",
     "compare_mels",
     "dtw_path",
     "duration_error",
+    "error_counts",
     "mape",
     "mcd_dtw",
     "mel_cepstrum",

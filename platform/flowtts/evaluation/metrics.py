@@ -1,5 +1,5 @@
-"""Objective metrics between a reference and a generated log-mel spectrogram, and the word error rate
-of a transcript.
+"""Objective metrics between a reference and a generated log-mel spectrogram, and the word and character
+error rates of a transcript (with their substitutions, deletions and insertions).
 
 Conventions: a log-mel here is the project's natural-log magnitude mel spectrogram (100 bins, 24 kHz,
 hop 256) laid out time-major, ``[frames, n_mels]``. Every function accepts numpy arrays or torch tensors
@@ -30,10 +30,14 @@ import torch
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ERROR_UNITS",
+    "ErrorCounts",
     "MelMetrics",
+    "character_error_rate",
     "compare_mels",
     "dtw_path",
     "duration_error",
+    "error_counts",
     "mape",
     "mcd_dtw",
     "mel_cepstrum",
@@ -204,6 +208,7 @@ def mape(predicted: Sequence[float], actual: Sequence[float]) -> float:
 
 
 _NOT_WORD = re.compile(r"[^\w]+")
+ERROR_UNITS = ("word", "char")
 
 
 def _words(text: str) -> list[str]:
@@ -211,18 +216,70 @@ def _words(text: str) -> list[str]:
     return _NOT_WORD.sub(" ", unicodedata.normalize("NFC", text).lower()).split()
 
 
+def _units(text: str, unit: str) -> list[str]:
+    """Words (Vietnamese words are syllables), or the characters of the words with spaces left out."""
+    if unit not in ERROR_UNITS:
+        raise ValueError(f"unit must be one of {ERROR_UNITS}, got {unit!r}")
+    words = _words(text)
+    return words if unit == "word" else [char for word in words for char in word]
+
+
+@dataclass(frozen=True)
+class ErrorCounts:
+    """The edits of a minimum-edit alignment of a transcript to its reference text. Deletions are
+    skipped words, insertions repeated or invented ones."""
+
+    substitutions: int
+    deletions: int
+    insertions: int
+    reference_length: int
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def rate(self) -> float:
+        """errors / reference length; may exceed 1."""
+        return self.errors / self.reference_length
+
+
+def error_counts(reference: str, hypothesis: str, unit: str = "word") -> ErrorCounts:
+    """Substitutions, deletions and insertions turning ``reference`` into ``hypothesis``, in words or
+    characters (lower-cased NFC, punctuation dropped). Of the alignments with the fewest edits, the one
+    with the most substitutions is counted (the usual convention: one wrong word is one substitution,
+    not a deletion plus an insertion)."""
+    ref, hyp = _units(reference, unit), _units(hypothesis, unit)
+    if not ref:
+        raise ValueError(f"an error rate needs a reference with at least one {unit}, got {reference!r}")
+    # cell = (edits, -substitutions, substitutions, deletions, insertions): ties go to more substitutions
+    previous = [(j, 0, 0, 0, j) for j in range(len(hyp) + 1)]
+    for i, ref_unit in enumerate(ref, start=1):
+        current = [(i, 0, 0, i, 0)]
+        for j, hyp_unit in enumerate(hyp, start=1):
+            e, _, s, d, n = previous[j - 1]
+            if ref_unit == hyp_unit:
+                diagonal = (e, -s, s, d, n)
+            else:
+                diagonal = (e + 1, -(s + 1), s + 1, d, n)
+            e, _, s, d, n = previous[j]
+            deletion = (e + 1, -s, s, d + 1, n)
+            e, _, s, d, n = current[j - 1]
+            insertion = (e + 1, -s, s, d, n + 1)
+            current.append(min(diagonal, deletion, insertion))
+        previous = current
+    _, _, substitutions, deletions, insertions = previous[-1]
+    return ErrorCounts(substitutions, deletions, insertions, len(ref))
+
+
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """(substitutions + deletions + insertions) / reference words, over :func:`_words`; may exceed 1."""
-    ref, hyp = _words(reference), _words(hypothesis)
-    if not ref:
-        raise ValueError(f"word error rate needs a reference with at least one word, got {reference!r}")
-    previous = list(range(len(hyp) + 1))  # edit distances of ref[:0] to every prefix of hyp
-    for i, ref_word in enumerate(ref, start=1):
-        current = [i]
-        for j, hyp_word in enumerate(hyp, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word)))
-        previous = current
-    return previous[-1] / len(ref)
+    return error_counts(reference, hypothesis, "word").rate
+
+
+def character_error_rate(reference: str, hypothesis: str) -> float:
+    """The error rate over the characters of the words (spaces and punctuation left out)."""
+    return error_counts(reference, hypothesis, "char").rate
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""How one ``@serve.batch`` batch of requests becomes ``Synthesizer.generate`` calls.
+"""How rows of many requests (a Serve batch, a Ray Data batch) become ``Synthesizer.generate`` calls.
 
-A batch holds several requests, each with one or more items (text chunks). Items are grouped by their
-sampling settings (one ``sample()`` call has one NFE, CFG strength, sway coefficient and time grid),
+A batch holds several requests (or input rows), each with one or more items (text chunks). Items are
+grouped by their sampling settings (one ``sample()`` call has one NFE, CFG strength, sway coefficient and time grid),
 then packed into calls whose padded size, ``items x longest item`` in mel frames, stays within
 ``max_batch_frames``: one long request is split over several calls instead of exhausting memory, and
 an item longer than the cap still runs, alone. Nothing is ever dropped. Items are sorted by length
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowtts.synthesis import SamplingSettings
+from flowtts.synthesis.sampling import SamplingSettings
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Stored voices: reference audio + transcript + optional name, on any pyarrow filesystem.
 
-Layout under the store's root (a local folder by default, or ``s3://bucket/prefix``, ``gs://...``,
-``hdfs://...``: anything ``pyarrow.fs.FileSystem.from_uri`` opens)::
+Layout under the store's root (a local folder, or any URI ``flowtts.storage`` opens: ``s3://bucket/prefix``,
+``gs://...``, ``hdfs://...``)::
 
     <root>/<voice_id>/audio.wav    24 kHz mono float32 WAV (decoded and resampled at upload)
     <root>/<voice_id>/voice.json   metadata (id, name, transcript, duration, sha256 of audio.wav, time)
@@ -10,7 +10,7 @@ Layout under the store's root (a local folder by default, or ``s3://bucket/prefi
 
 ``voice.json`` is written last, so a voice exists exactly when its metadata does. Ids are generated
 here (``voice_`` + 24 hex digits) and validated before they touch a path, so no request can name a
-file. Each model replica keeps the prepared reference (mel, tokens) of recent voices in an LRU.
+file. Serving and batch synthesis read the same store.
 
 Names: a lookup by name lists one small folder (the name's claims), never the store. Uniqueness holds
 across replicas, processes and machines on any store with read-after-write consistency (local files,
@@ -29,20 +29,18 @@ import json
 import re
 import secrets
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import numpy as np
 import pyarrow.fs as pafs
 import soundfile as sf
 
+from flowtts.storage import resolve
+
 VOICE_ID_PATTERN = re.compile(r"^voice_[0-9a-f]{24}$")
 AUDIO_FILE, METADATA_FILE, NAMES_DIR = "audio.wav", "voice.json", "names"
 CLAIM_TTL_S = 120.0
-
-T = TypeVar("T")
 
 
 class VoiceNotFoundError(LookupError):
@@ -68,24 +66,13 @@ def is_voice_id(text: str) -> bool:
     return bool(VOICE_ID_PATTERN.match(text))
 
 
-def resolve_store_uri(uri: str) -> str:
-    """A URI as given (``s3://...``, ``file:///...``) or a local folder made absolute, so every replica
-    (whatever its working directory) opens the same place."""
-    if "://" in uri:
-        return uri
-    return str(Path(uri).expanduser().resolve())
-
-
 class VoiceStore:
     """CRUD for voices on a pyarrow filesystem; safe to use from several replicas at once."""
 
-    def __init__(self, uri: str):
-        self.uri = resolve_store_uri(uri)
-        if "://" in self.uri:
-            self.fs, root = pafs.FileSystem.from_uri(self.uri)
-        else:
-            self.fs, root = pafs.LocalFileSystem(), self.uri
-        self.root = root.rstrip("/")
+    def __init__(self, uri: str | Path):
+        """``uri``: a local folder (made absolute, so every process opens the same place) or a URI."""
+        location = resolve(uri)
+        self.uri, self.fs, self.root = location.uri, location.fs, location.path.rstrip("/")
         self.fs.create_dir(self.root, recursive=True)
 
     def create(self, audio: np.ndarray, sample_rate: int, transcript: str, name: str | None = None) -> Voice:
@@ -195,32 +182,3 @@ class VoiceStore:
             raise FileNotFoundError(path)
         with self.fs.open_input_stream(path) as stream:
             return stream.read()
-
-
-class LRUCache(Generic[T]):
-    """A small least-recently-used map (per replica: prepared references keyed by content hash)."""
-
-    def __init__(self, capacity: int):
-        if capacity < 1:
-            raise ValueError(f"cache capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._items: OrderedDict[str, T] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: str) -> T | None:
-        if key not in self._items:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._items.move_to_end(key)
-        return self._items[key]
-
-    def put(self, key: str, value: T) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
