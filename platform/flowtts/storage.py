@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 from pydantic import BeforeValidator
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+OBJECT_STORE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss")  # an object appears only once its upload completes
 
 
 class StorageError(OSError):
@@ -137,6 +138,17 @@ class Location:
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode("utf-8"))
+
+    def write_bytes_atomic(self, data: bytes) -> None:
+        """Write so that a reader sees no file or the whole file, never a part: an object store publishes an
+        object only when its upload completes; elsewhere the bytes go to a hidden name beside it, then move."""
+        if scheme_of(self.uri) in OBJECT_STORE_SCHEMES:
+            self.write_bytes(data)
+            return
+        partial = self.sibling(f".{self.name}.partial-{os.getpid()}-{os.urandom(4).hex()}")
+        partial.write_bytes(data)
+        with _named_errors(self.uri, "write"):
+            self.fs.move(partial.path, self.path)
 
     @contextmanager
     def open_input(self) -> Iterator[IO[bytes]]:

@@ -16,6 +16,9 @@ from typing import Any
 
 from flowtts.synthesis.sampling import SamplingSettings
 
+DEFAULT_MAX_BATCH_FRAMES = 32768
+"""items x padded mel frames per call (32768 frames: 5.8 min at hop 256, 24 kHz), serving's default too."""
+
 
 @dataclass(frozen=True)
 class GenerateWork:

@@ -4,6 +4,7 @@ to load and how to sample, declared once."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from flowtts.inference import BACKENDS
 from flowtts.model.cfm import ODE_METHODS
@@ -75,17 +76,21 @@ def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
     )
 
 
+def load_options(args: argparse.Namespace, asr_model: str | None = None) -> dict[str, Any]:
+    """``Synthesizer.from_pretrained``'s keywords besides the source, from ``add_model_options``' options."""
+    return {
+        "vocab": args.vocab,
+        "model_config": args.model_config,
+        "vocoder": args.vocoder,
+        "device": args.device,
+        "allow_download": args.allow_download,
+        "text_frontend": text_frontend_option(args),
+        "unknown_characters": args.unknown_characters,
+        "asr_model": asr_model,
+        "backend": args.backend,
+        "onnx_file": args.onnx_file,
+    }
+
+
 def load_synthesizer(args: argparse.Namespace, asr_model: str | None = None) -> Synthesizer:
-    return Synthesizer.from_pretrained(
-        args.model,
-        vocab=args.vocab,
-        model_config=args.model_config,
-        vocoder=args.vocoder,
-        device=args.device,
-        allow_download=args.allow_download,
-        text_frontend=text_frontend_option(args),
-        unknown_characters=args.unknown_characters,
-        asr_model=asr_model,
-        backend=args.backend,
-        onnx_file=args.onnx_file,
-    )
+    return Synthesizer.from_pretrained(args.model, **load_options(args, asr_model))
