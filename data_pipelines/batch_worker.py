@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 AUDIO_DIR = "audio"
 STATE_DIR = "_state"
 DONE_DIR = f"{STATE_DIR}/done"
+PARTIAL_DIR = f"{STATE_DIR}/partial"  # files being written (not on object stores): gone with _state at the end
 REFERENCE_CACHE = 64
 RESULT_SCHEMA = pa.schema(
     [
@@ -232,7 +233,8 @@ class RowSynthesizer:
         result = self.synth.render_voices(entry.plan, mels)
         row_id = entry.row["id"]
         path = f"{AUDIO_DIR}/{row_id}.{self.job.format}"
-        self.out.join(path).write_bytes_atomic(encode_audio(result.audio, result.sample_rate, self.job.format))
+        scratch = self.out.join(PARTIAL_DIR)
+        self.out.join(path).write_bytes_atomic(encode_audio(result.audio, result.sample_rate, self.job.format), scratch)
         record = {
             "row": entry.row["row"],
             "id": row_id,
@@ -246,7 +248,9 @@ class RowSynthesizer:
             "voice": entry.voice,
             "text": " ".join(result.chunks),
         }
-        self.out.join(DONE_DIR, f"{row_id}.json").write_bytes_atomic(json.dumps(record, ensure_ascii=False).encode())
+        self.out.join(DONE_DIR, f"{row_id}.json").write_bytes_atomic(
+            json.dumps(record, ensure_ascii=False).encode(), scratch
+        )
         return {**record, "synthesized": True}
 
 

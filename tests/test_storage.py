@@ -43,6 +43,12 @@ def exercise(root: Location) -> None:
     assert again == root.join("notes.txt") and again.read_text() == "xin chào"
     with pytest.raises(StorageError, match="missing.txt: not found"):
         root.join("missing.txt").read_bytes()
+    atomic = root.join("audio", "x.wav")
+    atomic.write_bytes_atomic(b"first", scratch=root.join("scratch"))
+    atomic.write_bytes_atomic(b"second")  # replaces it whole
+    assert atomic.read_bytes() == b"second"
+    left = {f.relative_to(root) for f in root.files(recursive=True)} - {"b/two.parquet", "copy/a.parquet"}
+    assert left == {"a.parquet", "notes.txt", "audio/x.wav"}  # no partial file left anywhere
     root.delete_dir()
     assert not root.exists()
 

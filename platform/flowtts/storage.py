@@ -139,14 +139,17 @@ class Location:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode("utf-8"))
 
-    def write_bytes_atomic(self, data: bytes) -> None:
+    def write_bytes_atomic(self, data: bytes, scratch: Location | None = None) -> None:
         """Write so that a reader sees no file or the whole file, never a part: an object store publishes an
-        object only when its upload completes; elsewhere the bytes go to a hidden name beside it, then move."""
+        object only when its upload completes; elsewhere the bytes go to a hidden name in ``scratch`` (a folder
+        on the same filesystem; default: beside the file), then move."""
         if scheme_of(self.uri) in OBJECT_STORE_SCHEMES:
             self.write_bytes(data)
             return
-        partial = self.sibling(f".{self.name}.partial-{os.getpid()}-{os.urandom(4).hex()}")
+        name = f".{self.name}.partial-{os.getpid()}-{os.urandom(4).hex()}"
+        partial = scratch.join(name) if scratch is not None else self.sibling(name)
         partial.write_bytes(data)
+        self.make_parent()
         with _named_errors(self.uri, "write"):
             self.fs.move(partial.path, self.path)
 
