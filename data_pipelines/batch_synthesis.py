@@ -242,7 +242,12 @@ def _run(job: BatchJob, rows_dir: Location, out: Location, request: BatchRequest
     preserve_order = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # the manifest in input order: the same on every run
     try:
-        rows = ray.data.read_parquet(rows_dir.path, filesystem=rows_dir.fs, override_num_blocks=parts)
+        rows = ray.data.read_parquet(
+            rows_dir.path,
+            filesystem=rows_dir.fs,
+            override_num_blocks=parts,
+            ray_remote_args={"num_cpus": 0},  # small reads; actors holding every CPU must not starve them
+        )
         results = rows.map_batches(
             RowSynthesizer,
             fn_constructor_kwargs={"job": job},
@@ -325,36 +330,44 @@ class _Progress:
 
 
 def _track(request: BatchRequest, source: ModelSource, result: BatchResult) -> None:
-    """An MLflow run with the counts, the throughput and the model version, when a tracking URI is set."""
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    """An MLflow run with the counts, the throughput and the model version, when MLFLOW_TRACKING_URI is set
+    (through a client of its own: the process' MLflow state is left as it was)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
         return
-    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
 
-    mlflow.set_experiment(MLFLOW_EXPERIMENT)
-    with mlflow.start_run(run_name=f"batch {resolve(request.out).name}"):
-        mlflow.log_params(
-            {
-                "model": source.uri,
-                "input": resolve(request.input).uri,
-                "out": result.out,
-                "format": request.format,
-                "nfe": request.sampling.nfe,
-                "concurrency": request.concurrency,
-                "gpu": request.gpu,
-            }
-        )
-        mlflow.set_tags({"flowtts.model_uri": source.load_uri, "flowtts.model_version": source.label})
-        wall = max(result.wall_seconds, 1e-9)
-        mlflow.log_metrics(
-            {
-                "rows": result.rows,
-                "written": result.written,
-                "rejected": result.rejected,
-                "synthesized": result.synthesized,
-                "audio_seconds": result.audio_seconds,
-                "wall_seconds": result.wall_seconds,
-                "audio_seconds_per_second": result.audio_seconds / wall,
-                "rows_per_second": result.rows / wall,
-                **{f"rejected/{reason}": count for reason, count in result.rejected_by_reason.items()},
-            }
-        )
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(MLFLOW_EXPERIMENT)
+    run = client.create_run(experiment_id, run_name=f"batch {resolve(request.out).name}")
+    params = {
+        "model": source.uri,
+        "input": resolve(request.input).uri,
+        "out": result.out,
+        "format": request.format,
+        "nfe": request.sampling.nfe,
+        "concurrency": request.concurrency,
+        "gpu": request.gpu,
+    }
+    wall = max(result.wall_seconds, 1e-9)
+    metrics = {
+        "rows": result.rows,
+        "written": result.written,
+        "rejected": result.rejected,
+        "synthesized": result.synthesized,
+        "audio_seconds": result.audio_seconds,
+        "wall_seconds": result.wall_seconds,
+        "audio_seconds_per_second": result.audio_seconds / wall,
+        "rows_per_second": result.rows / wall,
+        **{f"rejected/{reason}": count for reason, count in result.rejected_by_reason.items()},
+    }
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+        params=[Param(key, str(value)) for key, value in params.items()],
+        tags=[RunTag("flowtts.model_uri", source.load_uri), RunTag("flowtts.model_version", source.label)],
+    )
+    client.set_terminated(run.info.run_id)

@@ -24,6 +24,7 @@ import pytest
 import ray
 import soundfile as sf
 import torch
+from mlflow import MlflowClient
 
 from data_pipelines import BatchRequest, OutputExistsError, synthesize_batch
 from flowtts.storage import Location, resolve
@@ -112,13 +113,17 @@ def store_voice(uri: str) -> None:
 
 
 def actor_pids() -> list[int]:
+    """The RowSynthesizer actors of this process' Ray cluster: children of a raylet that names its GCS."""
+    gcs = ray.get_runtime_context().gcs_address.encode()
     pids = []
-    for name in os.listdir("/proc"):
+    for name in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-        except OSError:
+            parent = Path(f"/proc/{name}/stat").read_text().rpartition(")")[2].split()[1]
+            parent_cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
+        except (OSError, IndexError):
             continue
-        if name.isdigit() and b"RowSynthesizer" in cmdline:
+        if b"RowSynthesizer" in cmdline and gcs in parent_cmdline:
             pids.append(int(name))
     return pids
 
@@ -234,7 +239,7 @@ def test_a_row_equals_the_single_row_synthesizer(s3_job, model, request):
         assert entry["duration_s"] == pytest.approx(len(written) / SR, abs=1e-6)
 
 
-def test_reruns_do_nothing_another_job_is_refused_overwrite_replaces(s3_job, model, s3_env, tmp_path):
+def test_reruns_do_nothing_another_job_is_refused_overwrite_replaces(s3_job, model, s3_env, tmp_path, monkeypatch):
     job, out = s3_job["job"], s3_job["out"]
     before = {f.uri: f.fs.get_file_info(f.path).mtime for f in out.files("wav", recursive=True)}
     again = synthesize_batch(job)
@@ -245,6 +250,7 @@ def test_reruns_do_nothing_another_job_is_refused_overwrite_replaces(s3_job, mod
         synthesize_batch(batch_request(model, job.input, out.uri, job.voices, sampling=SamplingSettings(nfe=2)))
 
     small = upload(write_inputs(tmp_path / "small", [BAD_ROWS[1][0]]).parent, resolve("s3://batch/small"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # tracked when one is set
     replaced = synthesize_batch(
         batch_request(model, small.join("lines.csv").uri, out.uri, job.voices, overwrite=True, concurrency=1)
     )
@@ -255,6 +261,10 @@ def test_reruns_do_nothing_another_job_is_refused_overwrite_replaces(s3_job, mod
         "rejected.jsonl",
     ]
     assert manifest(out).num_rows == 0 and "../escape" in out.join("rejected.jsonl").read_text()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("flowtts-batch-synthesis").experiment_id])
+    assert run.data.metrics["rows"] == 1 and run.data.metrics["rejected/bad_id"] == 1
+    assert run.data.tags["flowtts.model_version"] == model.name and run.data.params["out"] == out.uri
 
 
 def test_a_killed_driver_is_resumed_by_running_the_command_again(s3_job, model, tmp_path):
