@@ -246,14 +246,16 @@ def _run(job: BatchJob, rows_dir: Location, out: Location, request: BatchRequest
             rows_dir.path,
             filesystem=rows_dir.fs,
             override_num_blocks=parts,
-            ray_remote_args={"num_cpus": 0},  # small reads; actors holding every CPU must not starve them
+            ray_remote_args={"num_cpus": 0},  # small reads, which busy actors must not starve either
         )
         results = rows.map_batches(
             RowSynthesizer,
             fn_constructor_kwargs={"job": job},
             batch_size=request.rows_per_batch,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=request.concurrency),
+            # from one actor up: Ray Data's file listing is a 1-CPU task, which actors holding every CPU
+            # from the start would starve (a hang when concurrency x cpus_per_actor = the cluster's CPUs)
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=request.concurrency),
             num_cpus=request.cpus_per_actor,
             num_gpus=1 if request.gpu else 0,
         )  # Ray Data's actor pool replaces a lost actor and runs its batch again (max_restarts=-1 by default)

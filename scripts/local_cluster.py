@@ -204,6 +204,27 @@ class LocalAutoscalingCluster:
         ours = named | {pid for pid in _pids() if _raylet_of(pid) in raylets}
         return sorted(pid for pid in ours if pid != os.getpid() and _alive(pid))
 
+    def kill_node(self, node_id: str) -> list[int]:
+        """Kill a worker node as a lost machine dies: SIGKILL its raylet, the processes of its temp dir (agents)
+        and its workers at once, with no chance to tell anyone. Returns the PIDs killed."""
+        flag = f"--node_id={node_id}"
+        raylets = [
+            pid for pid in _pids() if "raylet" in _read(pid, "comm") and flag in _read(pid, "cmdline").split("\0")
+        ]
+        if not raylets:
+            raise LookupError(f"no raylet of node {node_id} is running")
+        (raylet,) = raylets
+        temp_dir = next(
+            a.partition("=")[2] for a in _read(raylet, "cmdline").split("\0") if a.startswith("--temp_dir=")
+        )
+        if not temp_dir.startswith(str(self.root / "nodes")):
+            raise ValueError(f"node {node_id} is not a worker node the autoscaler started (temp dir {temp_dir})")
+        doomed = {raylet} | {pid for pid in _pids() if temp_dir in _read(pid, "cmdline") or _raylet_of(pid) == raylet}
+        for pid in sorted(doomed):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return sorted(doomed)
+
     def stop(self) -> None:
         """Stop the head and every node the autoscaler started; SIGKILL whatever of this cluster outlives that."""
         if self.head is None:

@@ -6,7 +6,6 @@ of a complete job, another job on the same output, ``--overwrite``."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -30,7 +29,7 @@ from data_pipelines import BatchRequest, OutputExistsError, synthesize_batch
 from flowtts.storage import Location, resolve
 from flowtts.synthesis import SamplingSettings, SynthesisOptions, Synthesizer
 from flowtts.voices import VoiceStore
-from tests.helpers import REPO, SAMPLE_CORPUS
+from tests.helpers import REPO, SAMPLE_CORPUS, load_job
 from tests.helpers.locations import upload
 from tests.helpers.models import save_tiny_model
 
@@ -288,22 +287,15 @@ def test_a_killed_driver_is_resumed_by_running_the_command_again(s3_job, model, 
     written_before = {p.stem for p in done.iterdir()}
     assert 0 < len(written_before) < len(good_rows()) and not (out / "manifest.parquet").exists()
 
-    job = load_job()  # the same command again, here: this process is attached to the same cluster
+    job = load_job("synthesize_batch")  # the same command again, here: attached to the same cluster
     rerun = synthesize_batch(job.request_from_args(job.parse_args(command[2:])))
     assert rerun.synthesized == len(good_rows()) - len(written_before)  # only the rows not yet written
     resumed = pq.read_table(out / "manifest.parquet")
     assert resumed.equals(s3_job["manifest"])  # what an uninterrupted run writes, row for row
 
 
-def load_job():
-    spec = importlib.util.spec_from_file_location("synthesize_batch_job", REPO / "jobs" / "synthesize_batch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_job_level_faults_exit_2_before_any_work(model, tmp_path, capsys):
-    job = load_job()
+    job = load_job("synthesize_batch")
     inputs = write_inputs(tmp_path / "in", good_rows()[:1])
     common = ["--vocoder", NO_VOCOS, "--nfe", "2"]
     cases = [

@@ -1,20 +1,29 @@
 """The platform on a multi-node, autoscaling Ray cluster (Ray's fake multi-node provider, started by
 ``scripts/local_cluster.py``): worker nodes are real raylets that the Ray autoscaler launches from zero and
-terminates when idle. Issue 26's scenarios; here: preprocessing fans out onto ``cpu_worker`` nodes."""
+terminates when idle. Issue 26's scenarios: preprocessing fans out onto ``cpu_worker`` nodes; training with one
+worker per node survives the loss of a node (SIGKILL of its raylet and processes) on a node the autoscaler
+launches, resuming from its checkpoint in S3."""
 
 from __future__ import annotations
 
+import json
+import tempfile
+import threading
 import time
+from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from local_cluster import FAKE_GPU, HEAD_TYPE, NODE_TYPES, LocalAutoscalingCluster
-from local_services import _alive, service_env
+from local_services import LocalMlflowServer, _alive, service_env
+from mlflow.tracking import MlflowClient
 
 from data_pipelines import PreprocessConfig, preprocess_corpus
 from flowtts.storage import resolve
 from tests.helpers import REPO, SAMPLE_CORPUS
 from tests.helpers.locations import shard_bytes, upload
+from tests.helpers.shards import copy_dataset, write_dataset
 
 pytestmark = pytest.mark.integration
 OPTIONS = {"holdout_fraction": 0.2, "shard_mb": 0.5}  # several shards and a held-out split to compare
@@ -92,3 +101,97 @@ def test_preprocessing_fans_out_onto_cpu_workers_and_equals_a_single_node_run(
 
     cluster.wait_for_nodes("cpu_worker", 0, timeout_s=120)  # idle_timeout_minutes 0.1: scaled in again
     assert [node.labels for node in cluster.nodes()] == [head.labels]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """The head's ``mlflow server`` (runs, artifacts, registry): what every node reaches over the network."""
+    server = LocalMlflowServer(tmp_path_factory.mktemp("mlflow"), env=service_env())
+    yield server.start()
+    server.stop()
+
+
+def wait_until(condition, what: str, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout_s} s")
+        time.sleep(0.5)
+    return value
+
+
+def train_workers(cluster) -> list:
+    from ray.util.state import list_actors
+
+    filters = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    return list_actors(address=cluster.address, filters=filters, detail=True, raise_on_missing_output=False)
+
+
+def attempt_records(tracking_uri: str, run_id: str) -> dict[int, dict]:
+    """What rank 0 logged at each (re)start of the run, by start step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="attempts", dst_path=tmp, tracking_uri=tracking_uri
+        )
+        records = [json.loads(p.read_text()) for p in Path(folder).glob("start_step_*.json")]
+    return {record["start_step"]: record for record in records}
+
+
+def test_training_survives_the_loss_of_a_node_and_resumes_from_s3(
+    cluster, ray_local, s3_server, s3_bucket, mlflow_server, tmp_path
+):
+    """``jobs/train.py --workers 2 --placement strict_spread``: one DDP worker (gloo) per autoscaled node,
+    checkpoints in S3. After the first checkpoint one worker's node is killed; Ray Train restarts the group on a
+    node the autoscaler launches, from the checkpoint in S3: each step is logged once and one version registered."""
+    data = copy_dataset(write_dataset(tmp_path / "ds", SAMPLE_CORPUS, count=8, heldout=1), f"{s3_bucket}/data")
+    storage, name, steps = f"{s3_bucket}/runs", "across-nodes", 6
+    entrypoint = ["python", "jobs/train.py", "--config", "tiny", "--data", data, "--storage", storage]
+    entrypoint += ["--name", name, "--workers", "2", "--placement", "strict_spread", "--cpus-per-worker", "1"]
+    entrypoint += ["--max-steps", str(steps), "--checkpoint-every", "2", "--log-every", "1"]
+    entrypoint += ["--registered-model", "across-nodes", "--set", "train.batch_size_per_gpu=1000"]
+    entrypoint += ["--set", "train.max_samples=4", "--set", "train.log_samples_per_updates=0"]
+    env_vars = {**s3_server, "MLFLOW_TRACKING_URI": mlflow_server}
+    outcome: dict = {}
+
+    def submit() -> None:
+        try:
+            outcome["logs"] = cluster.submit(*entrypoint, cwd=REPO, env_vars=env_vars, timeout_s=900)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome["error"] = exc
+
+    submitted = time.time()
+    runner = threading.Thread(target=submit, daemon=True)
+    runner.start()
+    snapshot = resolve(f"{storage}/{name}/checkpoint_manager_snapshot.json")  # Ray Train's registered checkpoints
+
+    def first_checkpoint_registered() -> bool:
+        return "error" in outcome or (snapshot.exists() and "checkpoint_00000002" in snapshot.read_text())
+
+    wait_until(first_checkpoint_registered, "the first checkpoint, uploaded to S3 and registered", 600)
+    assert "error" not in outcome, outcome.get("error")
+    workers = wait_until(lambda: len(found := train_workers(cluster)) == 2 and found, "two train workers", 120)
+    assert len({w.node_id for w in workers}) == 2  # strict_spread: one worker per node
+    killed_at = time.time()
+    cluster.kill_node(workers[0].node_id)
+    runner.join(900)
+    assert "logs" in outcome, outcome.get("error")
+    joined = [n.start_time_ms / 1000 for n in cluster.nodes(alive=False) if n.start_time_ms / 1000 > submitted]
+    print(f"first train node joined {min(joined) - submitted:.1f} s after submit")
+
+    nodes = {n.node_id: n for n in cluster.nodes(alive=False)}
+    assert nodes[workers[0].node_id].state == "DEAD"
+    joined_after = [n for n in nodes.values() if not n.is_head_node and n.start_time_ms / 1000 > killed_at]
+    assert joined_after, cluster.status()  # the group was restored on a node launched after the loss
+
+    client = MlflowClient(mlflow_server)
+    (version,) = client.search_model_versions("name='across-nodes'")  # exactly one version registered
+    logged = sorted(m.step for m in client.get_metric_history(version.run_id, "loss"))
+    records = attempt_records(mlflow_server, version.run_id)
+    (restart,) = sorted(step for step in records if step > 0)  # one restart, at a checkpoint: not from step 0
+    assert restart >= 2 and records[restart]["resumed"], records
+    assert records[restart]["first_batch"] == records[restart]["checkpoint_next_batch"]  # the next batch, too
+    assert set(logged) == set(range(1, steps + 1))
+    # the updates up to the checkpoint ran once; only those after it (lost with the node) ran again
+    assert [step for step in logged if step <= restart] == list(range(1, restart + 1)), logged
+    assert not [p for p in tmp_path.rglob("s3:*")] and not (REPO / "s3:").exists()
+    print(f"training resumed {records[restart]['started_at'] - killed_at:.1f} s after the node was killed")

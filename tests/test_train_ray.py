@@ -23,8 +23,7 @@ from flowtts.training import dataset_vocab, read_train_state
 from tests.helpers import DEV_CORPUS, REPO, SAMPLE_CORPUS
 from tests.helpers.shards import write_dataset
 from trainer.duration_job import DurationJob, run_duration_training
-from trainer.launch import FAIL_AT_STEP_ENV, TrainJob, run_training
-from trainer.settings import FAIL_MARKER
+from trainer.launch import TrainJob, run_training
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +63,6 @@ def local_ray():
 @pytest.fixture
 def embedded_mlflow(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(FAIL_AT_STEP_ENV, raising=False)
 
 
 def job(dataset: Path, storage: Path, name: str, max_steps: int, **changes) -> TrainJob:
@@ -220,21 +218,3 @@ def test_duration_predictor_trains_alone_for_an_existing_model(dataset, tmp_path
     assert trained.model.duration_predictor is not None and trained.info["duration_predictor_steps"] == 30
     for key, value in base.state_dict().items():
         assert torch.equal(value, trained.model.state_dict()[key]), key
-
-
-def test_a_worker_failure_restarts_the_group_from_the_last_checkpoint(
-    dataset, tmp_path, local_ray, embedded_mlflow, monkeypatch
-):
-    """A rank dies after step 3: Ray Train restarts the group from the step-2 checkpoint and the run ends at 4 with
-    every step logged. (Re-submitting a stopped run resumes it: tests/test_train_s3.py, storage on S3.)"""
-    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
-    first = run_training(job(dataset, tmp_path, "resume", max_steps=4), register=False)
-    monkeypatch.delenv(FAIL_AT_STEP_ENV)
-    assert (tmp_path / "resume" / FAIL_MARKER).is_file()  # the last rank did die after step 3
-    assert first.step == 4
-    client = MlflowClient(first.tracking_uri)
-    records = attempts(first.tracking_uri, first.mlflow_run_id)
-    assert sorted(records) == [0, 2]  # the restart began at the step-2 checkpoint
-    assert records[2]["resumed"] and records[2]["first_batch"] == records[2]["checkpoint_next_batch"]
-    steps = loss_steps(client, first.mlflow_run_id)
-    assert steps[-1] == 4 and set(steps) == {1, 2, 3, 4}

@@ -23,7 +23,7 @@ from flowtts.text import Vocab
 from flowtts.training import read_train_state
 from tests.helpers import SAMPLE_CORPUS, load_job
 from tests.helpers.shards import copy_dataset, write_dataset
-from trainer.launch import FAIL_AT_STEP_ENV, TrainJob, run_training
+from trainer.launch import TrainJob, run_training
 from trainer.settings import INIT_DIR, RUN_INFO_FILE
 from trainer.tracking import TrackingError, tracking_uri_for
 
@@ -45,7 +45,6 @@ def test_training_on_s3_data_and_storage_resumes_and_registers(tmp_path, s3_buck
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     (tmp_path / "mlflow").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)  # a storage URI needs one (no sqlite on S3)
-    monkeypatch.delenv(FAIL_AT_STEP_ENV, raising=False)
     local = write_dataset(tmp_path / "ds", SAMPLE_CORPUS, count=8, heldout=1)
     uri = copy_dataset(local, f"{s3_bucket}/datasets/demo")
     vocab = Vocab.load(local / "vocab.txt")

@@ -40,8 +40,6 @@ from trainer.tracking import open_run, tracking_uri_for
 
 logger = logging.getLogger(__name__)
 
-FAIL_AT_STEP_ENV = "FLOWTTS_TEST_FAIL_AT_STEP"  # test hook, see TrainSettings.fail_at_step
-
 
 @dataclass(frozen=True)
 class TrainOutcome:
@@ -105,7 +103,6 @@ def prepare_run(job: TrainJob) -> TrainSettings:
         **resolved,
         tracking_uri=tracking_uri,
         mlflow_run_id=run_id,
-        fail_at_step=_fail_at_step(),
     )
 
 
@@ -139,7 +136,12 @@ def build_trainer(settings: TrainSettings) -> TorchTrainer:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=settings.model_dump(mode="json"),
-        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=job.workers,
+            use_gpu=job.gpu,
+            resources_per_worker=resources,
+            placement_strategy=job.placement.upper(),
+        ),
         torch_config=TorchConfig(backend="nccl" if job.gpu else "gloo"),
         run_config=RunConfig(
             name=settings.name,
@@ -196,8 +198,3 @@ def run_training(job: TrainJob, *, register: bool = True) -> TrainOutcome:
 def checkpoint_location(run_dir: Location, fs_path: str) -> Location:
     """A checkpoint Ray Train reports (a path on the run's filesystem) as a location users can name."""
     return run_dir.join(posixpath.relpath(fs_path, run_dir.path))
-
-
-def _fail_at_step() -> int | None:
-    value = os.environ.get(FAIL_AT_STEP_ENV)
-    return int(value) if value else None

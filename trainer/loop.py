@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import resource
 import tempfile
@@ -48,10 +47,9 @@ from flowtts.training import (
 from flowtts.training.data import sample_utterance
 from flowtts.training.duration_fitting import DurationExamples
 from flowtts.training.state import VOCAB_FILE
-from trainer.settings import FAIL_MARKER, TrainSettings
+from trainer.settings import TrainSettings
 
 logger = logging.getLogger("trainer")
-FAIL_AFTER_POLLS_S = 6.0  # test hook: three of the Ray Train controller's polls
 
 
 def setup_worker_logging() -> None:
@@ -238,21 +236,6 @@ class Worker:
                 checkpoint_dir_name=f"checkpoint_{step:08d}",
             )
 
-    def maybe_fail(self, step: int) -> None:
-        """Test hook: the last rank exits once, hard, right after ``fail_at_step`` (marker in the run dir)."""
-        if self.settings.fail_at_step != step or self.rank != self.world - 1:
-            return
-        marker = self.settings.run_dir.join(FAIL_MARKER)
-        if marker.exists():
-            return
-        marker.write_text(f"rank {self.rank} exited after step {step}\n")
-        # Ray Train's controller takes reported checkpoints when it polls the workers (every 2 s by default);
-        # a rank that dies before that poll takes its last report with it, and the restart would find no
-        # checkpoint. A real crash can do that too; the hook waits so that it tests resuming, not the race.
-        time.sleep(FAIL_AFTER_POLLS_S)
-        logger.error("test hook: rank %d exits after step %d", self.rank, step)
-        os._exit(1)
-
 
 def train_loop_per_worker(loop_config: dict) -> None:
     setup_worker_logging()
@@ -313,7 +296,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     _log_sample(run, worker, step)
             if step % settings.checkpoint_every == 0 or step == settings.max_steps:
                 worker.save_and_report(step, position, last_metrics)
-            worker.maybe_fail(step)
     finally:
         feed.close()
     (peak_rss,) = worker.reduce([peak_rss_mb()], op=dist.ReduceOp.MAX)
@@ -346,6 +328,7 @@ def _open_run_logger(worker: Worker):
             "world_size": worker.world,
             "max_steps": settings.max_steps,
             "config_fingerprint": worker.config.fingerprint(),
+            "started_at": time.time(),  # Unix seconds: how long a restart took, next to the failure's time
         },
         f"attempts/start_step_{worker.state.step:07d}.json",
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -19,7 +19,6 @@ from flowtts.text import Vocab
 
 RUN_INFO_FILE = "flowtts_run.json"  # in <storage>/<name>/: the MLflow run this training run logs to
 INIT_DIR = "init_weights"  # in <storage>/<name>/: the warm-start weights (our format), when any
-FAIL_MARKER = ".flowtts_failure_injected"  # test hook: the injected failure happened already
 
 
 def _default_storage() -> str:
@@ -57,6 +56,11 @@ class TrainJob(RunOptions):
         default=None, description="run name; the same name resumes the run (default: preset-timestamp)"
     )
     workers: int = Field(default=1, gt=0, description="DDP workers")
+    placement: Literal["pack", "spread", "strict_spread"] = Field(
+        default="pack",
+        description="where the workers go: pack (fewest nodes), spread (across nodes where possible) or "
+        "strict_spread (each on its own node)",
+    )
     gpu: bool = Field(default=False, description="one GPU per worker, NCCL, bf16 autocast")
     cpus_per_worker: float = Field(
         default=0.5, gt=0, description="Ray CPUs per worker (default 0.5); torch threads = max(1, int(this))"
@@ -103,7 +107,6 @@ class TrainSettings(BaseModel):
     init_weights: str | None = None  # folder of ours to start from (in the run folder: a path or a URI)
     tracking_uri: str
     mlflow_run_id: str
-    fail_at_step: int | None = None  # test hook: the last rank dies once after this step
 
     def flowtts_config(self) -> FlowTTSConfig:
         return FlowTTSConfig.model_validate(self.config)
