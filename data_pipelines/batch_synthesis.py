@@ -254,8 +254,11 @@ def _run(job: BatchJob, rows_dir: Location, out: Location, request: BatchRequest
             batch_size=request.rows_per_batch,
             batch_format="pyarrow",
             # from one actor up: Ray Data's file listing is a 1-CPU task, which actors holding every CPU
-            # from the start would starve (a hang when concurrency x cpus_per_actor = the cluster's CPUs)
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=request.concurrency),
+            # from the start would starve (a hang when concurrency x cpus_per_actor = the cluster's CPUs); one
+            # block in flight per actor, so that queued blocks make the pool grow instead of waiting in one actor
+            compute=ray.data.ActorPoolStrategy(
+                min_size=1, max_size=request.concurrency, max_tasks_in_flight_per_actor=1
+            ),
             num_cpus=request.cpus_per_actor,
             num_gpus=1 if request.gpu else 0,
         )  # Ray Data's actor pool replaces a lost actor and runs its batch again (max_restarts=-1 by default)
