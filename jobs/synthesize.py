@@ -12,6 +12,12 @@ runs:/RUN/path) or an official F5-TTS .pt/.safetensors as downloaded (its vocab.
 The output format follows the extension: wav, flac, ogg/opus, mp3, raw/pcm (16-bit). Chunks of long
 texts are sampled in batches of --batch-chunks with a progress bar; the result does not depend on the
 batching. Ends with one summary line.
+
+Best of N: --candidates N samples each chunk N times in the same sample() call (candidate k of chunk i of n
+has seed SEED + i + k*n, so candidate 0 is the result without --candidates) and keeps, chunk by chunk, the one
+whose transcript by the ASR judge (--judge-asr-model, default --asr-model) has the lowest character error
+rate against the text; --speaker-model (a WavLM x-vector model) breaks ties by similarity to the voice.
+    python jobs/synthesize.py ... --candidates 4 --judge-asr-model nguyenvulebinh/wav2vec2-base-vietnamese-250h
 """
 
 from __future__ import annotations
@@ -25,7 +31,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from flowtts.synthesis import CROSS_FADE_S, SynthesisError, SynthesisOptions, output_format, write_output
+from flowtts.evaluation.judges import SpeakerJudge
+from flowtts.synthesis import (
+    CROSS_FADE_S,
+    CandidateJudges,
+    SynthesisError,
+    SynthesisOptions,
+    Synthesizer,
+    Transcriber,
+    candidate_items,
+    output_format,
+    write_output,
+)
 from flowtts.synthesis.cli import add_model_options, add_sampling_options, load_synthesizer, sampling_settings
 from flowtts.usage_reporting import usage_reporting_off
 from trainer.job_exit import exit_on_project_error
@@ -63,7 +80,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"seconds of cross-fade between chunks (default {CROSS_FADE_S}; 0 joins them end to end)",
     )
     parser.add_argument("--batch-chunks", type=int, default=8, help="chunks per sample() call (default 8)")
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        help="best of N: sample each chunk N times (in the same call) and keep the one the ASR judge hears best",
+    )
+    parser.add_argument("--judge-asr-model", help="ASR judge of --candidates (default: --asr-model)")
+    parser.add_argument(
+        "--speaker-model", help="speaker judge of --candidates (WavLM x-vector folder or cached repo id): breaks ties"
+    )
     return parser.parse_args(argv)
+
+
+def candidate_judges(args: argparse.Namespace, synthesizer: Synthesizer) -> CandidateJudges | None:
+    """The judges of ``--candidates`` (the reference transcriber doubles as the ASR judge when it is the same)."""
+    if args.candidates < 2:
+        return None
+    source = args.judge_asr_model or args.asr_model  # main() checked that there is one
+    load = {"allow_download": args.allow_download, "device": args.device}
+    shared = synthesizer.transcriber if source == args.asr_model else None
+    speaker = SpeakerJudge(args.speaker_model, **load) if args.speaker_model else None
+    return CandidateJudges(asr=shared or Transcriber(source, **load), speaker=speaker)
 
 
 def voice_option(value: str) -> tuple[str, Path, str]:
@@ -90,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             fix_duration=args.fix_duration,
             remove_silence=args.remove_silence,
             cross_fade_duration=args.cross_fade_duration,
+            candidates=args.candidates,
         )
+        if args.candidates > 1 and not (args.judge_asr_model or args.asr_model):
+            raise SynthesisError(f"--candidates {args.candidates} needs an ASR judge: give --judge-asr-model")
         synthesizer = load_synthesizer(args, asr_model=args.asr_model)
+        synthesizer.judges = candidate_judges(args, synthesizer)
         started = time.perf_counter()
         reference = synthesizer.prepare_reference(args.ref_audio, args.ref_text, target_rms=args.target_rms)
         voices = {
@@ -102,13 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     except (SynthesisError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    mels: list[torch.Tensor] = []
-    with tqdm(total=len(plan.items), unit="chunk", desc="sampling", disable=len(plan.items) < 2) as bar:
-        for start in range(0, len(plan.items), max(args.batch_chunks, 1)):
-            group = plan.items[start : start + max(args.batch_chunks, 1)]
-            mels += synthesizer.generate(group, options.sampling)
-            bar.update(len(group))
-    result = synthesizer.render_voices(plan, mels)
+    chunks, step = len(plan.items), max(args.batch_chunks, 1)
+    rows = candidate_items(plan.items, options.candidates)  # row k * chunks + i: candidate k of chunk i
+    mels: list[torch.Tensor | None] = [None] * len(rows)
+    with tqdm(total=chunks, unit="chunk", desc="sampling", disable=chunks < 2) as bar:
+        for start in range(0, chunks, step):  # a group's chunks with all of their candidates: one call
+            group = [k * chunks + i for i in range(start, min(start + step, chunks)) for k in range(options.candidates)]
+            for row, mel in zip(group, synthesizer.generate([rows[j] for j in group], options.sampling), strict=True):
+                mels[row] = mel
+            bar.update(len(group) // options.candidates)
+    result = synthesizer.render_best(plan, mels)
+    for index, choice in enumerate(result.choices):
+        heard = ", ".join(f"{s.seed} (CER {s.cer:.3f})" for s in choice.scores)
+        print(f"chunk {index + 1}: kept seed {choice.seed} of {heard}")
     given = [("--ref-audio", reference, args.ref_text), *((f"--voice {n}", voices[n], t) for n, _, t in args.voice)]
     for flag, ref, transcript in given:
         if not transcript.strip():
@@ -120,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {args.out}: {result.duration_s:.2f} s of audio in {elapsed:.2f} s (RTF "
         f"{elapsed / max(result.duration_s, 1e-9):.3f}), seed {result.seed}, duration rule "
         f"{result.duration_rule}, {len(result.chunks)} chunk(s)"
+        + (
+            f", best of {result.candidates} (kept seeds {','.join(map(str, result.chosen_seeds))})"
+            if result.choices
+            else ""
+        )
     )
     return 0
 

@@ -35,7 +35,24 @@ def audio_headers(reply: SynthesisReply | StreamStart) -> dict[str, str]:
         headers["X-Ref-Text"] = urllib.parse.quote(reply.ref_text)
     if isinstance(reply, SynthesisReply) and reply.edited_spans:  # "0.500-1.200,1.880-2.130" (seconds)
         headers["X-Edited-Spans"] = ",".join(f"{start:.3f}-{end:.3f}" for start, end in reply.edited_spans)
+    headers["X-Candidates"] = str(reply.candidates)
+    if isinstance(reply, SynthesisReply) and reply.choices:
+        headers.update(candidate_headers(reply))
     return headers
+
+
+def candidate_headers(reply: SynthesisReply) -> dict[str, str]:
+    """``X-Candidate-Scores``: JSON list of ``{chunk, seed, cer, similarity}`` (every candidate of every chunk;
+    ``similarity`` null without a speaker judge); ``X-Chosen-Seed``: the kept seed of each chunk, comma-separated."""
+    scores = [
+        {"chunk": chunk, **{key: value for key, value in score.as_dict().items() if key != "wer"}}
+        for chunk, choice in enumerate(reply.choices)
+        for score in choice.scores
+    ]
+    return {
+        "X-Candidate-Scores": json.dumps(scores, separators=(",", ":")),
+        "X-Chosen-Seed": ",".join(str(choice.seed) for choice in reply.choices),
+    }
 
 
 async def whole_audio(

@@ -41,7 +41,10 @@ async def require_api_key(request: Request) -> None:
 AUTHORIZED = [Depends(require_api_key)]
 
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
-CORS_EXPOSED = "X-Model-Version, X-Seed, X-Duration-Rule, X-Chunks, X-Sample-Rate, X-Instructions-Ignored"
+CORS_EXPOSED = (
+    "X-Model-Version, X-Seed, X-Duration-Rule, X-Chunks, X-Sample-Rate, X-Instructions-Ignored, X-Ref-Text, "
+    "X-Edited-Spans, X-Candidates, X-Candidate-Scores, X-Chosen-Seed"
+)
 
 
 def install_cors(app: FastAPI) -> None:

@@ -1,8 +1,9 @@
 """Request bodies -> the jobs the model replica runs, within the deployment's limits.
 
-Ranges the deployment sets (``nfe``, ``speed``, ``fix_duration``) are checked here; ranges the core library
-owns (``cross_fade_duration``, ``target_rms``, spans and durations) by the library, its errors becoming the
-same 422 ``invalid_option`` / ``invalid_edit`` answers, each naming the field.
+Ranges the deployment sets (``nfe``, ``speed``, ``fix_duration``, ``candidates``) are checked here, and
+``candidates`` > 1 needs the deployment's ASR judge (422 ``judge_required`` naming ``judges.asr_model``);
+ranges the core library owns (``cross_fade_duration``, ``target_rms``, spans and durations) by the library,
+its errors becoming the same 422 ``invalid_option`` / ``invalid_edit`` answers, each naming the field.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ def synthesis_job(
         raise out_of_range("speed", speed, *limits.speed_range)
     if req.fix_duration is not None and req.fix_duration > limits.max_fix_duration_s:
         raise out_of_range("fix_duration", req.fix_duration, 0, limits.max_fix_duration_s)
+    candidates = 1 if req.candidates is None else req.candidates
+    if not 1 <= candidates <= limits.max_candidates:
+        raise out_of_range("candidates", candidates, 1, limits.max_candidates)
+    if candidates > 1 and settings.judges.asr_model is None:
+        raise ApiError(
+            422,
+            "judge_required",
+            f"candidates={candidates} needs an ASR judge on the server to choose among them, and none is configured: "
+            "set judges.asr_model (an ASR model folder or cached repo id) in the Serve config's args",
+            field="candidates",
+        )
     try:
         options = SynthesisOptions(
             sampling=sampling_settings(settings, req),
@@ -51,6 +63,7 @@ def synthesis_job(
             fix_duration=req.fix_duration,
             remove_silence=req.remove_silence,
             cross_fade_duration=CROSS_FADE_S if req.cross_fade_duration is None else req.cross_fade_duration,
+            candidates=candidates,
         )
     except InvalidOptionsError as exc:
         raise ApiError(422, "invalid_option", str(exc)) from exc

@@ -15,9 +15,11 @@ import numpy as np
 from flowtts.audio import AudioError
 from flowtts.synthesis import (
     TARGET_RMS,
+    ChunkChoice,
     EmptyTextError,
     InvalidEditError,
     InvalidOptionsError,
+    JudgeRequiredError,
     ReferenceAudioError,
     SamplingSettings,
     SynthesisError,
@@ -83,6 +85,7 @@ class StreamStart:
     sample_rate: int
     model_version: str
     ref_text: str | None = None  # what the ASR model heard, when the reference came without a transcript
+    candidates: int = 1  # candidates per chunk (a stream chooses chunk by chunk; no scores in its headers)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class SynthesisReply:
     model_version: str
     ref_text: str | None = None  # what the ASR model heard, when the reference came without a transcript
     edited_spans: tuple[tuple[float, float], ...] = ()  # an edit's regenerated spans, seconds in ``audio``
+    candidates: int = 1  # candidates per chunk
+    choices: tuple[ChunkChoice, ...] = ()  # with candidates > 1: each chunk's scores and the kept one
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class ModelConfigSummary:
     vocab_size: int
     text_frontend: dict[str, Any] | None
     asr_model: str | None
+    judges: dict[str, Any] | None  # the re-ranking judges loaded on the replica: asr_model, speaker_model, device
     sample_rate: int
     vocoder: str
     device: str
@@ -146,6 +152,7 @@ CLIENT_ERRORS: tuple[tuple[type[Exception], int, str, str | None], ...] = (
     (EmptyTextError, 422, "empty_text", "text"),
     (UnspeakableTextError, 422, "unspeakable_text", "text"),
     (UnknownCharactersError, 422, "unknown_characters", "text"),
+    (JudgeRequiredError, 422, "judge_required", "candidates"),  # the ingress checks first, from the settings
     (InvalidOptionsError, 422, "invalid_option", None),  # the message names the option
     (InvalidEditError, 422, "invalid_edit", "spans"),
     (AudioError, 422, "invalid_audio", "audio"),

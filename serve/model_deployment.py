@@ -5,6 +5,11 @@ chunks, and the chunks' sampler rows are handed to ``generate_batched``: ``@serv
 rows of concurrent requests, and ``plan_generate_calls`` turns them into as few ``Synthesizer.generate``
 calls as the frame cap allows, one ``SamplingSettings`` per call. Sampling runs in a worker thread so
 the replica's event loop keeps answering health checks.
+
+Best of N (``candidates`` > 1): the N candidates of every chunk (``candidate_items``) are one request's rows
+of that batch, so they share its ``generate`` calls; the judges (``settings.judges``, loaded and warmed up
+with the model) score them and each chunk keeps its best (``Synthesizer.render_best``). A stream samples and
+chooses chunk by chunk, then sends the chosen chunk.
 """
 
 from __future__ import annotations
@@ -23,8 +28,17 @@ import soundfile as sf
 import torch
 from ray import serve
 
+from flowtts.evaluation.judges import SpeakerJudge
 from flowtts.model_source import ModelSource
-from flowtts.synthesis import ReferenceAudioError, SamplingSettings, SynthesisOptions, Synthesizer
+from flowtts.synthesis import (
+    CandidateJudges,
+    ReferenceAudioError,
+    SamplingSettings,
+    SynthesisOptions,
+    Synthesizer,
+    Transcriber,
+    candidate_items,
+)
 from flowtts.synthesis.batching import GenerateWork, plan_generate_calls
 from flowtts.usage_reporting import usage_reporting_off
 from flowtts.voices import VoiceStore
@@ -69,6 +83,19 @@ def load_synthesizer(settings: ServeSettings, source: ModelSource) -> Synthesize
     )
 
 
+def load_judges(settings: ServeSettings, synth: Synthesizer) -> CandidateJudges | None:
+    """The re-ranking judges of ``settings.judges`` (None without an ASR judge); the reference transcriber is the
+    ASR judge too when both name the same model on the same device. Never downloads."""
+    judges = settings.judges
+    if judges.asr_model is None:
+        return None
+    device = judges.device or settings.device
+    same = judges.asr_model == settings.asr_model and device == settings.device
+    asr = synth.transcriber if same and synth.transcriber is not None else Transcriber(judges.asr_model, device=device)
+    speaker = SpeakerJudge(judges.speaker_model, device=device) if judges.speaker_model else None
+    return CandidateJudges(asr=asr, speaker=speaker)
+
+
 @serve.deployment  # its options: serve.settings.MODEL_DEPLOYMENT, applied by serve.app
 class TTSModel:
     def __init__(
@@ -82,6 +109,7 @@ class TTSModel:
         self.source = source
         self.version = source.label
         self.synth = (loader or load_synthesizer)(settings, source)
+        self.synth.judges = load_judges(settings, self.synth)
         self.voices = VoiceStore(settings.voices_uri)
         self.references: LRUCache = LRUCache(settings.reference_cache_size)
         self.reconfigure({})  # sets self.batching; Serve calls it again with the deployment's user_config
@@ -101,13 +129,18 @@ class TTSModel:
     # ------------------------------------------------------------ health
 
     def _warm_up(self) -> list:
-        """A tiny synthesis from a synthetic reference; raises (the replica fails) if the model cannot run."""
+        """A tiny synthesis from a synthetic reference, of two candidates judged when there are judges; raises
+        (the replica fails) if the model or a judge cannot run."""
         letters = [t for t in self.synth.vocab.tokens if len(t) == 1 and t.isalpha()][:6] or ["a"]
         text = "".join(letters)
         tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)
         reference = self.synth.prepare_reference(tone, text, SAMPLE_RATE)
-        plan = self.synth.plan(text, reference, SynthesisOptions(sampling=WARMUP_SAMPLING, seed=0))
-        self.synth.generate(plan.items, WARMUP_SAMPLING)
+        candidates = 1 if self.synth.judges is None else 2
+        options = SynthesisOptions(sampling=WARMUP_SAMPLING, seed=0, candidates=candidates)
+        plan = self.synth.plan_voices(text, reference, options)
+        mels = self.synth.generate(candidate_items(plan.items, candidates), WARMUP_SAMPLING)
+        if candidates > 1:
+            self.synth.rerank(plan, mels)
         return plan.items
 
     async def check_health(self) -> None:
@@ -138,6 +171,7 @@ class TTSModel:
                 vocab_size=len(self.synth.vocab),
                 text_frontend=self.synth.model_info.get("text_frontend"),
                 asr_model=self.settings.asr_model,
+                judges=None if self.synth.judges is None else self._judge_names(),
                 sample_rate=self.synth.mel.target_sample_rate,
                 vocoder=type(self.synth.vocoder).__name__,
                 device=self.settings.device,
@@ -145,6 +179,15 @@ class TTSModel:
                 torch_threads=torch.get_num_threads(),
             ),
         )
+
+    def _judge_names(self) -> dict:
+        judges = self.settings.judges
+        return {
+            "asr_model": judges.asr_model,
+            "speaker_model": judges.speaker_model,
+            "device": judges.device or self.settings.device,
+            "max_candidates": self.settings.limits.max_candidates,
+        }
 
     def get_stats(self) -> dict:
         return {
@@ -247,8 +290,8 @@ class TTSModel:
             plan, heard = await self._plan(job)
         except CLIENT_EXCEPTIONS as exc:
             return client_error(exc)
-        mels = await self._generate(plan.items, job.options.sampling)
-        result = await asyncio.to_thread(self.synth.render_voices, plan, mels)
+        mels = await self._generate(candidate_items(plan.items, job.options.candidates), job.options.sampling)
+        result = await asyncio.to_thread(self.synth.render_best, plan, mels)
         self.metrics.synthesized(started, len(result.audio), result.sample_rate)
         return SynthesisReply(
             audio=result.audio,
@@ -258,6 +301,8 @@ class TTSModel:
             sample_rate=result.sample_rate,
             model_version=self.version,
             ref_text=heard,
+            candidates=result.candidates,
+            choices=tuple(result.choices),
         )
 
     async def edit(self, job: EditJob) -> SynthesisReply | ClientError:
@@ -306,22 +351,31 @@ class TTSModel:
             sample_rate=self.synth.mel.target_sample_rate,
             model_version=self.version,
             ref_text=heard,
+            candidates=job.options.candidates,
         )
+        candidates = job.options.candidates
         if job.options.remove_silence:
-            mels = await self._generate(plan.items, job.options.sampling)
-            audio = (await asyncio.to_thread(self.synth.render_voices, plan, mels)).audio
+            mels = await self._generate(candidate_items(plan.items, candidates), job.options.sampling)
+            audio = (await asyncio.to_thread(self.synth.render_best, plan, mels)).audio
             self.metrics.synthesized(started, len(audio), self.synth.mel.target_sample_rate)
             yield audio
             return
         joiner = CrossFadeJoiner(self.synth.mel.target_sample_rate, job.options.cross_fade_duration)
         samples = 0
-        for segment in plan.segments:
-            for item in segment.items:
-                (mel,) = await self._generate([item], job.options.sampling)
-                (wave,) = await asyncio.to_thread(self.synth.vocode, [mel])
-                ready = joiner.push(wave * segment.reference.rms_scale)
-                samples += len(ready)
-                yield ready
+        rows, chunks = candidate_items(plan.items, candidates), len(plan.items)
+        for index in range(chunks):
+            segment, _ = plan.locate(index)
+            mels = await self._generate(rows[index::chunks], job.options.sampling)  # the chunk's candidates
+            if candidates == 1:
+                (wave,) = await asyncio.to_thread(self.synth.vocode, mels)
+            else:
+                _, wave, choice = await asyncio.to_thread(self.synth.choose_chunk, plan, index, mels)
+                logger.info(
+                    "stream chunk %d: kept seed %d of %s", index, choice.seed, [s.as_dict() for s in choice.scores]
+                )
+            ready = joiner.push(wave * segment.reference.rms_scale)
+            samples += len(ready)
+            yield ready
         tail = joiner.finish()
         self.metrics.synthesized(started, samples + len(tail), self.synth.mel.target_sample_rate)
         yield tail

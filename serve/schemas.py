@@ -56,6 +56,11 @@ class SynthesisFields(SamplingFields):
     cross_fade_duration: float | None = Field(
         default=None, description="seconds of cross-fade between chunks, 0 to 1 (default 0.15)"
     )
+    candidates: int | None = Field(
+        default=None,
+        description="best of N: sample each chunk N times and keep the one the server's ASR judge hears best "
+        "(1 to limits.max_candidates, default 1); headers X-Candidates, X-Candidate-Scores, X-Chosen-Seed",
+    )
 
 
 class TTSRequest(SynthesisFields):
@@ -199,6 +204,9 @@ class RegistryVersion(ApiModel):
     status: str
     metrics: dict[str, float] = Field(description="held-out metrics of its run (eval/..., from the gate)")
     tags: dict[str, str]
+    report: str | None = Field(
+        default=None, description="link to its evaluation report (the run's evaluation/report.html), signed"
+    )
 
 
 class RegistryView(ApiModel):

@@ -84,6 +84,9 @@ class LimitSettings(StrictSettings):
     nfe_range: tuple[int, int] = (4, 64)
     speed_range: tuple[float, float] = (0.25, 4.0)
     max_fix_duration_s: float = Field(default=60.0, gt=0, description="longest fix_duration a request may ask")
+    max_candidates: int = Field(
+        default=8, ge=1, le=64, description="most candidates (best of N) a request may ask; each is one more row"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LimitSettings:
@@ -110,6 +113,29 @@ class TrainingSettings(StrictSettings):
     registered_model: str | None = Field(default=None, description="default: the served model's name")
     cpus_per_worker: float = Field(default=0.5, gt=0, description="Ray CPUs of the one training worker")
     env_vars: dict[str, str] = Field(default_factory=dict, description="extra environment of the job")
+
+
+class JudgeSettings(StrictSettings):
+    """The judges of best-of-N re-ranking (``candidates`` > 1), loaded once on every model replica and warmed up
+    with the model. Weights come from a local folder or the Hugging Face cache, never downloaded."""
+
+    asr_model: str | None = Field(
+        default=None,
+        description="ASR judge (HF-layout folder or cached repo id, CTC or Whisper-style), e.g. "
+        "nguyenvulebinh/wav2vec2-base-vietnamese-250h; without one, candidates > 1 get 422 judge_required",
+    )
+    speaker_model: str | None = Field(
+        default=None,
+        description="speaker judge (a WavLMForXVector, e.g. microsoft/wavlm-base-plus-sv): similarity to the "
+        "reference voice breaks ties of the ASR judge",
+    )
+    device: str | None = Field(default=None, description="torch device of the judges (default: the model's)")
+
+    @model_validator(mode="after")
+    def _speaker_needs_asr(self) -> JudgeSettings:
+        if self.speaker_model is not None and self.asr_model is None:
+            raise ValueError("judges.speaker_model breaks ties of the ASR judge: set judges.asr_model too")
+        return self
 
 
 class OpenAISettings(StrictSettings):
@@ -158,6 +184,7 @@ class ServeSettings(StrictSettings):
         description="ASR model (HF-layout folder or cached repo id, CTC or Whisper-style) that transcribes "
         "references and voices given without a transcript; without one those get 422",
     )
+    judges: JudgeSettings = Field(default_factory=JudgeSettings)
     revision: str | None = Field(default=None, description="free text; change it to force a rolling update")
     vocoder: str | None = Field(default=None, description="local Vocos folder (config.yaml + weights)")
     voices_uri: str = Field(default="voices", description="voice store: local folder or pyarrow URI (s3://...)")

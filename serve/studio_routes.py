@@ -1,9 +1,11 @@
 """The routes the studio page adds to the ingress: the page itself (``/`` and ``/studio/<file>``, shipped in
-``serve/studio/``), a stored voice's audio, the model registry's versions, and the Train routes.
+``serve/studio/``), a stored voice's audio, the model registry's versions with their evaluation reports, and
+the Train routes.
 
 The routes are plain functions on a router that ``serve.ingress`` includes; they reach the serving
-``TTSIngress`` replica through ``http_access.ingress_replica``. All but the page need the API key; the
-Train routes answer 404 ``training_disabled`` unless ``training.enabled`` is set in the serve config.
+``TTSIngress`` replica through ``http_access.ingress_replica``. All but the page need the API key (a report's
+files take the signed token of their link instead, see ``serve.registry_view``); the Train routes answer
+404 ``training_disabled`` unless ``training.enabled`` is set in the serve config.
 
 No ``from __future__ import annotations`` here: FastAPI reads the real annotations of the routes.
 """
@@ -18,7 +20,7 @@ from fastapi.responses import Response
 from flowtts.config import preset_names
 from serve.http_access import AUTHORIZED, ingress_replica
 from serve.http_errors import ApiError
-from serve.registry_view import registry_view
+from serve.registry_view import check_report_token, evaluation_file, registry_view
 from serve.request_bodies import json_body, json_body_schema
 from serve.schemas import RegistryView, TrainJobInfo, TrainJobList, TrainRequest
 from serve.training_jobs import TrainingJobs
@@ -68,7 +70,17 @@ async def served_registry_name(ingress: Any) -> str:
 async def registry(ingress: Any = REPLICA) -> RegistryView:
     """The served registered model's versions (newest first) with aliases and held-out metrics."""
     name = await served_registry_name(ingress)
-    return await asyncio.to_thread(registry_view, name, ingress.settings.tracking_uri)
+    return await asyncio.to_thread(registry_view, name, ingress.settings.tracking_uri, ingress.api_key)
+
+
+@router.get("/v1/registry/{version}/evaluation/{token}/{filename}", include_in_schema=False)
+async def evaluation_report_file(version: str, token: str, filename: str, ingress: Any = REPLICA) -> Response:
+    """A file of a version's evaluation report (``report.html`` and the wavs and PNGs it shows), for a browser
+    tab: the signed ``token`` of the registry view's link stands for the key. The report cannot run scripts."""
+    check_report_token(ingress.api_key, version, token)
+    name = await served_registry_name(ingress)
+    data, kind = await asyncio.to_thread(evaluation_file, name, version, filename, ingress.settings.tracking_uri)
+    return Response(data, media_type=kind, headers={**PAGE_HEADERS, "Content-Security-Policy": "sandbox"})
 
 
 def training(ingress: Any = REPLICA) -> TrainingJobs:

@@ -55,6 +55,22 @@ TEXTS = [text for _, text in ROWS[1:17]]
 LONG_TEXT = " ".join(text for _, text in ROWS[20:32])  # more than one chunk for a short transcript
 
 
+def write_speaker_model(folder: Path) -> Path:
+    """A tiny randomly initialised WavLM x-vector model (the speaker judge), as tests/test_judges.py builds it."""
+    import torch
+    import transformers
+
+    from tests.helpers.asr import ENCODER, feature_extractor
+
+    torch.manual_seed(0)
+    config = transformers.WavLMConfig(
+        **ENCODER, tdnn_dim=(16, 16), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1), xvector_output_dim=8
+    )
+    transformers.WavLMForXVector(config).save_pretrained(folder)
+    feature_extractor().save_pretrained(folder)
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -382,6 +398,16 @@ def error_cases(base: str, voice: dict) -> list[tuple[str, str, dict, int, str, 
             None,
         ),
         ("post", "/v1/tts", {"json": {**speak, "nfe": 64}}, 422, "invalid_option", "nfe"),
+        ("post", "/v1/tts", {"json": {**speak, "candidates": 9}}, 422, "invalid_option", "candidates"),
+        ("post", "/v1/tts", {"json": {**speak, "candidates": 2}}, 422, "judge_required", "candidates"),  # no judge
+        (
+            "post",
+            "/v1/audio/speech",
+            {"json": {"model": "m", "voice": "lan", "input": "a", "candidates": 2}},
+            422,
+            "judge_required",
+            None,
+        ),
         ("post", "/v1/tts", {"json": {"text": "a", "ref_audio": ref}}, 422, "transcript_required", "ref_text"),
         ("post", "/v1/tts", {"json": {**speak, "text": "Chào. [anna] Chào."}}, 404, "voice_not_found", "text"),
         ("post", "/v1/tts", {"json": {**speak, "text": "Chào. [lan speed=9] Chào."}}, 422, "invalid_option", "text"),
@@ -478,6 +504,8 @@ def test_every_error_has_its_status_and_json_body_and_the_replica_keeps_serving(
         response = getattr(http, method)(f"{base}{path}", timeout=TIMEOUT, **kwargs)
         assert response.status_code == status, (path, code, response.text)
         body = response.json()
+        if code == "judge_required":
+            assert "judges.asr_model" in body["error"]["message"]
         keys = {"code", "message"} | ({"field"} if field else set())
         assert set(body) == {"error"} and set(body["error"]) == keys, body
         assert body["error"]["code"] == code, (path, body)
@@ -528,14 +556,17 @@ def test_voice_tags_switch_voices_and_equal_each_segment_alone_up_to_the_cross_f
 @pytest.fixture(scope="module")
 def official(cluster, assets):
     """The shared official fixture as downloaded (model.safetensors + vocab.txt, lowercase only), served
-    with its config.json and a tiny local CTC model that hears every clip as "a"."""
+    with its config.json and a tiny local CTC model that hears every clip as "a": it transcribes references
+    and is the ASR judge of candidates, with a tiny speaker judge (its similarity breaks the ASR judge's ties)."""
     pytest.importorskip("transformers")
     folder = require(FIXTURES / "dit-v1-tiny")
+    asr = str(write_ctc_asr(assets["root"] / "asr"))
     settings = ServeSettings.from_args(
         {
             "model_uri": str(folder / "model.safetensors"),
             "model_config": str(folder / "config.json"),
-            "asr_model": str(write_ctc_asr(assets["root"] / "asr")),
+            "asr_model": asr,
+            "judges": {"asr_model": asr, "speaker_model": str(write_speaker_model(assets["root"] / "wavlm"))},
             "vocoder": str(assets["vocoder"]),
             "voices_uri": str(assets["root"] / "official-voices"),
             "default_nfe": 4,
@@ -579,6 +610,39 @@ def test_the_asr_model_transcribes_empty_references_and_stores_the_voice_transcr
         assert response.headers["X-Ref-Text"] == "a"
     stored = requests.post(f"{official}/v1/tts", json={"text": "Xin chào", "voice": "heard"}, timeout=TIMEOUT)
     assert stored.status_code == 200 and "X-Ref-Text" not in stored.headers
+
+
+def test_candidates_share_one_call_and_the_judges_choice_comes_back_in_the_headers(official):
+    body = {"text": "Xin chào", "ref_audio": b64(REF_PATH.read_bytes()), "ref_text": REF_TEXT, "seed": 11}
+    handle = serve.get_deployment_handle("TTSModel", "official")
+    before = len(handle.get_stats.remote().result()["batches"])
+    best = requests.post(
+        f"{official}/v1/tts", json={**body, "candidates": 3, "response_format": "pcm"}, timeout=TIMEOUT
+    )
+    assert best.status_code == 200, best.text
+    batches = handle.get_stats.remote().result()["batches"][before:]
+    assert [[c["items"] for c in b["calls"]] for b in batches] == [[3]]  # three candidates, one sample() call
+    scores = json.loads(best.headers["X-Candidate-Scores"])
+    assert best.headers["X-Candidates"] == "3" and best.headers["X-Chunks"] == "1"
+    assert [(s["chunk"], s["seed"]) for s in scores] == [(0, 11), (0, 12), (0, 13)]
+    assert len({s["cer"] for s in scores}) == 1  # the ASR judge hears "a" in all: the speaker judge decides
+    chosen = max(scores, key=lambda s: s["similarity"])["seed"]
+    assert best.headers["X-Chosen-Seed"] == str(chosen) and best.headers["X-Seed"] == "11"
+    alone = requests.post(
+        f"{official}/v1/tts", json={**body, "seed": chosen, "response_format": "pcm"}, timeout=TIMEOUT
+    )
+    assert alone.headers["X-Candidates"] == "1" and "X-Candidate-Scores" not in alone.headers
+    assert np.abs(pcm(best.content) - pcm(alone.content)).max() <= 1  # that seed's own result (PCM16: +-1)
+    stream = requests.post(
+        f"{official}/v1/tts", json={**body, "candidates": 3, "stream": True, "response_format": "pcm"}, timeout=TIMEOUT
+    )
+    assert stream.status_code == 200 and stream.headers["X-Candidates"] == "3"
+    assert "X-Chosen-Seed" not in stream.headers  # headers leave before the choice: a stream chooses chunk by chunk
+    streamed, whole = pcm(stream.content) / 32767, pcm(best.content) / 32767  # the same choice, chunk by chunk
+    peak = np.abs(streamed).max()  # the whole file is peak-limited as one, the stream clipped per sample
+    np.testing.assert_allclose(streamed * min(1.0, 0.999 / max(peak, 1e-9)), whole, atol=3e-4)
+    card = requests.get(f"{official}/v1/models", timeout=TIMEOUT).json()["data"][0]
+    assert card["config"]["judges"]["speaker_model"].endswith("wavlm") and card["config"]["judges"]["device"] == "cpu"
 
 
 def test_api_key_is_required_except_for_health(base, voice):

@@ -416,3 +416,60 @@ def test_openai_voice_listing_puts_mapped_names_first_and_drops_dangling_ones(tm
     listing = speech_voices(store.list(), settings)
     assert listing.aliases == {"alloy": "lan", "echo": unnamed.id}
     assert listing.voices == ["alloy", "echo", "lan", unnamed.id] and lan.name == "lan"
+
+
+# ---------------------------------------------------------------- best of N: options and headers
+
+
+def test_candidates_are_checked_against_the_limit_and_need_the_servers_judge():
+    from serve.http_errors import ApiError
+    from serve.job_options import synthesis_job
+    from serve.messages import ReferenceSpec
+    from serve.schemas import TTSRequest
+
+    reference = ReferenceSpec(key="k", text="xin chào", voice_id="voice_x")
+    plain = ServeSettings.from_args({}, environ={})
+    judged = ServeSettings.from_args({"judges": {"asr_model": "/models/asr"}}, environ={})
+
+    def job(settings, **fields):
+        return synthesis_job(settings, TTSRequest(text="a", voice="v", **fields), "a", reference)
+
+    assert job(plain).options.candidates == 1 and job(judged, candidates=8).options.candidates == 8
+    for settings, candidates, code in (
+        (judged, 9, "invalid_option"),
+        (judged, 0, "invalid_option"),
+        (plain, 2, "judge_required"),
+    ):
+        with pytest.raises(ApiError) as caught:
+            job(settings, candidates=candidates)
+        assert (caught.value.status, caught.value.code, caught.value.field) == (422, code, "candidates")
+    assert "set judges.asr_model" in caught.value.message
+    with pytest.raises(ValueError, match="set judges.asr_model too"):
+        ServeSettings.from_args({"judges": {"speaker_model": "/models/wavlm"}}, environ={})
+
+
+def test_candidate_headers_list_every_candidate_of_every_chunk_and_the_kept_seeds():
+    import json
+
+    from flowtts.evaluation.reranking import CandidateScore
+    from flowtts.synthesis import ChunkChoice
+    from serve.audio_responses import audio_headers
+    from serve.messages import StreamStart, SynthesisReply
+
+    choices = (
+        ChunkChoice((CandidateScore(7, 0.5, 1.0, 0.25), CandidateScore(9, 0.123456, 0.5, 0.5)), chosen=1),
+        ChunkChoice((CandidateScore(8, 0.0, 0.0, None), CandidateScore(10, 0.0, 0.0, None)), chosen=0),
+    )
+    reply = SynthesisReply(np.zeros(10, np.float32), 7, "byte_ratio", 2, RATE, "m/1", candidates=2, choices=choices)
+    headers = audio_headers(reply)
+    assert (headers["X-Candidates"], headers["X-Chosen-Seed"]) == ("2", "9,8")
+    assert json.loads(headers["X-Candidate-Scores"]) == [
+        {"chunk": 0, "seed": 7, "cer": 0.5, "similarity": 0.25},
+        {"chunk": 0, "seed": 9, "cer": 0.1235, "similarity": 0.5},
+        {"chunk": 1, "seed": 8, "cer": 0.0, "similarity": None},
+        {"chunk": 1, "seed": 10, "cer": 0.0, "similarity": None},
+    ]
+    plain = audio_headers(SynthesisReply(np.zeros(10, np.float32), 7, "byte_ratio", 1, RATE, "m/1"))
+    assert plain["X-Candidates"] == "1" and "X-Candidate-Scores" not in plain and "X-Chosen-Seed" not in plain
+    streamed = audio_headers(StreamStart(7, "byte_ratio", 2, RATE, "m/1", candidates=3))
+    assert streamed["X-Candidates"] == "3" and "X-Chosen-Seed" not in streamed

@@ -20,6 +20,7 @@ from playwright.sync_api import expect
 
 from flowtts.synthesis import init_vocos_folder
 from tests.helpers import REPO, SAMPLE_CORPUS
+from tests.helpers.asr import write_ctc_asr
 from tests.helpers.browser import browser_page, chromium_path
 from tests.helpers.models import save_tiny_model
 from tests.helpers.registry import register_checkpoints
@@ -53,6 +54,11 @@ def platform(tmp_path_factory):
         # what the evaluation gate leaves on a version: held-out metrics on its run, its decision as a tag
         client.log_metric(client.get_model_version(MODEL, "1").run_id, "eval/model/truth/mcd_dtw", 61.25)
         client.set_model_version_tag(MODEL, "1", "promotion.production.decision", "promoted")
+        report = root / "evaluation"  # what the evaluation leaves beside the metrics: its report folder
+        report.mkdir()
+        (report / "report.html").write_text('<h1>Evaluation</h1><img src="item00.png" alt="mel">', encoding="utf-8")
+        (report / "item00.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        client.log_artifacts(client.get_model_version(MODEL, "1").run_id, str(report), "evaluation")
         head.start()
         (port,) = free_ports(1)
         config = small_serve_config(
@@ -65,6 +71,7 @@ def platform(tmp_path_factory):
             api_key=API_KEY,
             limits={"nfe_range": [2, 8], "max_reference_seconds": 10.0},
             training={"enabled": True, "storage": str(root / "ray_train")},  # jobs go to the app's own cluster
+            judges={"asr_model": str(write_ctc_asr(root / "asr"))},  # hears "a" in every take: candidate 0 stays
         )
         head.serve_deploy(config)
         url = f"http://127.0.0.1:{port}"
@@ -211,6 +218,31 @@ def test_streamed_speech_plays_as_it_comes_and_ends_in_the_player(page):
     expect(page.locator("#speak-info")).to_contain_text("seed 3")
 
 
+def test_candidates_are_sent_and_the_kept_seed_and_every_takes_scores_shown(page):
+    speak = section(page, "speak")
+    speak.get_by_label("Text").fill(SPEAK_TEXT)
+    speak.get_by_label("Steps", exact=True).fill("2")
+    speak.get_by_label("Seed").fill("11")
+    speak.get_by_label("Candidates").fill("9")
+    speak.get_by_role("button", name="Speak").click()
+    expect(page.locator("#speak-candidates-error")).to_contain_text(
+        "candidates=9 is outside the allowed range [1, 8] (422)"
+    )
+    expect(speak.get_by_label("Candidates")).to_have_attribute("aria-invalid", "true")
+    speak.get_by_label("Candidates").fill("3")
+    speak.get_by_role("button", name="Speak").click()
+    expect(page.locator("#speak-status")).to_contain_text("Done.")
+    expect(page.locator("#speak-info")).to_contain_text("seed 11 · model")
+    expect(page.locator("#speak-info")).to_contain_text("best of 3, kept seed 11")  # the judge ties: candidate 0
+    rows = page.locator("#speak-scores tbody tr")
+    expect(rows).to_have_count(3)
+    for index, seed in enumerate((11, 12, 13)):
+        expect(rows.nth(index).locator("td").nth(1)).to_have_text(str(seed))
+    expect(page.locator("#speak-scores tr[data-kept=true]")).to_have_count(1)
+    expect(page.locator("#speak-scores tr[data-kept=true] td").nth(1)).to_have_text("11")
+    speak.get_by_label("Candidates").fill("1")
+
+
 def test_invalid_requests_show_their_error_next_to_the_control(page):
     speak = section(page, "speak")
     speak.get_by_label("Steps", exact=True).fill("1000")
@@ -267,13 +299,21 @@ def test_edit_a_span_of_a_recording(page, platform):
 # ---------------------------------------------------------------- model, training, layout
 
 
-def test_model_section_shows_the_served_model_and_the_registry(page):
+def test_model_section_shows_the_served_model_and_the_registry(page, platform):
     served = page.locator("#model-served")
     for shown in (f"Name\n{MODEL}", "Version\n1", "Alias\nproduction"):
         expect(served).to_contain_text(shown, use_inner_text=True)
     row = page.locator("#registry-table tr[data-version='1']")
     for shown in ("production", "truth/mcd_dtw 61.250", "production: promoted"):
         expect(row).to_contain_text(shown)
+    link = row.get_by_role("link", name="Evaluation report of version 1")
+    expect(link).to_have_attribute("target", "_blank")
+    href = link.get_attribute("href")  # a signed link: a new tab sends no bearer key
+    report = requests.get(platform["url"] + href, timeout=30)
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    assert "<h1>Evaluation</h1>" in report.text and report.headers["Content-Security-Policy"] == "sandbox"
+    image = requests.get(platform["url"] + href.replace("report.html", "item00.png"), timeout=30)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import time
 
 import mlflow
 import pytest
 from local_services import free_ports
 
 from serve.http_errors import ApiError
-from serve.registry_view import registry_view
+from serve.registry_view import (
+    REPORT_LINK_TTL_S,
+    check_report_token,
+    evaluation_file,
+    registry_view,
+    report_link,
+)
 from serve.schemas import TrainRequest
 from serve.settings import ServeSettings, TrainingSettings
 from serve.studio_routes import STUDIO_FOLDER, studio_file
@@ -121,7 +128,7 @@ def test_the_registered_version_is_read_from_the_jobs_summary_line():
     assert tail("\n".join(str(i) for i in range(100)), 3) == "97\n98\n99"
 
 
-def test_registry_view_lists_versions_aliases_and_held_out_metrics(tmp_path):
+def test_registry_view_lists_versions_aliases_held_out_metrics_and_signed_report_links(tmp_path):
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     texts = ["xin chào"]
     folders = [save_tiny_model(tmp_path / f"v{i}" / "checkpoint", texts, i) for i in (1, 2)]
@@ -133,10 +140,33 @@ def test_registry_view_lists_versions_aliases_and_held_out_metrics(tmp_path):
     run_id = client.get_model_version("studio-units", "2").run_id
     client.log_metric(run_id, "eval/model/truth/mcd_dtw", 7.25)
     client.log_metric(run_id, "loss", 1.0)
+    report = tmp_path / "evaluation"
+    report.mkdir()
+    (report / "report.html").write_text('<img src="item00.png">', encoding="utf-8")
+    (report / "item00.png").write_bytes(b"\x89PNG")
+    client.log_artifacts(run_id, str(report), "evaluation")
 
-    view = registry_view("studio-units", tracking)
+    view = registry_view("studio-units", tracking, api_key="k")
     assert [v.version for v in view.versions] == ["2", "1"]
     newest, oldest = view.versions
     assert newest.aliases == ["candidate"] and oldest.aliases == ["production"]
     assert newest.metrics == {"eval/model/truth/mcd_dtw": 7.25}  # held-out metrics only, not the training loss
     assert newest.tags["promotion.production.decision"] == "rejected" and oldest.metrics == {}
+    assert oldest.report is None  # not evaluated
+    prefix, token, name = newest.report.rsplit("/", 2)
+    assert (prefix, name) == ("/v1/registry/2/evaluation", "report.html")
+    check_report_token("k", "2", token)  # good for this version, with this key, for a while
+    for key, version, at in (("other", "2", None), ("k", "1", None), ("k", "2", time.time() + REPORT_LINK_TTL_S + 5)):
+        with pytest.raises(ApiError) as caught:
+            check_report_token(key, version, token, now=at)
+        assert caught.value.status == 401
+    assert report_link(None, "2") == "/v1/registry/2/evaluation/open/report.html"  # no key: every route is open
+    assert evaluation_file("studio-units", "2", "report.html", tracking) == (
+        b'<img src="item00.png">',
+        "text/html; charset=utf-8",
+    )
+    assert evaluation_file("studio-units", "2", "item00.png", tracking)[1] == "image/png"
+    for missing, code in (("scores.json", "report_not_found"), ("../mlflow.db", "not_found")):
+        with pytest.raises(ApiError) as caught:
+            evaluation_file("studio-units", "2", missing, tracking)
+        assert (caught.value.status, caught.value.code) == (404, code)

@@ -394,42 +394,38 @@ def test_output_formats_never_clip(tmp_path, fmt):
     assert rate == SR and abs(len(decoded) - SR) < 0.1 * SR and np.abs(decoded).max() <= 1.0
 
 
-def test_cli_speaks_with_the_fixture_model(dit_fixture, vocos_dir, tmp_path, capsys):
+def cli_args(dit_fixture, vocos_dir, ref, out, *more: str) -> list[str]:
+    return [
+        *("--model", str(dit_fixture / "model.safetensors"), "--vocab", str(dit_fixture / "vocab.txt")),
+        *("--model-config", str(dit_fixture / "config.json"), "--ref-audio", str(ref)),
+        *("--ref-text", "xin chào các bạn", "--text", "hôm nay là ngày 15/8/2024, trời đẹp quá.", "--out", str(out)),
+        *("--nfe", "2", "--seed", "5", "--vocoder", str(vocos_dir), *more),
+    ]
+
+
+def synthesize_job():
     spec = importlib.util.spec_from_file_location("synthesize_job", REPO / "jobs" / "synthesize.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
-    ref = tmp_path / "ref.wav"
+    return job
+
+
+def test_cli_speaks_with_the_fixture_model_keeping_the_best_of_two_candidates(dit_fixture, vocos_dir, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from tests.helpers.asr import write_ctc_asr
+
+    job, ref, out = synthesize_job(), tmp_path / "ref.wav", tmp_path / "out.flac"
     sf.write(ref, voice(1.0), SR)
-    out = tmp_path / "out.flac"
-    code = job.main(
-        [
-            "--model",
-            str(dit_fixture / "model.safetensors"),
-            "--vocab",
-            str(dit_fixture / "vocab.txt"),
-            "--model-config",
-            str(dit_fixture / "config.json"),
-            "--ref-audio",
-            str(ref),
-            "--ref-text",
-            "xin chào các bạn",
-            "--text",
-            "hôm nay là ngày 15/8/2024, trời đẹp quá.",
-            "--out",
-            str(out),
-            "--nfe",
-            "2",
-            "--seed",
-            "5",
-            "--vocoder",
-            str(vocos_dir),
-        ]
-    )
-    assert code == 0
+    assert job.main(cli_args(dit_fixture, vocos_dir, ref, out, "--candidates", "2")) == 2
+    assert "--candidates 2 needs an ASR judge: give --judge-asr-model" in capsys.readouterr().err
+    judge = str(write_ctc_asr(tmp_path / "asr"))  # hears "a" everywhere: the candidates tie, candidate 0 stays
+    assert job.main(cli_args(dit_fixture, vocos_dir, ref, out, "--candidates", "2", "--judge-asr-model", judge)) == 0
     audio, rate = sf.read(out)
-    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    *_, chosen, summary = capsys.readouterr().out.strip().splitlines()
     assert rate == SR and len(audio) > 0
     assert "seed 5" in summary and "byte_ratio" in summary and str(out) in summary and "RTF" in summary
+    assert chosen.startswith("chunk 1: kept seed 5 of 5 (CER ") and ", 6 (CER " in chosen
+    assert summary.endswith("1 chunk(s), best of 2 (kept seeds 5)")
 
 
 def test_sampling_settings_are_one_hashable_value_held_by_the_options():
@@ -440,3 +436,97 @@ def test_sampling_settings_are_one_hashable_value_held_by_the_options():
     assert SynthesisOptions().sampling == SamplingSettings()
     with pytest.raises(InvalidOptionsError, match="cfg_strength=-1"):
         SamplingSettings(cfg_strength=-1)
+
+
+# ---------------------------------------------------------------- best of N
+
+
+def listening_asr(folder):
+    """A tiny CTC judge whose random output layer makes its transcript depend on the audio (so candidates get
+    different error rates); ``write_ctc_asr``'s own hears every clip as one word."""
+    transformers = pytest.importorskip("transformers")
+    from tests.helpers.asr import write_ctc_asr
+
+    write_ctc_asr(folder)
+    model = transformers.Wav2Vec2ForCTC.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(torch.randn(model.lm_head.weight.shape, generator=generator))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def listener(tmp_path_factory):
+    from flowtts.synthesis import Transcriber
+
+    return Transcriber(listening_asr(tmp_path_factory.mktemp("listening-asr")))
+
+
+def test_candidates_share_one_sampling_call_and_each_chunk_keeps_what_the_judge_scores_best(
+    synth, reference, listener, monkeypatch
+):
+    from flowtts.evaluation.metrics import character_error_rate
+    from flowtts.evaluation.reranking import choose_candidate
+    from flowtts.synthesis import CandidateJudges
+
+    judged = Synthesizer(synth.model, synth.vocab, synth.vocoder, judges=CandidateJudges(asr=listener))
+    options = SynthesisOptions(sampling=FAST, seed=20, fix_duration=4.0, candidates=3)  # short rows: fast
+    plan = judged.plan_voices(LONG_TEXT, reference, options)
+    n = len(plan.items)
+    assert n > 1
+    calls, outputs = [], []
+    sample, generate = judged.model.sample, judged.generate
+    monkeypatch.setattr(judged.model, "sample", lambda **kw: calls.append(kw["seed"]) or sample(**kw))
+    monkeypatch.setattr(judged, "generate", lambda items, how: outputs.append(generate(items, how)) or outputs[-1])
+    result = judged.synthesize(LONG_TEXT, reference, options)
+    monkeypatch.undo()
+    assert calls == [list(range(20, 20 + 3 * n))]  # one call: candidate k of chunk i has seed 20 + i + k * n
+    assert result.candidates == 3 and len(result.choices) == n
+    (rows,) = outputs  # every candidate's mel, row k * n + i: judged again here
+    chosen_mels = []
+    for i, (chunk, choice) in enumerate(zip(result.chunks, result.choices, strict=True)):
+        assert [s.seed for s in choice.scores] == [20 + i + k * n for k in range(3)]
+        mels = rows[i::n]
+        heard = [listener.transcribe(w * reference.rms_scale, SR) for w in judged.vocode(mels)]
+        cer = [character_error_rate(chunk, text) for text in heard]  # the judge's scores, computed again
+        assert [s.cer for s in choice.scores] == pytest.approx(cer) and [s.transcript for s in choice.scores] == heard
+        assert choice.chosen == choose_candidate(choice.scores) == min(range(3), key=lambda k: (cer[k], k))
+        assert result.chosen_seeds[i] == 20 + i + choice.chosen * n
+        chosen_mels.append(mels[choice.chosen])
+    assert len({s.cer for c in result.choices for s in c.scores}) > 1  # the judge did tell candidates apart
+    np.testing.assert_allclose(result.audio, judged.render_voices(plan, chosen_mels).audio, atol=BATCH_TOL)
+    # candidate 0 is the result without candidates
+    plain = judged.synthesize(LONG_TEXT, reference, SynthesisOptions(sampling=FAST, seed=20, fix_duration=4.0))
+    assert plain.candidates == 1 and plain.choices == [] and plain.chosen_seeds == []
+    np.testing.assert_allclose(plain.audio, judged.render_voices(plan, rows[:n]).audio, atol=BATCH_TOL)
+
+
+def test_the_choice_rule_and_its_ties():
+    from flowtts.evaluation.reranking import CandidateScore, choose_candidate, rank_candidates
+
+    def score(seed, cer, wer=0.5, similarity=None):
+        return CandidateScore(seed=seed, cer=cer, wer=wer, similarity=similarity)
+
+    assert choose_candidate([score(1, 0.2), score(2, 0.1), score(3, 0.3)]) == 1  # lowest CER
+    assert choose_candidate([score(1, 0.1, 0.4), score(2, 0.1, 0.2)]) == 1  # then lowest WER
+    assert choose_candidate([score(1, 0.1, 0.2, 0.5), score(2, 0.1, 0.2, 0.9)]) == 1  # then highest similarity
+    # (the speaker judge breaking the ASR judge's ties end to end: tests/test_serve.py, the official app)
+    assert choose_candidate([score(1, 0.1, 0.2, 0.5), score(2, 0.1, 0.2, 0.5)]) == 0  # then the first one
+    assert choose_candidate([score(1, 0.0, 0.0), score(2, 0.0, 0.0)]) == 0  # judges can't tell: candidate 0
+    assert choose_candidate([score(1, 0.1, 0.2, float("nan")), score(2, 0.1, 0.2, -0.5)]) == 1  # NaN ranks last
+    assert choose_candidate([score(1, 0.1, 0.2, None), score(2, 0.1, 0.2, -0.5)]) == 1
+    assert choose_candidate([score(1, 0.05, 0.9, -1.0), score(2, 0.1, 0.0, 1.0)]) == 0  # CER first, always
+    assert rank_candidates([score(1, 0.3), score(2, 0.1), score(3, 0.2)]) == [1, 2, 0]
+    with pytest.raises(ValueError, match="at least one"):
+        choose_candidate([])
+    assert score(5, 0.123456, 1.0, 0.98765).as_dict() == {"seed": 5, "cer": 0.1235, "wer": 1.0, "similarity": 0.9877}
+
+
+def test_candidates_need_a_judge_and_a_count_of_at_least_one(synth, reference):
+    from flowtts.synthesis import JudgeRequiredError
+
+    with pytest.raises(JudgeRequiredError, match="candidates=2 needs an ASR judge"):
+        synth.synthesize("Một câu.", reference, SynthesisOptions(candidates=2))
+    with pytest.raises(InvalidOptionsError, match="candidates=0"):
+        SynthesisOptions(candidates=0)

@@ -1,5 +1,6 @@
 // Model: the served model (GET /v1/models) and, when it comes from a registry, the registry's versions
-// with their aliases, held-out metrics and the evaluation gate's decisions (GET /v1/registry).
+// with their aliases, held-out metrics, the evaluation gate's decisions and a link to each evaluated version's
+// report (evaluation/report.html of its run, opened in a new tab through a signed link the registry view gives).
 
 import { apiJson, clearError, setStatus, showError } from "./api.js";
 
@@ -46,6 +47,17 @@ function fillRegistry(view) {
     const metrics = Object.entries(version.metrics).filter(([key]) => key.startsWith("eval/model/"));
     cell(row, metrics.map(([key, value]) => `${key.slice(11)} ${value.toFixed(3)}`).join(", ") || "not evaluated");
     cell(row, gate(version.tags) || "—");
+    const report = cell(row, version.report ? "" : "—");
+    if (version.report) {
+      const link = Object.assign(document.createElement("a"), {
+        href: version.report,
+        target: "_blank",
+        rel: "noopener",
+        textContent: "Evaluation report",
+      });
+      link.setAttribute("aria-label", `Evaluation report of version ${version.version}`);
+      report.append(link);
+    }
   }
   table.hidden = false;
   setStatus("registry-status", `${view.name}: ${view.versions.length} version(s).`);

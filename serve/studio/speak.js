@@ -1,5 +1,7 @@
 // Speak: POST /v1/tts with a stored voice; the result in a player with a download link and its mel drawn.
 // With "Stream", 16-bit PCM is played chunk by chunk as the server sends it (stream: true).
+// "Candidates" > 1 asks for the best of N takes of each part: the kept seeds (X-Chosen-Seed) and every take's
+// scores (X-Candidate-Scores) are shown under the result; a stream chooses part by part and sends no scores.
 
 import { api, clearError, numberOf, setStatus, showError } from "./api.js";
 import { ChunkPlayer, decodeAudio, drawMel, pcm16ToFloat, SAMPLE_RATE, wavBlob } from "./audio.js";
@@ -11,6 +13,7 @@ const FIELDS = {
   speed: "speak-speed",
   seed: "speak-seed",
   cfg_strength: "speak-cfg",
+  candidates: "speak-candidates",
 };
 let resultUrl = null;
 
@@ -22,6 +25,7 @@ function request(stream) {
     speed: numberOf("speak-speed"),
     seed: numberOf("speak-seed"),
     cfg_strength: numberOf("speak-cfg"),
+    candidates: numberOf("speak-candidates"),
     response_format: stream ? "pcm" : "wav",
     stream,
   };
@@ -50,6 +54,32 @@ async function streamed(response) {
   return { blob: wavBlob(all), samples: all };
 }
 
+// The table of candidates: one row per take of each part, the kept one marked.
+function showScores(response) {
+  const table = document.getElementById("speak-scores");
+  const scores = JSON.parse(response.headers.get("X-Candidate-Scores") || "[]");
+  const kept = (response.headers.get("X-Chosen-Seed") || "").split(",");
+  const body = table.tBodies[0];
+  body.replaceChildren();
+  for (const score of scores) {
+    const row = body.insertRow();
+    const isKept = kept[score.chunk] === String(score.seed);
+    row.dataset.kept = String(isKept);
+    const cells = [score.chunk + 1, score.seed, score.cer.toFixed(3), score.similarity?.toFixed(3) ?? "—", isKept ? "kept" : ""];
+    for (const text of cells) row.insertCell().textContent = String(text);
+  }
+  table.hidden = scores.length === 0;
+}
+
+function describeResult(response, samples) {
+  const seconds = (samples.length / SAMPLE_RATE).toFixed(2);
+  const candidates = Number(response.headers.get("X-Candidates") || "1");
+  const kept = response.headers.get("X-Chosen-Seed");
+  let text = `${seconds} s · seed ${response.headers.get("X-Seed")} · model ${response.headers.get("X-Model-Version")}`;
+  if (candidates > 1) text += kept ? ` · best of ${candidates}, kept seed ${kept}` : ` · best of ${candidates}`;
+  return text;
+}
+
 async function speak(event) {
   event.preventDefault();
   const button = document.getElementById("speak-button");
@@ -74,10 +104,10 @@ async function speak(event) {
     audio.src = resultUrl;
     document.getElementById("speak-download").href = resultUrl;
     document.getElementById("speak-result").hidden = false;
-    const seconds = (samples.length / SAMPLE_RATE).toFixed(2);
     const info = document.getElementById("speak-info");
-    info.textContent = `${seconds} s · seed ${response.headers.get("X-Seed")} · model ${response.headers.get("X-Model-Version")}`;
+    info.textContent = describeResult(response, samples);
     info.dataset.seed = response.headers.get("X-Seed");
+    showScores(response);
     drawMel(document.getElementById("speak-mel"), samples);
     setStatus("speak-status", "Done.");
   } catch (error) {

@@ -1,5 +1,6 @@
 """Synthesis: reference voice + text in, natural 24 kHz speech out, as upstream F5-TTS inference does it."""
 
+from flowtts.synthesis.candidates import CandidateJudges, ChunkChoice, VoicePrinter, candidate_items
 from flowtts.synthesis.chunking import (
     CROSS_FADE_S,
     balanced_chunks,
@@ -14,6 +15,7 @@ from flowtts.synthesis.errors import (
     EmptyTextError,
     InvalidEditError,
     InvalidOptionsError,
+    JudgeRequiredError,
     ReferenceAudioError,
     SynthesisError,
     UnspeakableTextError,
@@ -36,6 +38,11 @@ from flowtts.synthesis.vocoder import (
 )
 
 __all__ = [
+    "CandidateJudges",
+    "ChunkChoice",
+    "JudgeRequiredError",
+    "VoicePrinter",
+    "candidate_items",
     "CROSS_FADE_S",
     "DEFAULT_VOCOS_REPO",
     "EDIT_FADE_S",

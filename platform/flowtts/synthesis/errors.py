@@ -25,3 +25,7 @@ class InvalidOptionsError(SynthesisError):
 
 class InvalidEditError(SynthesisError):
     """A speech edit's spans or durations do not fit the recording (names the span and the rule)."""
+
+
+class JudgeRequiredError(SynthesisError):
+    """Several candidates were asked for, and no ASR judge is loaded to choose among them."""

@@ -88,6 +88,15 @@ class VoicedPlan:
     def duration_rule(self) -> str:
         return self.segments[0].duration_rule
 
+    def locate(self, index: int) -> tuple[SynthesisPlan, int]:
+        """The segment holding chunk ``index`` of the whole text, and the chunk's index in it."""
+        offset = index
+        for plan in self.segments:
+            if 0 <= offset < len(plan.items):
+                return plan, offset
+            offset -= len(plan.items)
+        raise IndexError(f"chunk {index} is outside the plan's {len(self.items)} chunks")
+
 
 def plan_voices(
     text: str,

@@ -2,6 +2,9 @@
 
 Seeds: chunk ``i`` of a request with seed ``s`` is sampled with seed ``s + i``, so a one-chunk request
 with seed ``s`` reproduces ``CFM.sample(seed=s)``. A request without a seed draws one and reports it.
+With ``candidates`` N > 1 (best-of-N, ``flowtts.synthesis.candidates``), candidate ``k`` of chunk ``i`` of a
+request of ``n`` chunks has seed ``s + i + k * n``: candidate 0 is the request without candidates, and
+candidate ``k`` is what the same request with seed ``s + k * n`` samples.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class SynthesisOptions:
     remove_silence: bool = False  # shorten pauses over 1 s to 1 s, on the whole output
     cross_fade_duration: float = CROSS_FADE_S  # seconds of linear cross-fade between chunks; 0: butt joins
     first_chunk_bytes: int | None = None  # streaming: a short first chunk (chunking.lead_chunks)
+    candidates: int = 1  # best of N: each chunk sampled N times, the ASR judge keeps the best (needs judges)
 
     def __post_init__(self) -> None:
         checks = [
@@ -57,6 +61,7 @@ class SynthesisOptions:
                 f"0 to {MAX_CROSS_FADE_S} seconds",
             ),
             ("first_chunk_bytes", self.first_chunk_bytes is None or self.first_chunk_bytes > 0, "None or > 0"),
+            ("candidates", isinstance(self.candidates, int) and self.candidates >= 1, "an integer >= 1"),
         ]
         for name, ok, allowed in checks:
             if not ok:

@@ -6,7 +6,9 @@ chunks, durations, seeds) + ``generate`` (ONE batched ``CFM.sample`` for any row
 sharing one ``SamplingSettings``) + ``render`` (vocoder, loudness, cross-fade, optional silence removal).
 ``plan_voices``/``render_voices`` do the same for a text with ``[name]`` voice tags, segment by segment.
 ``edit`` = ``plan_edit`` + ``generate`` + ``render_edit`` (``flowtts.synthesis.editing``); an edit's row
-batches with synthesis rows.
+batches with synthesis rows. Best of N (``SynthesisOptions.candidates``, ``flowtts.synthesis.candidates``):
+``plan`` + ``generate`` of ``candidate_items`` (the N candidates of every chunk in the same call) + ``rerank``
+(vocoder, the judges, ``flowtts.evaluation.reranking``) + ``render`` of the chosen ones.
 
 Rows of a batch are independent: noise is seeded per row and ``CFM.sample(isolate_items=True)`` masks
 padded frames as attention keys and embeds each row's text at its own length, so a row's mel equals
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,8 +34,17 @@ from flowtts.inference import SamplingBackend, make_backend
 from flowtts.model import CFM
 from flowtts.model_loading import ModelConfigSpec, load_model
 from flowtts.model_source import ModelSource, local_model, resolve_model_source
+from flowtts.synthesis.candidates import (
+    CandidateJudges,
+    ChunkChoice,
+    Reranked,
+    candidate_items,
+    choose_chunk,
+    rerank,
+)
 from flowtts.synthesis.chunking import cross_fade
 from flowtts.synthesis.editing import EditPlan, EditResult, plan_edit, splice_edit
+from flowtts.synthesis.errors import JudgeRequiredError
 from flowtts.synthesis.multivoice import VoicedPlan, plan_voices
 from flowtts.synthesis.output import limit_peak
 from flowtts.synthesis.planning import (
@@ -68,6 +79,13 @@ class SynthesisResult:
     chunks: list[str]
     mel: torch.Tensor  # [frames, n_mels] generated mel of all chunks, concatenated (CPU)
     sample_rate: int = 24000
+    candidates: int = 1  # candidates sampled per chunk
+    choices: list[ChunkChoice] = field(default_factory=list)  # per chunk, with candidates > 1: scores, kept one
+
+    @property
+    def chosen_seeds(self) -> list[int]:
+        """The seed of the candidate kept for each chunk (empty without candidates)."""
+        return [choice.seed for choice in self.choices]
 
     @property
     def duration_s(self) -> float:
@@ -87,12 +105,14 @@ class Synthesizer:
         unknown_characters: Literal["error", "space"] = "error",
         transcriber: Transcriber | None = None,
         backend: SamplingBackend | None = None,
+        judges: CandidateJudges | None = None,
     ):
         """``frontend`` reads every text (default: the one ``model_info`` records, see
         ``TextFrontend.of_model``). ``unknown_characters="space"`` maps characters missing from the vocab
         to the space id, as upstream does silently; the default raises ``UnknownCharactersError``.
         ``transcriber`` transcribes references given with an empty transcript. ``backend`` (from
-        ``flowtts.inference.make_backend``) evaluates the sampling steps; ``None`` is eager."""
+        ``flowtts.inference.make_backend``) evaluates the sampling steps; ``None`` is eager. ``judges``
+        choose among candidates (``SynthesisOptions.candidates`` > 1); may also be set after loading."""
         if len(vocab) != model.config.text_num_embeds:
             raise CheckpointError(
                 f"vocab has {len(vocab)} tokens but the model expects {model.config.text_num_embeds} (text_num_embeds)"
@@ -110,6 +130,7 @@ class Synthesizer:
         self.unknown_characters = unknown_characters
         self.transcriber = transcriber
         self.backend = backend
+        self.judges = judges
 
     @classmethod
     def from_pretrained(
@@ -243,11 +264,14 @@ class Synthesizer:
             result.mel[row, item.prompt_frames : int(result.duration[row])].float() for row, item in enumerate(items)
         ]
 
-    def render(self, plan: SynthesisPlan, mels: list[torch.Tensor]) -> SynthesisResult:
-        """Vocoder (equal lengths batched), RMS scale back, cross-fade, silence removal, peak limit."""
+    def render(
+        self, plan: SynthesisPlan, mels: list[torch.Tensor], waves: list[np.ndarray] | None = None
+    ) -> SynthesisResult:
+        """Vocoder (equal lengths batched; ``waves``: already vocoded), RMS scale back, cross-fade, silence
+        removal, peak limit."""
         if len(mels) != len(plan.items):
             raise ValueError(f"got {len(mels)} mels for a plan of {len(plan.items)} chunks")
-        waves = [wave * plan.reference.rms_scale for wave in self.vocode(mels)]
+        waves = [wave * plan.reference.rms_scale for wave in (self.vocode(mels) if waves is None else waves)]
         audio = cross_fade(waves, self.mel.target_sample_rate, plan.options.cross_fade_duration)
         if plan.options.remove_silence:
             audio = remove_silences(audio, self.mel.target_sample_rate)
@@ -268,17 +292,26 @@ class Synthesizer:
         voices: Mapping[str, Reference] | None = None,
     ) -> VoicedPlan:
         """``plan`` for a text with ``[name]`` voice tags (see ``flowtts.synthesis.multivoice``): one
-        ``SynthesisPlan`` per segment, ``voices`` giving the reference of each tag's name."""
+        ``SynthesisPlan`` per segment, ``voices`` giving the reference of each tag's name. Raises
+        JudgeRequiredError for ``options.candidates`` > 1 without ``judges``."""
+        if options.candidates > 1 and self.judges is None:
+            raise JudgeRequiredError(
+                f"candidates={options.candidates} needs an ASR judge to choose among the candidates, and none is "
+                "loaded; ask for one candidate or load a judge"
+            )
         return plan_voices(text, reference, options, voices or {}, self.plan)
 
-    def render_voices(self, plan: VoicedPlan, mels: list[torch.Tensor]) -> SynthesisResult:
+    def render_voices(
+        self, plan: VoicedPlan, mels: list[torch.Tensor], waves: list[np.ndarray] | None = None
+    ) -> SynthesisResult:
         """``render`` each segment, then join the segments with the chunks' cross-fade."""
         if len(mels) != len(plan.items):
             raise ValueError(f"got {len(mels)} mels for a plan of {len(plan.items)} chunks")
         results, start = [], 0
         for segment in plan.segments:
-            results.append(self.render(segment, mels[start : start + len(segment.items)]))
-            start += len(segment.items)
+            end = start + len(segment.items)
+            results.append(self.render(segment, mels[start:end], None if waves is None else waves[start:end]))
+            start = end
         if len(results) == 1:
             return results[0]
         return SynthesisResult(
@@ -299,9 +332,38 @@ class Synthesizer:
         options: SynthesisOptions = DEFAULT_OPTIONS,
         voices: Mapping[str, Reference] | None = None,
     ) -> SynthesisResult:
-        """Speak ``text``; ``[name]`` tags switch to ``voices[name]``, all chunks sampled in one call."""
+        """Speak ``text``; ``[name]`` tags switch to ``voices[name]``, all chunks (and all their candidates)
+        sampled in one call."""
         plan = self.plan_voices(text, reference, options, voices)
-        return self.render_voices(plan, self.generate(plan.items, options.sampling))
+        return self.render_best(plan, self.generate(candidate_items(plan.items, options.candidates), options.sampling))
+
+    # ------------------------------------------------------------ best of N
+
+    def render_best(self, plan: VoicedPlan, mels: list[torch.Tensor]) -> SynthesisResult:
+        """``render_voices`` of each chunk's best candidate; ``mels`` of ``candidate_items(plan.items, N)``
+        (N = 1: the plan's own rows, rendered as they are)."""
+        candidates = len(mels) // max(len(plan.items), 1)
+        if candidates <= 1:
+            return self.render_voices(plan, mels)
+        ranked = self.rerank(plan, mels)
+        result = self.render_voices(plan, ranked.mels, ranked.waves)
+        return replace(result, candidates=candidates, choices=ranked.choices)
+
+    def rerank(self, plan: VoicedPlan, mels: list[torch.Tensor]) -> Reranked:
+        """``mels`` of ``candidate_items(plan.items, N)`` -> each chunk's chosen mel and wave, and the scores."""
+        return rerank(plan, mels, self._judges(), self.vocode, self.mel.target_sample_rate)
+
+    def choose_chunk(
+        self, plan: VoicedPlan, index: int, mels: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, np.ndarray, ChunkChoice]:
+        """Chunk ``index``'s candidates (mels in candidate order) vocoded and judged: the chosen mel, its wave
+        (before the reference's RMS scale) and the choice; a stream chooses chunk by chunk."""
+        return choose_chunk(plan, index, mels, self._judges(), self.vocode, self.mel.target_sample_rate)
+
+    def _judges(self) -> CandidateJudges:
+        if self.judges is None:
+            raise JudgeRequiredError("choosing among candidates needs an ASR judge, and none is loaded")
+        return self.judges
 
     # ------------------------------------------------------------ speech editing
 

@@ -8,6 +8,7 @@ transcript matches the audio the model is prompted with.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +38,33 @@ class Transcriber:
         model_class = "AutoModelForSpeechSeq2Seq" if self.seq2seq else "AutoModelForCTC"
         self.processor, self.model = load_pretrained(source, allow_download, self.device, "AutoProcessor", model_class)
 
-    @torch.no_grad()
     def transcribe(self, audio: np.ndarray | torch.Tensor, sample_rate: int = ASR_SAMPLE_RATE) -> str:
         """The transcript of mono ``audio`` (any rate; resampled to 16 kHz), whitespace collapsed."""
-        wave = torch.as_tensor(audio, dtype=torch.float32).reshape(-1)
+        return self.transcribe_batch([audio], sample_rate)[0]
+
+    @torch.no_grad()
+    def transcribe_batch(
+        self, audios: Sequence[np.ndarray | torch.Tensor], sample_rate: int = ASR_SAMPLE_RATE
+    ) -> list[str]:
+        """The transcript of each clip. Clips of equal length share one forward pass (nothing is padded, so
+        each transcript is the one ``transcribe`` gives it alone): the candidates of one text chunk have
+        equal lengths."""
+        waves = [torch.as_tensor(audio, dtype=torch.float32).reshape(-1) for audio in audios]
         if sample_rate != ASR_SAMPLE_RATE:
-            wave = torchaudio.functional.resample(wave, sample_rate, ASR_SAMPLE_RATE)
-        inputs = self.processor(wave.numpy(), sampling_rate=ASR_SAMPLE_RATE, return_tensors="pt")
-        if self.seq2seq:
-            ids = self.model.generate(inputs.input_features.to(self.device))
-            text = self.processor.batch_decode(ids.cpu(), skip_special_tokens=True)[0]
-        else:
-            logits = self.model(inputs.input_values.to(self.device)).logits
-            text = self.processor.batch_decode(logits.argmax(-1).cpu())[0]
-        return " ".join(text.split())
+            waves = [torchaudio.functional.resample(wave, sample_rate, ASR_SAMPLE_RATE) for wave in waves]
+        by_length: dict[int, list[int]] = {}
+        for index, wave in enumerate(waves):
+            by_length.setdefault(len(wave), []).append(index)
+        texts = [""] * len(waves)
+        for indices in by_length.values():
+            batch = [waves[i].numpy() for i in indices]
+            inputs = self.processor(batch, sampling_rate=ASR_SAMPLE_RATE, return_tensors="pt")
+            if self.seq2seq:
+                ids = self.model.generate(inputs.input_features.to(self.device))
+                decoded = self.processor.batch_decode(ids.cpu(), skip_special_tokens=True)
+            else:
+                logits = self.model(inputs.input_values.to(self.device)).logits
+                decoded = self.processor.batch_decode(logits.argmax(-1).cpu())
+            for index, text in zip(indices, decoded, strict=True):
+                texts[index] = " ".join(text.split())
+        return texts
