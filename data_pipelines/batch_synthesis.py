@@ -42,7 +42,7 @@ from data_pipelines.batch_worker import STATE_DIR, BatchJob, RowSynthesizer
 from data_pipelines.writing import OutputExistsError
 from flowtts.model_source import ModelSource, resolve_model_source
 from flowtts.storage import Location, resolve
-from flowtts.synthesis import TARGET_RMS, InvalidOptionsError, SamplingSettings
+from flowtts.synthesis import TARGET_RMS, InvalidOptionsError, JudgeRequiredError, SamplingSettings
 from flowtts.synthesis.batching import DEFAULT_MAX_BATCH_FRAMES
 from flowtts.synthesis.planning import draw_seed
 
@@ -63,6 +63,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("nfe", pa.int64()),
         ("voice", pa.string()),
         ("text", pa.string()),
+        ("candidates", pa.int64()),
+        ("chosen_seeds", pa.list_(pa.int64())),
         ("model_uri", pa.string()),
         ("model_version", pa.string()),
     ]
@@ -87,6 +89,8 @@ class BatchRequest:
     rows_per_batch: int = 8
     max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES
     max_text_chars: int = 2000
+    candidates: int = 1  # best of N per chunk, chosen by the ASR judge of ``judges``
+    judges: dict[str, Any] | None = None  # flowtts.synthesis.cli.judge_options
     overwrite: bool = False
     track: bool = True  # an MLflow run, when MLFLOW_TRACKING_URI is set
     load_options: dict[str, Any] = field(default_factory=dict)  # Synthesizer.from_pretrained keywords
@@ -99,10 +103,13 @@ class BatchRequest:
             ("rows_per_batch", self.rows_per_batch >= 1, ">= 1"),
             ("max_batch_frames", self.max_batch_frames >= 1, ">= 1"),
             ("max_text_chars", self.max_text_chars >= 1, ">= 1"),
+            ("candidates", self.candidates >= 1, ">= 1"),
         ]
         for name, ok, allowed in checks:
             if not ok:
                 raise InvalidOptionsError(f"{name}={getattr(self, name)!r} is not allowed; use {allowed}")
+        if self.candidates > 1 and not (self.judges and self.judges.get("asr")):
+            raise JudgeRequiredError(f"candidates={self.candidates} needs an ASR judge (--judge-asr-model)")
 
     def asked(self, source: ModelSource, input_info: dict) -> dict:
         """What decides the output (not how fast it is made): equal for a rerun of the same job."""
@@ -116,6 +123,8 @@ class BatchRequest:
             "seed": self.seed,
             "target_rms": self.target_rms,
             "max_text_chars": self.max_text_chars,
+            "candidates": self.candidates,
+            "judges": {k: self.judges[k] for k in ("asr", "speaker")} if self.judges else None,
             "load_options": {k: str(v) for k, v in sorted(self.load_options.items()) if k != "device"},
         }
 
@@ -192,6 +201,8 @@ def synthesize_batch(request: BatchRequest, connect: Callable[[], None] | None =
         target_rms=request.target_rms,
         max_text_chars=request.max_text_chars,
         max_batch_frames=request.max_batch_frames,
+        candidates=request.candidates,
+        judges=request.judges,
         duplicates=frozenset(state["duplicates"]),
     )
     counts = _run(job, rows_dir, out, request, source, state)

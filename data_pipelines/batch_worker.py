@@ -2,8 +2,9 @@
 
 Each actor loads the model once (on the first row that needs it) and keeps recent references prepared.
 For a batch it checks every row, plans the good ones as serving does (``Synthesizer.plan_voices``), packs
-all their sampler rows into as few ``generate`` calls as the frame budget allows
-(``flowtts.synthesis.batching``: the planner serving uses), renders each row, and writes
+all their sampler rows (with best of N, every candidate of every chunk) into as few ``generate`` calls as
+the frame budget allows (``flowtts.synthesis.batching``: the planner serving uses), renders each row (its
+best candidates: ``Synthesizer.render_best``), and writes
 ``audio/<id>.<format>`` and then the row's record ``_state/done/<id>.json``, each atomically. A row whose
 record exists was written by an earlier attempt: its record is returned and nothing is synthesised.
 """
@@ -35,6 +36,8 @@ from flowtts.synthesis import (
     voice_names,
 )
 from flowtts.synthesis.batching import GenerateWork, plan_generate_calls
+from flowtts.synthesis.candidates import candidate_items
+from flowtts.synthesis.cli import candidate_judges
 from flowtts.text import UnknownCharactersError
 from flowtts.usage_reporting import usage_reporting_off
 from flowtts.voices import VoiceNotFoundError, VoiceStore
@@ -59,6 +62,8 @@ RESULT_SCHEMA = pa.schema(
         ("nfe", pa.int64()),
         ("voice", pa.string()),
         ("text", pa.string()),
+        ("candidates", pa.int64()),
+        ("chosen_seeds", pa.list_(pa.int64())),  # best of N: the seed kept for each chunk (empty for N = 1)
         ("synthesized", pa.bool_()),  # by this run (False: written by an earlier one)
     ]
 )
@@ -98,6 +103,8 @@ class BatchJob:
     target_rms: float
     max_text_chars: int
     max_batch_frames: int
+    candidates: int = 1
+    judges: dict[str, Any] | None = None  # flowtts.synthesis.cli.judge_options: the judges of candidates > 1
     duplicates: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -124,7 +131,9 @@ class RowSynthesizer:
     @property
     def synth(self) -> Synthesizer:
         if self._synth is None:
-            self._synth = Synthesizer.from_pretrained(self.job.source, **self.job.load_options)
+            synth = Synthesizer.from_pretrained(self.job.source, **self.job.load_options)
+            synth.judges = candidate_judges(self.job.judges, synth.transcriber)
+            self._synth = synth
         return self._synth
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -186,7 +195,8 @@ class RowSynthesizer:
         if nfe < 1:
             raise InvalidOptionsError(f"nfe={nfe} is not allowed; use >= 1")
         sampling = replace(self.job.sampling, nfe=nfe)
-        return SynthesisOptions(sampling=sampling, speed=_number(row, "speed", float, 1.0), seed=seed)
+        speed = _number(row, "speed", float, 1.0)
+        return SynthesisOptions(sampling=sampling, speed=speed, seed=seed, candidates=self.job.candidates)
 
     def _row_reference(self, row: dict):
         if row["voice"] and row["ref_audio"]:
@@ -222,7 +232,10 @@ class RowSynthesizer:
     # ------------------------------------------------------------ sampling and output
 
     def _generate(self, planned: list[_Planned]) -> list[list]:
-        works = [GenerateWork(tuple(entry.plan.items), entry.options.sampling) for entry in planned]
+        works = [
+            GenerateWork(tuple(candidate_items(entry.plan.items, entry.options.candidates)), entry.options.sampling)
+            for entry in planned
+        ]
         mels: list[list] = [[None] * len(work.items) for work in works]
         for call in plan_generate_calls(works, self.job.max_batch_frames):
             for (work, item), mel in zip(call.slots, self.synth.generate(call.items, call.sampling), strict=True):
@@ -230,7 +243,7 @@ class RowSynthesizer:
         return mels
 
     def _write(self, entry: _Planned, mels: list) -> dict:
-        result = self.synth.render_voices(entry.plan, mels)
+        result = self.synth.render_best(entry.plan, mels)
         row_id = entry.row["id"]
         path = f"{AUDIO_DIR}/{row_id}.{self.job.format}"
         scratch = self.out.join(PARTIAL_DIR)
@@ -247,6 +260,8 @@ class RowSynthesizer:
             "nfe": entry.options.sampling.nfe,
             "voice": entry.voice,
             "text": " ".join(result.chunks),
+            "candidates": entry.options.candidates,
+            "chosen_seeds": result.chosen_seeds,
         }
         self.out.join(DONE_DIR, f"{row_id}.json").write_bytes_atomic(
             json.dumps(record, ensure_ascii=False).encode(), scratch

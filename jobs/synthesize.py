@@ -31,19 +31,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from flowtts.evaluation.judges import SpeakerJudge
 from flowtts.synthesis import (
     CROSS_FADE_S,
-    CandidateJudges,
     SynthesisError,
     SynthesisOptions,
-    Synthesizer,
-    Transcriber,
     candidate_items,
     output_format,
     write_output,
 )
-from flowtts.synthesis.cli import add_model_options, add_sampling_options, load_synthesizer, sampling_settings
+from flowtts.synthesis.cli import (
+    add_candidate_options,
+    add_model_options,
+    add_sampling_options,
+    candidate_judges,
+    judge_options,
+    load_synthesizer,
+    sampling_settings,
+)
 from flowtts.usage_reporting import usage_reporting_off
 from trainer.job_exit import exit_on_project_error
 
@@ -80,28 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"seconds of cross-fade between chunks (default {CROSS_FADE_S}; 0 joins them end to end)",
     )
     parser.add_argument("--batch-chunks", type=int, default=8, help="chunks per sample() call (default 8)")
-    parser.add_argument(
-        "--candidates",
-        type=int,
-        default=1,
-        help="best of N: sample each chunk N times (in the same call) and keep the one the ASR judge hears best",
-    )
-    parser.add_argument("--judge-asr-model", help="ASR judge of --candidates (default: --asr-model)")
-    parser.add_argument(
-        "--speaker-model", help="speaker judge of --candidates (WavLM x-vector folder or cached repo id): breaks ties"
-    )
+    add_candidate_options(parser)
     return parser.parse_args(argv)
-
-
-def candidate_judges(args: argparse.Namespace, synthesizer: Synthesizer) -> CandidateJudges | None:
-    """The judges of ``--candidates`` (the reference transcriber doubles as the ASR judge when it is the same)."""
-    if args.candidates < 2:
-        return None
-    source = args.judge_asr_model or args.asr_model  # main() checked that there is one
-    load = {"allow_download": args.allow_download, "device": args.device}
-    shared = synthesizer.transcriber if source == args.asr_model else None
-    speaker = SpeakerJudge(args.speaker_model, **load) if args.speaker_model else None
-    return CandidateJudges(asr=shared or Transcriber(source, **load), speaker=speaker)
 
 
 def voice_option(value: str) -> tuple[str, Path, str]:
@@ -130,10 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             cross_fade_duration=args.cross_fade_duration,
             candidates=args.candidates,
         )
-        if args.candidates > 1 and not (args.judge_asr_model or args.asr_model):
-            raise SynthesisError(f"--candidates {args.candidates} needs an ASR judge: give --judge-asr-model")
+        judges = judge_options(args)  # before loading anything: --candidates without a judge fails here
         synthesizer = load_synthesizer(args, asr_model=args.asr_model)
-        synthesizer.judges = candidate_judges(args, synthesizer)
+        synthesizer.judges = candidate_judges(judges, synthesizer.transcriber)
         started = time.perf_counter()
         reference = synthesizer.prepare_reference(args.ref_audio, args.ref_text, target_rms=args.target_rms)
         voices = {

@@ -24,7 +24,14 @@ import sys
 from data_pipelines import BatchRequest, synthesize_batch
 from data_pipelines.batch_synthesis import BATCH_FORMATS, check_request
 from flowtts.synthesis.batching import DEFAULT_MAX_BATCH_FRAMES
-from flowtts.synthesis.cli import add_model_options, add_sampling_options, load_options, sampling_settings
+from flowtts.synthesis.cli import (
+    add_candidate_options,
+    add_model_options,
+    add_sampling_options,
+    judge_options,
+    load_options,
+    sampling_settings,
+)
 from flowtts.usage_reporting import usage_reporting_off
 from trainer.cluster import connect_ray
 from trainer.job_exit import exit_on_project_error
@@ -39,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--asr-model", help="transcribes references whose ref_text is empty (CTC or Whisper-style)")
     parser.add_argument("--format", choices=BATCH_FORMATS, default="wav", help="audio format (default wav)")
     add_sampling_options(parser)
+    add_candidate_options(parser)
     parser.add_argument("--concurrency", type=int, default=1, help="actors, one model each (default 1)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per actor (sampling on cuda)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
@@ -72,6 +80,8 @@ def request_from_args(args: argparse.Namespace) -> BatchRequest:
         rows_per_batch=args.rows_per_batch,
         max_batch_frames=args.max_batch_frames,
         max_text_chars=args.max_text_chars,
+        candidates=args.candidates,
+        judges=judge_options(args),
         overwrite=args.overwrite,
         track=not args.no_tracking,
         load_options=load_options(args, asr_model=args.asr_model),

@@ -1,7 +1,7 @@
 """Batch synthesis (``jobs/synthesize_batch.py``) on Ray Data with input, voices and output on a real S3 API (moto
 on loopback): the right rows written and manifested, every bad row refused with its reason, a row equal to the
 single-row ``Synthesizer``, an actor killed mid-run, a driver killed mid-run and the command run again, a rerun
-of a complete job, another job on the same output, ``--overwrite``."""
+of a complete job, another job on the same output, ``--overwrite``, best of N."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ from mlflow import MlflowClient
 
 from data_pipelines import BatchRequest, OutputExistsError, synthesize_batch
 from flowtts.storage import Location, resolve
-from flowtts.synthesis import SamplingSettings, SynthesisOptions, Synthesizer
+from flowtts.synthesis import JudgeRequiredError, SamplingSettings, SynthesisOptions, Synthesizer
 from flowtts.voices import VoiceStore
 from tests.helpers import REPO, SAMPLE_CORPUS, load_job
+from tests.helpers.asr import write_ctc_asr
 from tests.helpers.locations import upload
 from tests.helpers.models import save_tiny_model
 
@@ -238,7 +239,9 @@ def test_a_row_equals_the_single_row_synthesizer(s3_job, model, request):
         assert entry["duration_s"] == pytest.approx(len(written) / SR, abs=1e-6)
 
 
-def test_reruns_do_nothing_another_job_is_refused_overwrite_replaces(s3_job, model, s3_env, tmp_path, monkeypatch):
+def test_reruns_do_nothing_another_job_is_refused_overwrite_replaces_best_of_n(
+    s3_job, model, s3_env, tmp_path, monkeypatch
+):
     job, out = s3_job["job"], s3_job["out"]
     before = {f.uri: f.fs.get_file_info(f.path).mtime for f in out.files("wav", recursive=True)}
     again = synthesize_batch(job)
@@ -248,21 +251,27 @@ def test_reruns_do_nothing_another_job_is_refused_overwrite_replaces(s3_job, mod
     with pytest.raises(OutputExistsError, match=r"differs in sampling\); pass --overwrite"):
         synthesize_batch(batch_request(model, job.input, out.uri, job.voices, sampling=SamplingSettings(nfe=2)))
 
-    small = upload(write_inputs(tmp_path / "small", [BAD_ROWS[1][0]]).parent, resolve("s3://batch/small"))
+    rows = [BAD_ROWS[1][0], good_rows()[0]]
+    small = upload(write_inputs(tmp_path / "small", rows).parent, resolve("s3://batch/small"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # tracked when one is set
+    judges = {"asr": str(write_ctc_asr(tmp_path / "asr")), "speaker": None, "allow_download": False, "device": "cpu"}
+    with pytest.raises(JudgeRequiredError, match="needs an ASR judge"):
+        batch_request(model, small.join("lines.csv").uri, out.uri, job.voices, candidates=2)
     replaced = synthesize_batch(
-        batch_request(model, small.join("lines.csv").uri, out.uri, job.voices, overwrite=True, concurrency=1)
+        batch_request(
+            model, small.join("lines.csv").uri, out.uri, job.voices, overwrite=True, candidates=2, judges=judges
+        )
     )
-    assert (replaced.rows, replaced.written, replaced.rejected) == (1, 0, 1)
-    assert sorted(f.relative_to(out) for f in out.files(recursive=True)) == [
-        "job.json",
-        "manifest.parquet",
-        "rejected.jsonl",
-    ]
-    assert manifest(out).num_rows == 0 and "../escape" in out.join("rejected.jsonl").read_text()
+    assert (replaced.rows, replaced.written, replaced.rejected) == (2, 1, 1)
+    left = sorted(f.relative_to(out) for f in out.files(recursive=True))
+    assert left == ["audio/line-00.wav", "job.json", "manifest.parquet", "rejected.jsonl"]
+    (entry,) = manifest(out).to_pylist()
+    assert entry["candidates"] == 2 and entry["seed"] == JOB_SEED
+    assert len(entry["chosen_seeds"]) == 1 and entry["chosen_seeds"][0] in (JOB_SEED, JOB_SEED + 1)  # s + i + k*n
+    assert "../escape" in out.join("rejected.jsonl").read_text()
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("flowtts-batch-synthesis").experiment_id])
-    assert run.data.metrics["rows"] == 1 and run.data.metrics["rejected/bad_id"] == 1
+    assert run.data.metrics["rows"] == 2 and run.data.metrics["rejected/bad_id"] == 1
     assert run.data.tags["flowtts.model_version"] == model.name and run.data.params["out"] == out.uri
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from flowtts.evaluation.judges import SpeakerJudge
 from flowtts.inference import BACKENDS
 from flowtts.model.cfm import ODE_METHODS
 from flowtts.model_loading import add_official_model_options, text_frontend_option
+from flowtts.synthesis.candidates import CandidateJudges
+from flowtts.synthesis.errors import JudgeRequiredError
 from flowtts.synthesis.reference import TARGET_RMS
 from flowtts.synthesis.sampling import SamplingSettings
 from flowtts.synthesis.synthesizer import Synthesizer
+from flowtts.synthesis.transcription import Transcriber
 from flowtts.synthesis.vocoder import DEFAULT_VOCOS_REPO
 
 
@@ -64,6 +68,42 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
         default=TARGET_RMS,
         help=f"RMS a quieter reference or recording is raised to for sampling (default {TARGET_RMS})",
     )
+
+
+def add_candidate_options(parser: argparse.ArgumentParser) -> None:
+    """Best of N: ``--candidates`` and its judges."""
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        help="best of N: sample each chunk N times (in the same call) and keep the one the ASR judge hears best",
+    )
+    parser.add_argument("--judge-asr-model", help="ASR judge of --candidates (default: --asr-model)")
+    parser.add_argument(
+        "--speaker-model", help="speaker judge of --candidates (WavLM x-vector folder or cached repo id): breaks ties"
+    )
+
+
+def judge_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """What ``candidate_judges`` loads (None: one candidate, no judges); raises JudgeRequiredError for
+    ``--candidates`` > 1 without an ASR model."""
+    if args.candidates < 2:
+        return None
+    asr = args.judge_asr_model or getattr(args, "asr_model", None)
+    if not asr:
+        raise JudgeRequiredError(f"--candidates {args.candidates} needs an ASR judge: give --judge-asr-model")
+    return {"asr": asr, "speaker": args.speaker_model, "allow_download": args.allow_download, "device": args.device}
+
+
+def candidate_judges(options: dict[str, Any] | None, transcriber: Transcriber | None = None) -> CandidateJudges | None:
+    """The judges ``judge_options`` names; ``transcriber`` (the references' ASR model) doubles as the ASR judge
+    when it is the same model."""
+    if options is None:
+        return None
+    load = {"allow_download": options["allow_download"], "device": options["device"]}
+    shared = transcriber if transcriber is not None and str(transcriber.source) == str(options["asr"]) else None
+    speaker = SpeakerJudge(options["speaker"], **load) if options["speaker"] else None
+    return CandidateJudges(asr=shared or Transcriber(options["asr"], **load), speaker=speaker)
 
 
 def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
