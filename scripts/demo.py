@@ -143,7 +143,7 @@ def main() -> int:
         print(f"spoken result:  {wav}")
         print(f"endpoint:       {url}/v1/tts (stopped now; `serve run serve/config.yaml` serves it again)")
         print(f"MLflow UI:      mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
-        print(f"evaluation:     {out / 'evaluation' / 'report.md'}")
+        print(f"evaluation:     {out / 'evaluation' / 'report.html'}")
         print(f"data, checkpoints and logs: {out}")
         return 0
     finally:

@@ -4,6 +4,8 @@ downloaded); one ASR judge is rigged to hear a fixed word, so its word error rat
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -79,8 +81,19 @@ def test_asr_transcript_is_scored_against_the_text(asr_model):
     assert judge.transcribe(torch.randn(16000)) == "a"
     judges = Judges(vocoder=GriffinLimVocoder(), asr=judge)
     mel = torch.randn(90, 100) - 4.0
-    assert judges.score("clip-1", "A!", mel, mel) == {"wer": 0.0}
-    assert judges.score("clip-2", "a b c d", mel, mel) == {"wer": 0.75}
+    assert judges.score("clip-1", "A!", mel, mel)["wer"] == 0.0
+    heard = judges.score("clip-2", "a b c d", mel, mel)
+    assert heard == {
+        "transcript": "a",
+        "wer": 0.75,
+        "substitutions": 0,
+        "deletions": 3,
+        "insertions": 0,
+        "reference_words": 4,
+        "cer": 0.75,
+        "char_errors": 3,
+        "reference_chars": 4,
+    }
 
 
 def test_evaluation_reports_the_judged_metrics_for_every_system(dataset, asr_model, speaker_model, tmp_path):
@@ -89,15 +102,36 @@ def test_evaluation_reports_the_judged_metrics_for_every_system(dataset, asr_mod
     model = build_model(small_model_config(len(vocab), depth=1))
     folder = save_checkpoint(model, tmp_path / "checkpoint", vocab)
     judges = Judges.load(asr_model=str(asr_model), speaker_model=str(speaker_model), vocoder=None)
+    judges.vocoder = GriffinLimVocoder(n_iter=4)  # Griffin-Lim still, with fewer iterations: nobody listens
     candidate = resolve_model_source(str(folder))
-    summary = evaluate(candidate, dataset, nfe=2, out_dir=tmp_path / "eval", judges=judges).summary
+    evaluation = evaluate(candidate, dataset, nfe=2, out_dir=tmp_path / "eval", judges=judges, vocoder=judges.vocoder)
+    summary = evaluation.summary
     systems = [("model", "truth"), ("model", "estimate"), ("untrained", "truth"), ("other_sentence", "truth")]
     for system, mode in systems:
-        assert 0.0 <= summary[f"{system}/{mode}/wer"] <= 1.0  # "a" against whole sentences: no insertions
-        assert -1.0 <= summary[f"{system}/{mode}/speaker_sim"] <= 1.0
+        key = f"{system}/{mode}"
+        assert 0.0 <= summary[f"{key}/wer"] <= 1.0  # "a" against whole sentences: no insertions
+        assert -1.0 <= summary[f"{key}/speaker_sim"] <= 1.0
+        # overall WER: summed edits over summed reference words, split into S + D + I
+        group = [s for s in evaluation.scores if (s.system, s.duration_mode) == (system, mode)]
+        edits = {edit: sum(getattr(s, f"{edit}s") for s in group) for edit in ("substitution", "deletion", "insertion")}
+        words = sum(s.reference_words for s in group)
+        assert summary[f"{key}/reference_words"] == words and edits["insertion"] == 0
+        assert summary[f"{key}/wer"] == pytest.approx(sum(edits.values()) / words)
+        for edit, count in edits.items():
+            assert summary[f"{key}/{edit}_rate"] == pytest.approx(count / words)
+        for s in group:  # per item too, and what was heard is kept
+            assert s.transcript is not None and s.wer == pytest.approx(s.word_errors.errors / s.reference_words)
+            assert s.cer == pytest.approx(s.char_errors / s.reference_chars)
+        # SIM-o: to the prompt, for every synthesised rendition (the other-sentence baseline is the prompt)
+        if system == "other_sentence":
+            assert f"{key}/sim_o" not in summary and all(s.sim_o is None for s in group)
+        else:
+            assert -1.0 <= summary[f"{key}/sim_o"] <= 1.0 and all(s.sim_o is not None for s in group)
     table = summary_table(summary)
-    assert "ASR WER" in table and "speaker similarity" in table
+    assert "ASR WER" in table and "similarity to the recording" in table and "SIM-o" in table and "del." in table
     assert "ASR WER" in (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")
+    rows = json.loads((tmp_path / "eval" / "scores.json").read_text())["items"]
+    assert {"transcript", "substitutions", "deletions", "insertions", "sim_o", "cer"} <= set(rows[0])
 
 
 def test_without_judges_the_report_has_only_the_mel_metrics(dataset):

@@ -21,6 +21,7 @@ from flowtts.evaluation import (
     mcd_dtw,
     mel_cepstrum,
     mel_l1,
+    sum_error_counts,
     word_error_rate,
 )
 
@@ -333,3 +334,13 @@ def test_error_counts_split_skipped_repeated_and_wrong_words():
     assert character_error_rate("abc", "abcabc") == 1.0
     with pytest.raises(ValueError, match="unit must be one of"):
         error_counts("a", "a", unit="phone")
+
+
+def test_overall_error_rate_sums_the_edits_of_every_item():
+    short = error_counts("một", "hai")  # 1 substitution of 1 word
+    long = error_counts("một hai ba bốn năm sáu bảy tám chín", "một hai ba bốn năm sáu bảy tám chín mười")
+    total = sum_error_counts([short, long])
+    assert total == ErrorCounts(substitutions=1, deletions=0, insertions=1, reference_length=10)
+    assert total.rate == 0.2 != (short.rate + long.rate) / 2  # not a mean of per-item rates
+    with pytest.raises(ValueError, match="at least one"):
+        sum_error_counts([])

@@ -12,6 +12,7 @@ from flowtts.evaluation.metrics import (
     mcd_dtw,
     mel_cepstrum,
     mel_l1,
+    sum_error_counts,
     word_error_rate,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "mcd_dtw",
     "mel_cepstrum",
     "mel_l1",
+    "sum_error_counts",
     "word_error_rate",
 ]

@@ -7,7 +7,8 @@ generated mel is compared with the recording's mel (MCD-DTW, log-mel L1, duratio
 baselines are measured on the same items: an untrained model of the same architecture, and the
 ground truth of a different sentence by the same speaker (the reference clip itself).
 The mel metrics run on mels from the shards, with no vocoder involved; the optional model-based ones
-(:mod:`flowtts.evaluation.judges`: ASR word error rate, speaker similarity) hear vocoded audio.
+(:mod:`flowtts.evaluation.judges`: ASR word and character error rates, speaker similarity to the recording
+and to the prompt) hear vocoded audio.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from flowtts.evaluation.judges import Judges
-from flowtts.evaluation.metrics import compare_mels, mape
+from flowtts.evaluation.metrics import ErrorCounts, compare_mels, mape, sum_error_counts
 from flowtts.inference import SamplingBackend, make_backend
 from flowtts.model import CFM
 from flowtts.shards import HELDOUT_DIR, TRAIN_DIR, decode_mel, read_table
@@ -33,7 +34,9 @@ from flowtts.text import Vocab, normalize_text, pad_token_ids
 
 logger = logging.getLogger(__name__)
 DURATION_MODES = ("truth", "estimate")
-METRICS = ("mcd_dtw", "mel_l1", "duration_error", "wer", "speaker_sim")
+MEAN_METRICS = ("mcd_dtw", "mel_l1", "duration_error", "speaker_sim", "sim_o")  # summarised as a mean
+WORD_METRICS = ("wer", "substitution_rate", "deletion_rate", "insertion_rate", "cer")  # as summed edits / words
+METRICS = MEAN_METRICS + WORD_METRICS
 
 
 @dataclass
@@ -57,8 +60,23 @@ class ItemScore:
     duration_error: float
     frames: int
     target_frames: int
-    wer: float | None = None  # with an ASR judge
-    speaker_sim: float | None = None  # with a speaker judge; higher is better
+    wer: float | None = None  # with an ASR judge: the edits below / reference_words
+    speaker_sim: float | None = None  # with a speaker judge; higher is better: to the clip's recording
+    sim_o: float | None = None  # to the prompt the model was conditioned on (upstream's SIM-o)
+    transcript: str | None = None  # what the ASR judge heard
+    substitutions: int | None = None
+    deletions: int | None = None
+    insertions: int | None = None
+    reference_words: int | None = None
+    cer: float | None = None  # char_errors / reference_chars (the characters of the words)
+    char_errors: int | None = None
+    reference_chars: int | None = None
+
+    @property
+    def word_errors(self) -> ErrorCounts | None:
+        if self.reference_words is None:
+            return None
+        return ErrorCounts(self.substitutions, self.deletions, self.insertions, self.reference_words)
 
 
 def build_eval_items(dataset: str | Path | Location, *, max_items: int | None = None, seed: int = 0) -> list[EvalItem]:
@@ -207,18 +225,25 @@ def score_model(
         else:
             frames = [estimated_frames(model, vocab, it) for it in items]
         mels[mode] = synthesise_mels(model, vocab, items, frames, nfe=nfe, seed=seed, backend=sampler)
-        scores += [_score(system, mode, it, gen, judges) for it, gen in zip(items, mels[mode], strict=True)]
+        pairs = zip(items, mels[mode], strict=True)
+        scores += [_score(system, mode, it, gen, judges, prompted=True) for it, gen in pairs]
     return scores, mels
 
 
 def score_other_sentence(items: list[EvalItem], judges: Judges | None = None) -> list[ItemScore]:
-    """Baseline: the real recording of a different sentence by the same speaker."""
-    return [_score("other_sentence", "truth", it, it.ref_mel, judges) for it in items]
+    """Baseline: the real recording of a different sentence by the same speaker (it is the prompt itself,
+    so it has no SIM-o)."""
+    return [_score("other_sentence", "truth", it, it.ref_mel, judges, prompted=False) for it in items]
 
 
-def _score(system: str, mode: str, item: EvalItem, gen: torch.Tensor, judges: Judges | None) -> ItemScore:
+def _score(
+    system: str, mode: str, item: EvalItem, gen: torch.Tensor, judges: Judges | None, *, prompted: bool
+) -> ItemScore:
     metrics = compare_mels(item.mel, gen)
-    judged = judges.score(item.audio_file, item.text, item.mel, gen) if judges is not None else {}
+    judged = {}
+    if judges is not None:
+        prompt = {"prompt_clip": item.ref_audio_file, "prompt": item.ref_mel} if prompted else {}
+        judged = judges.score(item.audio_file, item.text, item.mel, gen, **prompt)
     return ItemScore(
         system=system,
         duration_mode=mode,
@@ -233,17 +258,28 @@ def _score(system: str, mode: str, item: EvalItem, gen: torch.Tensor, judges: Ju
 
 
 def summarise(scores: list[ItemScore]) -> dict[str, float]:
-    """Mean of each metric per (system, duration mode): keys like ``model/truth/mcd_dtw``; the judged
-    metrics (``wer``, ``speaker_sim``) where they were measured."""
+    """Per (system, duration mode), keys like ``model/truth/mcd_dtw``: the mean of each of ``MEAN_METRICS``
+    that was measured; with an ASR judge the corpus-level ``wer`` (summed edits over summed reference words,
+    not a mean of per-item rates), its ``substitution_rate``, ``deletion_rate`` and ``insertion_rate``
+    (which add up to it), ``reference_words``, and ``cer`` likewise over characters."""
     groups = defaultdict(list)
     for s in scores:
         groups[(s.system, s.duration_mode)].append(s)
     summary = {}
     for (system, mode), group in sorted(groups.items()):
-        for metric in METRICS:
+        key = f"{system}/{mode}"
+        for metric in MEAN_METRICS:
             values = [getattr(s, metric) for s in group if getattr(s, metric) is not None]
             if values:
-                summary[f"{system}/{mode}/{metric}"] = float(np.mean(values))
+                summary[f"{key}/{metric}"] = float(np.mean(values))
+        heard = [s for s in group if s.word_errors is not None]
+        if heard:
+            words = sum_error_counts(s.word_errors for s in heard)
+            summary[f"{key}/wer"] = words.rate
+            for edit in ("substitution", "deletion", "insertion"):
+                summary[f"{key}/{edit}_rate"] = getattr(words, f"{edit}s") / words.reference_length
+            summary[f"{key}/reference_words"] = float(words.reference_length)
+            summary[f"{key}/cer"] = sum(s.char_errors for s in heard) / sum(s.reference_chars for s in heard)
     return summary
 
 

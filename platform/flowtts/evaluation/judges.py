@@ -13,6 +13,11 @@ unless the caller allows it). They are off by default.
 
 Both hear 16 kHz audio: the mels are vocoded with the evaluation's vocoder and resampled. With the
 Griffin-Lim fallback the ASR figures are pessimistic for every system alike.
+
+Per clip they give what was heard and its edits against the text (words: Vietnamese words are syllables;
+and characters), and two similarities: ``speaker_sim`` to the held-out clip's own recording, and ``sim_o``
+(upstream F5-TTS's SIM-o) to the prompt the model was conditioned on. The shards keep log-mels, not wavs,
+so "original" here is the prompt's mel through the same vocoder; upstream embeds the prompt wav itself.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 import torch
 import torchaudio
 
-from flowtts.evaluation.metrics import word_error_rate
+from flowtts.evaluation.metrics import error_counts
 from flowtts.synthesis.pretrained import load_pretrained
 from flowtts.synthesis.transcription import ASR_SAMPLE_RATE, Transcriber
 from flowtts.synthesis.vocoder import Vocoder
@@ -95,17 +100,49 @@ class Judges:
         wave = self.vocoder.decode(mel.T.unsqueeze(0).to(torch.float32))[0].cpu()
         return torchaudio.functional.resample(wave, self.vocoder.sample_rate, JUDGE_SAMPLE_RATE)
 
-    def score(self, clip: str, text: str, recording: torch.Tensor, generated: torch.Tensor) -> dict[str, float]:
-        """``wer`` of the generated speech against ``text``, ``speaker_sim`` of it with the recording of
-        ``clip`` (vocoded and embedded once per clip)."""
+    def score(
+        self,
+        clip: str,
+        text: str,
+        recording: torch.Tensor,
+        generated: torch.Tensor,
+        *,
+        prompt_clip: str | None = None,
+        prompt: torch.Tensor | None = None,
+    ) -> dict[str, float | int | str]:
+        """What the judges make of ``generated`` (a ``[frames, n_mels]`` log-mel), as ``ItemScore`` fields.
+        ASR: ``transcript``, ``wer`` and its ``substitutions``, ``deletions``, ``insertions`` of the
+        ``reference_words`` of ``text``, ``cer`` with ``char_errors`` of ``reference_chars``. Speaker:
+        ``speaker_sim`` with the recording of ``clip``, and ``sim_o`` with the ``prompt`` mel (clip
+        ``prompt_clip``) when given. Each recording is vocoded and embedded once per clip."""
+        if prompt is not None and prompt_clip is None:
+            raise ValueError("a prompt mel needs its clip name (prompt_clip): voice prints are kept by clip")
         heard = self.audio(generated)
-        scores = {}
+        scores: dict[str, float | int | str] = {}
         if self.asr is not None:
             transcript = self.asr.transcribe(heard)
-            scores["wer"] = word_error_rate(text, transcript)
-            logger.debug("asr %r -> %r (wer %.2f)", text, transcript, scores["wer"])
+            words, chars = error_counts(text, transcript, "word"), error_counts(text, transcript, "char")
+            scores |= {
+                "transcript": transcript,
+                "wer": words.rate,
+                "substitutions": words.substitutions,
+                "deletions": words.deletions,
+                "insertions": words.insertions,
+                "reference_words": words.reference_length,
+                "cer": chars.rate,
+                "char_errors": chars.errors,
+                "reference_chars": chars.reference_length,
+            }
+            logger.debug("asr %r -> %r (wer %.2f)", text, transcript, words.rate)
         if self.speaker is not None:
-            if clip not in self._voice_prints:
-                self._voice_prints[clip] = self.speaker.embed(self.audio(recording))
-            scores["speaker_sim"] = cosine(self.speaker.embed(heard), self._voice_prints[clip])
+            voice = self.speaker.embed(heard)
+            scores["speaker_sim"] = cosine(voice, self.voice_print(clip, recording))
+            if prompt is not None:
+                scores["sim_o"] = cosine(voice, self.voice_print(prompt_clip, prompt))
         return scores
+
+    def voice_print(self, clip: str, mel: torch.Tensor) -> torch.Tensor:
+        """The x-vector of a recording's mel, computed once per clip name."""
+        if clip not in self._voice_prints:
+            self._voice_prints[clip] = self.speaker.embed(self.audio(mel))
+        return self._voice_prints[clip]

@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "mcd_dtw",
     "mel_cepstrum",
     "mel_l1",
+    "sum_error_counts",
     "word_error_rate",
 ]
 
@@ -270,6 +271,21 @@ def error_counts(reference: str, hypothesis: str, unit: str = "word") -> ErrorCo
         previous = current
     _, _, substitutions, deletions, insertions = previous[-1]
     return ErrorCounts(substitutions, deletions, insertions, len(ref))
+
+
+def sum_error_counts(counts: Iterable[ErrorCounts]) -> ErrorCounts:
+    """The edits of many transcripts together: their rate is the corpus-level error rate (summed edits over
+    summed reference length), which weighs every word alike, where a mean of per-item rates would weigh a
+    short sentence's words more."""
+    counts = list(counts)
+    if not counts:
+        raise ValueError("sum_error_counts needs at least one ErrorCounts")
+    return ErrorCounts(
+        substitutions=sum(c.substitutions for c in counts),
+        deletions=sum(c.deletions for c in counts),
+        insertions=sum(c.insertions for c in counts),
+        reference_length=sum(c.reference_length for c in counts),
+    )
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
