@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -119,7 +120,14 @@ def main() -> int:
     audio, rate = sf.read(voice_path, dtype="float32")
     VoiceStore(root / "voices").create(audio, rate, voice_text, name="bench")
     lines = write_input(root, args.rows)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(dir="/tmp"))
+    cpus = math.ceil(args.actors * args.actor_cpus + 1)  # the replicas and Serve's ingress and proxy fit
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=tempfile.mkdtemp(dir="/tmp"),
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     results = {}
@@ -138,7 +146,7 @@ def main() -> int:
 
     print(
         f"\n{args.rows} rows of ~5 s, preset {args.preset} (random weights), NFE {args.nfe}, "
-        f"{args.actor_cpus} CPU per actor/replica, {args.rows_per_batch} rows per batch\n"
+        f"{args.actor_cpus} CPU per actor/replica, {args.rows_per_batch} rows per batch, Ray CPUs {cpus}\n"
     )
     print("| run | rows | wall s | rows/s | audio s/s |")
     print("|---|---|---|---|---|")

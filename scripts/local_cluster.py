@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from local_services import RAY, LocalRayHead, _alive, _pids, _raylet_of, _read, free_ports
+from local_services import RAY, LocalRayHead, _alive, _pgid, _pids, _raylet_of, _read, free_ports
 
 HEAD_TYPE = "ray.head.default"  # the name the fake provider gives its head node (cluster.yaml: `head`)
 NODE_TYPE_LABEL = "flowtts/node-type"
@@ -203,6 +203,17 @@ class LocalAutoscalingCluster:
         raylets = {pid for pid in named if "raylet" in _read(pid, "comm")}
         ours = named | {pid for pid in _pids() if _raylet_of(pid) in raylets}
         return sorted(pid for pid in ours if pid != os.getpid() and _alive(pid))
+
+    def head_rss_mb(self) -> float:
+        """Resident memory of the head's processes (GCS, raylet, dashboard, autoscaler, agents), in MiB."""
+        group = [pid for pid in _pids() if _pgid(pid) == self.head.process.pid]
+        rss_kb = [
+            int(line.split()[1])
+            for pid in group
+            for line in _read(pid, "status").splitlines()
+            if line.startswith("VmRSS:")
+        ]
+        return sum(rss_kb) / 1024
 
     def kill_node(self, node_id: str) -> list[int]:
         """Kill a worker node as a lost machine dies: SIGKILL its raylet, the processes of its temp dir (agents)

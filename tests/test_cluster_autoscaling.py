@@ -159,6 +159,7 @@ def test_training_survives_the_loss_of_a_node_and_resumes_from_s3(
         except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
             outcome["error"] = exc
 
+    head_before = cluster.head_rss_mb()
     submitted = time.time()
     runner = threading.Thread(target=submit, daemon=True)
     runner.start()
@@ -195,3 +196,4 @@ def test_training_survives_the_loss_of_a_node_and_resumes_from_s3(
     assert [step for step in logged if step <= restart] == list(range(1, restart + 1)), logged
     assert not [p for p in tmp_path.rglob("s3:*")] and not (REPO / "s3:").exists()
     print(f"training resumed {records[restart]['started_at'] - killed_at:.1f} s after the node was killed")
+    print(f"head processes' RSS: {head_before:.0f} MiB before the job, {cluster.head_rss_mb():.0f} MiB after it")
