@@ -82,10 +82,16 @@ ROW_ERRORS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
-class RowRejected(Exception):
+class RefusedRow(Exception):
+    """A row the job refuses (its ``reason`` goes to rejected.jsonl with the message); never leaves the actor."""
+
     def __init__(self, reason: str, message: str):
-        super().__init__(message)
+        super().__init__(reason, message)
         self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,7 @@ class RowSynthesizer:
         for index, row in enumerate(rows):
             try:
                 done = self._done(row)
-            except RowRejected as exc:
+            except RefusedRow as exc:
                 results[index] = rejection(row, exc.reason, str(exc))
                 continue
             if done is not None:
@@ -152,7 +158,7 @@ class RowSynthesizer:
             self.synth  # noqa: B018 - the model loads here, outside the row's error handling
             try:
                 planned.append(self._plan(index, row))
-            except RowRejected as exc:
+            except RefusedRow as exc:
                 results[index] = rejection(row, exc.reason, str(exc))
             except Exception as exc:
                 reason = next((r for cls, r in ROW_ERRORS if isinstance(exc, cls)), None)
@@ -167,9 +173,9 @@ class RowSynthesizer:
 
     def _done(self, row: dict) -> dict | None:
         if row["reason"]:
-            raise RowRejected(row["reason"], row["message"])
+            raise RefusedRow(row["reason"], row["message"])
         if row["id"] in self.job.duplicates:
-            raise RowRejected("duplicate_id", f"the id {row['id']!r} is on more than one row of the input")
+            raise RefusedRow("duplicate_id", f"the id {row['id']!r} is on more than one row of the input")
         record = self.out.join(DONE_DIR, f"{row['id']}.json")
         if not record.exists():
             return None
@@ -178,9 +184,9 @@ class RowSynthesizer:
     def _plan(self, index: int, row: dict) -> _Planned:
         text = row["text"]
         if not text.strip():
-            raise RowRejected("empty_text", "the text is empty")
+            raise RefusedRow("empty_text", "the text is empty")
         if len(text) > self.job.max_text_chars:
-            raise RowRejected(
+            raise RefusedRow(
                 "text_too_long", f"the text has {len(text)} characters; the limit is {self.job.max_text_chars}"
             )
         options = self._options(row)
@@ -200,16 +206,16 @@ class RowSynthesizer:
 
     def _row_reference(self, row: dict):
         if row["voice"] and row["ref_audio"]:
-            raise RowRejected("invalid_option", "give either voice or ref_audio, not both")
+            raise RefusedRow("invalid_option", "give either voice or ref_audio, not both")
         if row["voice"]:
             return self._stored(row["voice"]), row["voice"]
         if row["ref_audio"]:
             return self._reference("file", row["ref_audio"], row["ref_text"]), row["ref_audio"]
-        raise RowRejected("missing_voice", "the row names no voice: give voice, or ref_audio and ref_text")
+        raise RefusedRow("missing_voice", "the row names no voice: give voice, or ref_audio and ref_text")
 
     def _stored(self, name: str):
         if self.store is None:
-            raise RowRejected("unknown_voice", f"voice {name!r}: no voice store is configured (--voices)")
+            raise RefusedRow("unknown_voice", f"voice {name!r}: no voice store is configured (--voices)")
         return self._reference("store", name, "")
 
     def _prepare_reference(self, kind: str, key: str, text: str):
@@ -221,7 +227,7 @@ class RowSynthesizer:
         try:
             data = self._reference_location(key).read_bytes()
         except StorageError as exc:
-            raise RowRejected("unreadable_reference", f"reference audio {key!r}: {exc}") from exc
+            raise RefusedRow("unreadable_reference", f"reference audio {key!r}: {exc}") from exc
         return self.synth.prepare_reference(data, text, target_rms=self.job.target_rms)
 
     def _reference_location(self, path: str) -> Location:

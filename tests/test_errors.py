@@ -55,6 +55,9 @@ EXAMPLES: dict[str, tuple] = {
     "ModelNotFoundError": ("no model folder at /models/vi-tiny",),
     "BackendError": ("backend 'tensorrt' is not one of eager, compiled, onnxruntime",),
     "ExportError": ("opset 16 is too old: LayerNormalization needs opset 17 or newer",),
+    "InputError": ("input s3://b/lines.csv has no text column (columns: id, voice)",),
+    "RefusedRow": ("missing_voice", "the row names no voice: give voice, or ref_audio and ref_text"),
+    "JudgeRequiredError": ("candidates=4 needs an ASR judge (--judge-asr-model)",),
 }
 
 

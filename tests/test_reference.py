@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from flowtts.checkpoint import load_f5_checkpoint
-from tests.helpers.parity import assert_close, max_diff_valid
+from tests.helpers.parity import assert_close, assert_forward_close, max_diff_valid
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 NAMES = sorted(p.name for p in REFERENCE.glob("*") if (p / "cases.safetensors").is_file())
@@ -52,7 +52,7 @@ def test_forward_padded_batch(ref, case, drops):
             x=c["fwd_x"], cond=c["fwd_cond"], text=c["fwd_text"], time=c["fwd_time"], mask=c["fwd_mask"], **drops
         )
 
-    assert_close(run(), c[case], meta["lens"])
+    assert_forward_close(model, run, c[case], meta["lens"])
 
 
 def test_forward_single_item(ref):
@@ -64,7 +64,7 @@ def test_forward_single_item(ref):
             x=c["fwd_x"][:1], cond=c["fwd_cond"][:1], text=c["fwd_text"][:1], time=c["fwd_time"][:1]
         )
 
-    assert_close(run(), c["fwd1_out"], [c["fwd_x"].shape[1]])
+    assert_forward_close(model, run, c["fwd1_out"], [c["fwd_x"].shape[1]])
 
 
 def test_forward_single_item_with_padded_text(ref):
@@ -78,7 +78,7 @@ def test_forward_single_item_with_padded_text(ref):
             x=c["fwd_x"][1:, :n], cond=c["fwd_cond"][1:, :n], text=c["fwd_text"][1:], time=c["fwd_time"][1:]
         )
 
-    assert_close(run(), c["fwd1_padded_text_out"], [n])
+    assert_forward_close(model, run, c["fwd1_padded_text_out"], [n])
 
 
 def test_sample_single_item(ref):
@@ -122,8 +122,8 @@ def test_training_loss_under_a_seed(ref):
 
         out = run()
         assert max_diff_valid(out.cond, c[f"loss_cond_{seed}"], meta["lens"]) == 0.0, seed
-        assert_close(out.loss.reshape(1, 1), c[f"loss_{seed}"].reshape(1, 1), [1])
-        assert_close(out.pred, c[f"loss_pred_{seed}"], meta["lens"])
+        assert_forward_close(model, lambda run=run: run().loss.reshape(1, 1), c[f"loss_{seed}"].reshape(1, 1), [1])
+        assert_forward_close(model, lambda run=run: run().pred, c[f"loss_pred_{seed}"], meta["lens"])
 
 
 def test_every_upstream_backbone_is_covered():
