@@ -6,13 +6,9 @@ launches, resuming from its checkpoint in S3."""
 
 from __future__ import annotations
 
-import json
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 from local_cluster import FAKE_GPU, HEAD_TYPE, NODE_TYPES, LocalAutoscalingCluster
@@ -23,6 +19,7 @@ from data_pipelines import PreprocessConfig, preprocess_corpus
 from flowtts.storage import resolve
 from tests.helpers import REPO, SAMPLE_CORPUS
 from tests.helpers.locations import shard_bytes, upload
+from tests.helpers.registry import attempt_records
 from tests.helpers.shards import copy_dataset, write_dataset
 
 pytestmark = pytest.mark.integration
@@ -125,16 +122,6 @@ def train_workers(cluster) -> list:
 
     filters = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
     return list_actors(address=cluster.address, filters=filters, detail=True, raise_on_missing_output=False)
-
-
-def attempt_records(tracking_uri: str, run_id: str) -> dict[int, dict]:
-    """What rank 0 logged at each (re)start of the run, by start step."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path="attempts", dst_path=tmp, tracking_uri=tracking_uri
-        )
-        records = [json.loads(p.read_text()) for p in Path(folder).glob("start_step_*.json")]
-    return {record["start_step"]: record for record in records}
 
 
 def test_training_survives_the_loss_of_a_node_and_resumes_from_s3(

@@ -5,7 +5,6 @@ with ``ray job submit`` to a ``ray start --head`` cluster is tests/test_platform
 from __future__ import annotations
 
 import csv
-import json
 import tempfile
 from pathlib import Path
 
@@ -107,21 +106,6 @@ def test_the_cli_flags_are_the_train_job_fields(monkeypatch):
         module.parse_args(["--config", "tiny"])  # --data is required
     with pytest.raises(ValueError, match="extra"):
         TrainJob(config="tiny", data="d", batch_size=4)  # a misspelt option is refused, not ignored
-
-
-def attempts(tracking_uri: str, run_id: str) -> dict[int, dict]:
-    """The per-attempt records rank 0 logs when it (re)starts, by start step."""
-    found = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="attempts", dst_path=tmp, tracking_uri=tracking_uri
-            )
-        )
-        for path in local.glob("start_step_*.json"):
-            record = json.loads(path.read_text())
-            found[record["start_step"]] = record
-    return found
 
 
 def loss_steps(client: MlflowClient, run_id: str) -> list[int]:

@@ -8,10 +8,8 @@ environment."""
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -22,22 +20,13 @@ from flowtts.storage import resolve
 from flowtts.text import Vocab
 from flowtts.training import read_train_state
 from tests.helpers import SAMPLE_CORPUS, load_job
+from tests.helpers.registry import attempt_records
 from tests.helpers.shards import copy_dataset, write_dataset
 from trainer.launch import TrainJob, run_training
 from trainer.settings import INIT_DIR, RUN_INFO_FILE
 from trainer.tracking import TrackingError, tracking_uri_for
 
 pytestmark = pytest.mark.integration
-
-
-def attempt_records(tracking_uri: str, run_id: str) -> dict[int, dict]:
-    """What rank 0 logged at each (re)start of the run, by start step."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path="attempts", dst_path=tmp, tracking_uri=tracking_uri
-        )
-        records = [json.loads(p.read_text()) for p in Path(folder).glob("start_step_*.json")]
-    return {record["start_step"]: record for record in records}
 
 
 def test_training_on_s3_data_and_storage_resumes_and_registers(tmp_path, s3_bucket, ray_local, monkeypatch):

@@ -27,3 +27,18 @@ def register_checkpoints(tracking_uri: str, artifacts: Path, folders: list[Path]
             )
         versions.append(str(info.registered_model_version))
     return versions
+
+
+def attempt_records(tracking_uri: str, run_id: str) -> dict[int, dict]:
+    """What rank 0 of a training run logged at each (re)start (``attempts/start_step_*.json``), by start step."""
+    import json
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="attempts", dst_path=tmp, tracking_uri=tracking_uri
+        )
+        records = [json.loads(p.read_text()) for p in Path(folder).glob("start_step_*.json")]
+    return {record["start_step"]: record for record in records}
