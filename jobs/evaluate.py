@@ -9,9 +9,9 @@
 ``--model`` is a registered model URI, a checkpoint folder in our format, or an official F5-TTS
 ``.safetensors``/``.pt`` file (``--vocab`` unless its ``vocab.txt`` lies beside it, ``--model-config``:
 preset name or YAML/JSON, default F5TTS_v1_Base; ``--text-frontend``/``--lowercase``: how it reads
-text). With a registered model, metrics and the report (``evaluation/report.html``, ``report.md``,
-``scores.json``) are logged to the MLflow run of that model version (tracking URI from
-``MLFLOW_TRACKING_URI``).
+text); a folder or file is a path or a URI such as ``s3://bucket/ckpt``. With a registered model, metrics
+and the report (``evaluation/report.html``, ``report.md``, ``scores.json``) are logged to the MLflow run of
+that model version (tracking URI from ``MLFLOW_TRACKING_URI``).
 
 ``--promote ALIAS`` moves the alias to the candidate only when, against the alias's current version
 (scored again now, with the same judges on the same items), it passes the promotion policy
@@ -50,7 +50,9 @@ from trainer.job_exit import exit_on_project_error
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, a folder or an official file"
+        "--model",
+        required=True,
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, a folder or an official file (a path or s3://... URI)",
     )
     add_official_model_options(parser)
     parser.add_argument("--data", required=True, help="dataset folder or URI (s3://...) with a heldout/ split")
@@ -78,7 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nfe", type=int, default=16, help="ODE steps per item (default 16)")
     parser.add_argument("--seed", type=int, default=0)
     add_backend_options(parser, onnx_file=False)
-    parser.add_argument("--vocoder", help="Vocos folder for the example audio (default Griffin-Lim)")
+    parser.add_argument(
+        "--vocoder",
+        help="Vocos folder (path or s3://... URI) or cached repo id for the example audio (default Griffin-Lim)",
+    )
     parser.add_argument("--out", type=Path, help="report folder (default: a temporary folder)")
     parser.add_argument(
         "--asr-model", help="ASR model folder or cached HF repo id: adds WER/CER, and the gate checks words first"

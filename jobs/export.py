@@ -33,7 +33,9 @@ from trainer.job_exit import exit_on_project_error
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., a folder or a file"
+        "--model",
+        required=True,
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., a folder or a file (a path or s3://... URI)",
     )
     add_official_model_options(parser)
     parser.add_argument("--out", type=Path, required=True, help="folder the exported files are written to")

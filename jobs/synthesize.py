@@ -7,7 +7,8 @@
 
 --model takes a folder in our format, an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION,
 runs:/RUN/path) or an official F5-TTS .pt/.safetensors as downloaded (its vocab.txt beside it or --vocab;
---model-config: preset name or YAML/JSON, default F5TTS_v1_Base). The text front end is the model's own
+--model-config: preset name or YAML/JSON, default F5TTS_v1_Base); a folder or file (and --vocab, --vocoder)
+is a local path or a URI such as s3://bucket/ckpt. The text front end is the model's own
 (recorded by training; --text-frontend/--lowercase set it, e.g. for an official file).
 The output format follows the extension: wav, flac, ogg/opus, mp3, raw/pcm (16-bit). Chunks of long
 texts are sampled in batches of --batch-chunks with a progress bar; the result does not depend on the

@@ -31,7 +31,9 @@ from trainer.tracking import tracking_uri_for
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder")
+    parser.add_argument(
+        "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder (path or s3://... URI)"
+    )
     parser.add_argument("--data", required=True, help="dataset folder or URI (s3://...) written by preprocess.py")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     parser.add_argument("--batch-size", type=int, default=32, help="clip pairs per step (default 32)")

@@ -164,11 +164,14 @@ class ServeSettings(StrictSettings):
     model_uri: str = Field(
         default=DEFAULT_MODEL_URI,
         description=(
-            "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, a local checkpoint folder, or an "
-            "official F5-TTS .safetensors/.pt file (vocab.txt beside it or `vocab`, and `model_config`)"
+            "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, a checkpoint folder, or an "
+            "official F5-TTS .safetensors/.pt file (vocab.txt beside it or `vocab`, and `model_config`); a folder "
+            "or file is a path or a URI every replica's node reaches (s3://bucket/ckpt)"
         ),
     )
-    vocab: str | None = Field(default=None, description="vocab.txt of an official file (default: the one beside it)")
+    vocab: str | None = Field(
+        default=None, description="vocab.txt (path or URI) of an official file (default: the one beside it)"
+    )
     model_arch: str | None = Field(
         default=None,
         alias="model_config",
@@ -186,7 +189,9 @@ class ServeSettings(StrictSettings):
     )
     judges: JudgeSettings = Field(default_factory=JudgeSettings)
     revision: str | None = Field(default=None, description="free text; change it to force a rolling update")
-    vocoder: str | None = Field(default=None, description="local Vocos folder (config.yaml + weights)")
+    vocoder: str | None = Field(
+        default=None, description="Vocos folder (config.yaml + weights): a path, or a URI such as s3://bucket/vocos"
+    )
     voices_uri: str = Field(default="voices", description="voice store: local folder or pyarrow URI (s3://...)")
     api_key: SecretStr | None = Field(default=None, description="require 'Authorization: Bearer <key>'")
     tracking_uri: str | None = Field(default=None, description="MLflow tracking URI (default: MLflow's own)")

@@ -26,7 +26,7 @@ from flowtts.config import DurationPredictorConfig, MelConfig
 from flowtts.model import CFM, build_model
 from flowtts.model.modules import lens_to_mask
 from flowtts.text import Vocab
-from tests.helpers.models import small_model_config
+from tests.helpers.models import assert_same_state, small_model_config
 
 TOKENS = [" ", *"abcdefghijklmnopqrs"]  # 20 tokens, id 0 = space
 
@@ -42,13 +42,6 @@ def random_model(backbone: str = "DiT", seed: int = 0, **overrides) -> CFM:
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.05)
     return model.eval()
-
-
-def assert_same_state(a: CFM, b: CFM) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 def forward(model: CFM, text: torch.Tensor) -> torch.Tensor:

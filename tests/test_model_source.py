@@ -1,4 +1,5 @@
-"""flowtts.model_source: parsing, pinning an alias once, local sources without MLflow, temporary folders."""
+"""flowtts.model_source: parsing, pinning an alias once, local sources without MLflow, folders and files in
+object storage, temporary folders."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from flowtts.model_source import (
     parse_model_source,
     resolve_model_source,
 )
+from flowtts.storage import resolve
 from flowtts.synthesis import Synthesizer
 from flowtts.text import Vocab
-from tests.helpers.models import small_model_config
+from tests.helpers.locations import upload
+from tests.helpers.models import assert_same_state, small_model_config
 from tests.helpers.registry import register_checkpoints
 
 NAME = "source-test"
@@ -38,7 +41,7 @@ def tiny_checkpoint(folder: Path, seed: int) -> Path:
 
 @pytest.mark.parametrize(
     "uri",
-    ["s3://bucket/model", "models:/", "models:/flowtts", "models:/flowtts/latest", "runs:/", "http://host/m"],
+    ["models:/", "models:/flowtts", "models:/flowtts/latest", "runs:/", "http://host/m", "ftp://host/m.pt"],
 )
 def test_malformed_uris_are_refused_naming_the_uri(uri):
     with pytest.raises(ModelSourceError, match=re.escape(repr(uri))):
@@ -100,6 +103,67 @@ def test_missing_and_unusable_paths_are_named(tmp_path):
     notes.write_text("x")
     with pytest.raises(ModelSourceError, match="notes.txt"):
         parse_model_source(notes)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ModelSourceError, match="plain.* no flowtts.json"):
+        parse_model_source(tmp_path / "plain")
+
+
+# ---------------------------------------------------------------- folders and files in object storage
+
+
+def assert_downloaded_then_removed(path: Path) -> None:
+    """``path`` (what ``local_model`` gave for a remote source) and its temporary folder are gone."""
+    assert not path.exists()
+    assert not any(parent.name.startswith("flowtts-download-") and parent.exists() for parent in path.parents)
+
+
+@pytest.mark.integration
+def test_a_checkpoint_folder_in_s3_loads_as_the_local_one(tmp_path, s3_bucket):
+    folder = tiny_checkpoint(tmp_path / "ours", seed=4)
+    uri = upload(folder, resolve(f"{s3_bucket}/models/ours")).uri
+    source = resolve_model_source(uri + "/")
+    assert (source.kind, source.load_uri, source.name, source.vocab) == ("folder", uri, "ours", None)
+    with local_model(source) as path:
+        assert path.is_dir() and path != folder
+        remote, local = load_bundle(path), load_bundle(folder)
+    assert_downloaded_then_removed(path)
+    assert remote.info["seed"] == 4 and remote.vocab == local.vocab
+    assert_same_state(remote.model, local.model)
+    synth = Synthesizer.from_pretrained(uri)  # what serving's replicas and the jobs call
+    assert synth.model_info["source"] == uri and synth.model_info["seed"] == 4
+
+
+@pytest.mark.integration
+def test_an_official_file_in_s3_loads_with_the_vocab_beside_it(s3_bucket, dit_fixture):
+    store = resolve(f"{s3_bucket}/official")
+    for name in ("model.safetensors", "vocab.txt"):
+        store.join(name).write_bytes((dit_fixture / name).read_bytes())
+    store.join("lone/model.pt").write_bytes(b"")  # parsing reads no weights
+    source = parse_model_source(store.join("model.safetensors").uri)
+    assert (source.kind, source.name, source.vocab) == ("official", "model", store.join("vocab.txt").uri)
+    assert parse_model_source(store.join("lone/model.pt").uri).vocab is None
+    with local_model(source) as path:
+        assert path.is_file() and path.name == "model.safetensors"
+        assert path.read_bytes() == (dit_fixture / "model.safetensors").read_bytes()
+    assert_downloaded_then_removed(path)
+    config = str(dit_fixture / "config.json")
+    remote = Synthesizer.from_pretrained(source.uri, model_config=config)
+    local = Synthesizer.from_pretrained(dit_fixture / "model.safetensors", model_config=config)
+    assert remote.vocab == local.vocab == Vocab.load(dit_fixture / "vocab.txt")
+    assert remote.model_info["format"] == "f5-tts"
+    assert_same_state(remote.model, local.model)
+
+
+@pytest.mark.integration
+def test_what_is_not_a_model_in_s3_is_named(tmp_path, s3_bucket):
+    with pytest.raises(ModelNotFoundError, match=re.escape(f"{s3_bucket}/nothing/here")):
+        parse_model_source(f"{s3_bucket}/nothing/here")
+    notes = resolve(f"{s3_bucket}/things/notes.txt")
+    notes.write_text("x")
+    with pytest.raises(ModelSourceError, match=re.escape(notes.uri) + "' .* not an official checkpoint"):
+        parse_model_source(notes.uri)
+    with pytest.raises(ModelSourceError, match=re.escape(f"{s3_bucket}/things") + "' .* no flowtts.json"):
+        parse_model_source(f"{s3_bucket}/things")
 
 
 @pytest.fixture(scope="module")

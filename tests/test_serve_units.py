@@ -234,12 +234,13 @@ def test_settings_reject_unknown_fields_and_bad_ranges():
 
 
 def test_local_model_uri_must_be_an_existing_folder(tmp_path):
+    (tmp_path / "flowtts.json").write_text("{}")  # what marks a checkpoint folder of ours
     source = resolve_model_source(str(tmp_path))
     assert (source.kind, source.load_uri, source.version) == ("folder", str(tmp_path), None)
     with pytest.raises(ModelSourceError, match="not a checkpoint folder"):
         resolve_model_source(str(tmp_path / "missing"))
-    with pytest.raises(ModelSourceError, match="s3://x"):
-        resolve_model_source("s3://x/y")
+    with pytest.raises(ModelSourceError, match="http://x"):
+        resolve_model_source("http://x/y")
     run = resolve_model_source("runs:/abc123/checkpoint")
     assert (run.kind, run.run_id) == ("run", "abc123")
 

@@ -43,6 +43,10 @@ def exercise(root: Location) -> None:
     assert again == root.join("notes.txt") and again.read_text() == "xin chào"
     with pytest.raises(StorageError, match="missing.txt: not found"):
         root.join("missing.txt").read_bytes()
+    with root.join("notes.txt").local_file() as file, root.join("b").local_folder() as folder:
+        assert file.read_text() == "xin chào" and file.name == "notes.txt"
+        assert [p.name for p in folder.iterdir()] == ["two.parquet"] and folder.name == "b"
+    assert file.exists() == root.is_local and folder.exists() == root.is_local  # a download is removed after
     atomic = root.join("audio", "x.wav")
     atomic.write_bytes_atomic(b"first", scratch=root.join("scratch"))
     atomic.write_bytes_atomic(b"second")  # replaces it whole
@@ -67,6 +71,13 @@ def test_s3(s3_bucket):
     with pytest.raises(StorageError, match="is not on the local filesystem"):
         root.local_path()
     exercise(root)
+    root.join("b", "two.parquet").write_bytes(b"22")
+    with pytest.raises(StorageError, match="prefix/data/b: no file there"):
+        with root.join("b").local_file():
+            pass
+    with pytest.raises(StorageError, match="prefix/data/missing: no folder there"):
+        with root.join("missing").local_folder():
+            pass
 
 
 @pytest.mark.integration

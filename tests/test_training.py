@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 import torch
 
-from flowtts.checkpoint import TEXT_EMBED_KEY, CheckpointError, read_official_state
+from flowtts.checkpoint import TEXT_EMBED_KEY, CheckpointError, read_official_state, save_checkpoint
 from flowtts.config import FlowTTSConfig, ModelConfig, load_config
 from flowtts.model import build_model
+from flowtts.model_source import ModelNotFoundError
+from flowtts.storage import resolve
 from flowtts.text import Vocab, normalize_text
 from flowtts.training import (
     BatchFeed,
@@ -35,7 +38,10 @@ from flowtts.training import (
 from flowtts.training.data import dataset_texts, sample_utterance
 from flowtts.training.warmstart import prepare_start
 from tests.helpers import SAMPLE_CORPUS
+from tests.helpers.locations import upload
+from tests.helpers.models import assert_same_state
 from tests.helpers.shards import copy_dataset, write_dataset
+from trainer.settings import TrainJob
 
 CPU = torch.device("cpu")
 
@@ -295,6 +301,40 @@ def test_warm_start_rejects_a_missing_vocab_and_another_architecture(dit_fixture
             init_from=dit_fixture / "model.safetensors",
             init_vocab=dit_fixture / "vocab.txt",
         )
+
+
+@pytest.mark.integration
+def test_warm_start_from_s3_equals_warm_start_from_the_local_copy(dit_fixture, demo_dataset, tmp_path, s3_bucket):
+    texts, data_vocab = dataset_texts(demo_dataset), dataset_vocab(demo_dataset)
+    store = resolve(f"{s3_bucket}/init")
+    for name in ("model.safetensors", "vocab.txt"):
+        store.join(f"official/{name}").write_bytes((dit_fixture / name).read_bytes())
+    # as jobs/train.py gives them to prepare_start: the settings keep the URIs as they are
+    job = TrainJob(
+        config="tiny",
+        data=str(demo_dataset),
+        init_from=f"{store}/official/model.safetensors",
+        init_vocab=f"{store}/official/vocab.txt",
+    )
+    assert (job.init_from, job.init_vocab) == (f"{store}/official/model.safetensors", f"{store}/official/vocab.txt")
+    config = FlowTTSConfig(
+        name="fixture", model=ModelConfig.from_upstream(json.loads((dit_fixture / "config.json").read_text()))
+    )
+    remote = prepare_start(config, texts, data_vocab, init_from=job.init_from, init_vocab=job.init_vocab)
+    local = prepare_start(
+        config, texts, data_vocab, init_from=dit_fixture / "model.safetensors", init_vocab=dit_fixture / "vocab.txt"
+    )
+    assert remote.vocab == local.vocab and remote.added == local.added
+    assert_same_state(remote.model, local.model)
+    # a checkpoint folder of ours (an earlier run's), with the vocab it was saved with
+    tiny = load_config("tiny")
+    saved = save_checkpoint(build_model(tiny.model.with_vocab_size(len(data_vocab))), tmp_path / "ours", data_vocab)
+    uri = upload(saved, store.join("ours")).uri
+    remote, local = (prepare_start(tiny, texts, data_vocab, init_from=where) for where in (uri, saved))
+    assert remote.vocab == local.vocab == data_vocab
+    assert_same_state(remote.model, local.model)
+    with pytest.raises(ModelNotFoundError, match=re.escape(f"{store}/missing.pt")):
+        prepare_start(tiny, texts, data_vocab, init_from=f"{store}/missing.pt", init_vocab=job.init_vocab)
 
 
 def test_fresh_start_uses_the_dataset_vocab(demo_dataset):

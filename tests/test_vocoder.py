@@ -1,16 +1,21 @@
-"""Vocoders: Vocos from a local folder in the published layout, and the Griffin-Lim fallback."""
+"""Vocoders: Vocos from a folder in the published layout (local or in object storage), and the Griffin-Lim
+fallback."""
 
 from __future__ import annotations
 
 import logging
+import re
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
 from flowtts.audio import log_mel_spectrogram
+from flowtts.storage import resolve
 from flowtts.synthesis import GriffinLimVocoder, VocoderError, VocosVocoder, init_vocos_folder, load_vocoder
 from flowtts.synthesis import vocoder as vocoder_module
+from tests.helpers.locations import upload
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,33 @@ def test_vocos_folder_problems_are_named(published_vocos, tmp_path):
         VocosVocoder.from_folder(tmp_path)
     with pytest.raises(VocoderError, match="neither a folder"):
         load_vocoder(tmp_path / "no" / "such" / "folder")
+
+
+@pytest.mark.integration
+def test_vocos_folder_in_s3_decodes_as_the_local_one(tmp_path, s3_bucket, monkeypatch):
+    folder = init_vocos_folder(tmp_path / "vocos", dim=32, intermediate_dim=64, num_layers=1, seed=5)
+    uri = upload(folder, resolve(f"{s3_bucket}/vocos")).uri
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    monkeypatch.setenv("TMPDIR", str(downloads))  # where the temporary download goes
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile reads TMPDIR anew
+    assert tempfile.gettempdir() == str(downloads)
+    remote = load_vocoder(uri)
+    assert isinstance(remote, VocosVocoder) and not any(downloads.iterdir())  # loaded, then the copy removed
+    mel = torch.randn(1, 100, 23)
+    assert torch.equal(remote.decode(mel), load_vocoder(folder).decode(mel))
+
+
+@pytest.mark.integration
+def test_a_remote_uri_without_a_vocos_is_named_not_replaced_by_griffin_lim(tmp_path, s3_bucket):
+    with pytest.raises(VocoderError, match=re.escape(f"{s3_bucket}/nothing") + " lacks config.yaml"):
+        load_vocoder(f"{s3_bucket}/nothing")
+    folder = init_vocos_folder(tmp_path / "vocos", dim=32, intermediate_dim=64, num_layers=1)
+    (folder / "pytorch_model.bin").unlink()
+    with pytest.raises(VocoderError, match=re.escape(f"{s3_bucket}/half") + " lacks pytorch_model.bin"):
+        load_vocoder(upload(folder, resolve(f"{s3_bucket}/half")).uri)
+    with pytest.raises(VocoderError, match=re.escape("'http://host/vocos'")):
+        load_vocoder("http://host/vocos")
 
 
 def test_griffin_lim_fallback_length_and_one_warning(caplog):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +18,7 @@ from flowtts.config import FlowTTSConfig, MelConfig
 from flowtts.model import CFM, build_model
 from flowtts.model_source import CHECKPOINT_ARTIFACT
 from flowtts.pyfunc import OFFICIAL_ARTIFACT, VOCODER_ARTIFACT, FlowTTSPyfunc, pyfunc_signature
+from flowtts.storage import is_remote, resolve
 from flowtts.text import TextFrontend, Vocab
 from flowtts.text.frontend import INFO_KEY as FRONTEND_INFO_KEY
 from flowtts.training.state import EMA_FILE, read_train_state
@@ -123,17 +125,18 @@ def register_cfm(
     vocoder: str | Path | None = None,
 ) -> Registration:
     """Export the weights (our folder with ``info`` + official ``.safetensors``), log them as a pyfunc model
-    in the run, register a new version with ``tags`` and point ``alias`` at it."""
+    in the run (with ``vocoder`` when it is a Vocos folder: a path or a URI), register a new version with
+    ``tags`` and point ``alias`` at it."""
     step = int(info.get("step", 0))
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as downloads:
         folder = save_checkpoint(model, Path(tmp) / CHECKPOINT_ARTIFACT, vocab, mel=mel, info=info)
         official = Path(tmp) / OFFICIAL_FILE
         export_f5_checkpoint(model, official, step=step)
         artifacts = {CHECKPOINT_ARTIFACT: str(folder), OFFICIAL_ARTIFACT: str(official)}
-        if vocoder is not None and Path(vocoder).is_dir():
-            artifacts[VOCODER_ARTIFACT] = str(vocoder)
+        if vocoder is not None and (is_remote(vocoder) or Path(vocoder).is_dir()):  # a repo id is not attached
+            artifacts[VOCODER_ARTIFACT] = str(downloads.enter_context(resolve(vocoder).local_folder()))
         with mlflow.start_run(run_id=run_id):
             logged = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN,

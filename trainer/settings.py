@@ -67,10 +67,13 @@ class TrainJob(RunOptions):
     )
     max_steps: int | None = Field(default=None, gt=0, description="stop at this optimizer update")
     seed: int = Field(default=0, description="seed of the weights, the batch order and the noise")
-    init_from: Path | None = Field(
-        default=None, description="official F5-TTS checkpoint or a checkpoint folder of ours"
+    init_from: StorageUri | None = Field(
+        default=None,
+        description="official F5-TTS checkpoint or a checkpoint folder of ours: a path or a URI (s3://bucket/ckpt)",
     )
-    init_vocab: Path | None = Field(default=None, description="vocab.txt of an official --init-from checkpoint")
+    init_vocab: StorageUri | None = Field(
+        default=None, description="vocab.txt of an official --init-from checkpoint: a path or a URI"
+    )
     duration_predictor: bool = Field(
         default=False,
         description="train a duration predictor together with the CFM (its loss is logged as duration_loss; "
@@ -80,7 +83,8 @@ class TrainJob(RunOptions):
     log_every: int = Field(default=10, gt=0, description="steps between progress lines")
     sample_steps: int = Field(default=32, gt=0, description="NFE of the logged samples")
     vocoder: str | None = Field(
-        default=None, description="Vocos folder for samples and the registered model (default: Griffin-Lim)"
+        default=None,
+        description="Vocos folder (a path or a URI) for samples and the registered model (default: Griffin-Lim)",
     )
     max_failures: int = Field(default=2, description="worker-failure restarts")
 

@@ -2,8 +2,8 @@
 an official F5-TTS file as downloaded.
 
 An official ``.safetensors``/``.pt`` has no metadata, so what it needs comes from settings: its vocab
-(``vocab.txt`` beside the file unless ``vocab`` names one), its model config (a preset name, a YAML/JSON
-config of ours, upstream's YAML with ``model.arch``, or a flat ``config.json``; default
+(``vocab.txt`` beside the file unless ``vocab`` names one, a path or a URI), its model config (a preset
+name, a YAML/JSON config of ours, upstream's YAML with ``model.arch``, or a flat ``config.json``; default
 ``DEFAULT_OFFICIAL_CONFIG``), and the text front end (``flowtts.text.TextFrontend``). Synthesis,
 evaluation and serving all load through ``load_model``, so a model is read the same way everywhere.
 """
@@ -19,8 +19,8 @@ import yaml
 
 from flowtts.checkpoint import CheckpointError, ModelBundle, load_bundle, load_f5_checkpoint
 from flowtts.config import MelConfig, ModelConfig, load_config, preset_names
-from flowtts.model_source import ModelSource
-from flowtts.text import TextFrontend, Vocab
+from flowtts.model_source import ModelSource, read_vocab
+from flowtts.text import TextFrontend
 from flowtts.text.frontend import INFO_KEY
 
 DEFAULT_OFFICIAL_CONFIG = "F5TTS_v1_Base"
@@ -44,13 +44,13 @@ def load_model(
             raise CheckpointError(
                 f"official checkpoint {path} needs its vocab.txt: put it beside the file or name it (vocab=)"
             )
-        official_vocab = Vocab.load(vocab)
+        official_vocab = read_vocab(vocab)
         config = read_model_config(model_config or DEFAULT_OFFICIAL_CONFIG).with_vocab_size(len(official_vocab))
         bundle = ModelBundle(load_f5_checkpoint(path, config), official_vocab, MelConfig(), {"format": "f5-tts"})
     else:
         bundle = load_bundle(path)
         if vocab is not None:
-            bundle.vocab = Vocab.load(vocab)
+            bundle.vocab = read_vocab(vocab)
     frontend = TextFrontend.of_model(bundle.info, bundle.vocab, text_frontend)
     bundle.info = {**bundle.info, "source": source.uri, INFO_KEY: frontend.model_dump()}
     return bundle
@@ -84,7 +84,7 @@ def read_model_config(spec: ModelConfigSpec) -> ModelConfig:
 
 def add_official_model_options(parser: argparse.ArgumentParser) -> None:
     """``--vocab``, ``--model-config``, ``--text-frontend``, ``--lowercase`` (jobs that take ``--model``)."""
-    parser.add_argument("--vocab", type=Path, help="vocab.txt of an official checkpoint (default: beside it)")
+    parser.add_argument("--vocab", help="vocab.txt (path or URI) of an official checkpoint (default: beside it)")
     parser.add_argument(
         "--model-config",
         help=f"official checkpoint's model config: preset name or YAML/JSON file (default {DEFAULT_OFFICIAL_CONFIG})",

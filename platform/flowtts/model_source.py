@@ -1,14 +1,17 @@
 """Where a model's weights come from: a URI or path in, a pinned source and a local copy out.
 
 Accepted: ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` (MLflow registry), ``runs:/RUN_ID/PATH``
-(a run's artifact), a checkpoint folder in our format, or an official F5-TTS checkpoint file
-(``.pt``/``.pth``/``.ckpt``/``.safetensors``, with its ``vocab.txt`` beside it when there is one).
+(a run's artifact), a checkpoint folder in our format (with its ``flowtts.json``), or an official F5-TTS
+checkpoint file (``.pt``/``.pth``/``.ckpt``/``.safetensors``, with its ``vocab.txt`` beside it when there is
+one). A folder or a file is a local path or a URI of any remote filesystem ``flowtts.storage`` reads
+(``s3://bucket/ckpt``, ``gs://...``, ``hdfs://...``), so every node of a cluster can load it.
 
-``parse_model_source`` only reads the text (and the local file system); ``resolve_model_source`` also
-pins a registry alias to the version it names now, so every process that loads the returned source
-(model replicas, the evaluation gate) gets the same version even if the alias moves meanwhile.
-``local_model`` gives a local path for a source: a local folder or file as it is, a registry or run
-model downloaded into a temporary folder that is removed when the ``with`` block ends.
+``parse_model_source`` only reads the text and looks at the file system or store the folder or file is on;
+``resolve_model_source`` also pins a registry alias to the version it names now, so every process that loads
+the returned source (model replicas, the evaluation gate) gets the same version even if the alias moves
+meanwhile. ``local_model`` gives a local path for a source: a local folder or file as it is; a remote folder
+or file, a registry or a run model downloaded into a temporary folder that is removed when the ``with`` block
+ends. ``read_vocab`` reads a ``vocab.txt`` at a path or a URI (an official file's, or one given with it).
 ``log_to_model_run`` logs a job's output (an evaluation report, an export) to the MLflow run a registered
 model version or a run URI came from; a local source logs nothing.
 
@@ -24,10 +27,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from flowtts.checkpoint import SIDECAR_FILE, VOCAB_FILE
+from flowtts.storage import Location, StorageError, normalize, resolve
+from flowtts.text import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +42,7 @@ _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<
 _RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
 ACCEPTED = (
     "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, a checkpoint folder or an official "
-    f"checkpoint file ({', '.join(OFFICIAL_SUFFIXES)})"
+    f"checkpoint file ({', '.join(OFFICIAL_SUFFIXES)}), as a path or a URI (s3://bucket/ckpt, gs://, hdfs://)"
 )
 
 
@@ -52,7 +57,7 @@ class ModelNotFoundError(ModelSourceError, FileNotFoundError):
 @dataclass(frozen=True)
 class ModelSource:
     """A model to load. ``load_uri`` is what is loaded: ``models:/NAME/VERSION`` once pinned, the run URI,
-    or an absolute path."""
+    or a folder's or file's ``flowtts.storage`` URI (an absolute path when it is local)."""
 
     uri: str  # as the user gave it
     kind: Literal["registry", "run", "folder", "official"]
@@ -61,7 +66,7 @@ class ModelSource:
     version: str | None = None
     alias: str | None = None
     run_id: str | None = None
-    vocab: Path | None = None  # an official file's vocab.txt, when one lies beside it
+    vocab: str | None = None  # an official file's vocab.txt (a path or a URI), when one lies beside it
     tracking_uri: str | None = None  # MLflow server of registry and run sources (None: MLflow's default)
 
     @property
@@ -76,7 +81,8 @@ class ModelSource:
 
 
 def parse_model_source(uri: str | Path, tracking_uri: str | None = None) -> ModelSource:
-    """Read ``uri`` without asking MLflow anything; a registry alias stays unpinned."""
+    """Read ``uri`` without asking MLflow anything; a registry alias stays unpinned. A folder or file is
+    looked at where it lies (a storage failure, e.g. access denied, raises ``StorageError`` naming it)."""
     text = str(uri)
     registry = _REGISTRY_URI.match(text)
     if registry:
@@ -95,23 +101,38 @@ def parse_model_source(uri: str | Path, tracking_uri: str | None = None) -> Mode
         return ModelSource(
             uri=text, kind="run", load_uri=text, name=run["run_id"], run_id=run["run_id"], tracking_uri=tracking_uri
         )
-    if "://" in text or text.startswith(("models:", "runs:")):
+    if text.startswith(("models:", "runs:")):
         raise ModelSourceError(f"model {text!r} is not one of: {ACCEPTED}")
-    path = Path(text).expanduser().resolve()
-    if path.is_dir():
-        return ModelSource(uri=text, kind="folder", load_uri=str(path), name=path.name)
-    if path.is_file() and path.suffix in OFFICIAL_SUFFIXES:
-        vocab = path.parent / VOCAB_FILE
+    location = _location(text)
+    if location.is_dir():
+        if not location.join(SIDECAR_FILE).is_file():
+            raise ModelSourceError(
+                f"model {text!r} ({location}) is a folder but not a checkpoint folder of ours: it has no {SIDECAR_FILE}"
+            )
+        return ModelSource(uri=text, kind="folder", load_uri=location.uri, name=location.name)
+    file = PurePosixPath(location.path)
+    if location.is_file() and file.suffix in OFFICIAL_SUFFIXES:
+        vocab = location.sibling(VOCAB_FILE)
         return ModelSource(
             uri=text,
             kind="official",
-            load_uri=str(path),
-            name=path.stem,
-            vocab=vocab if vocab.is_file() else None,
+            load_uri=location.uri,
+            name=file.stem,
+            vocab=vocab.uri if vocab.is_file() else None,
         )
-    if path.exists():
-        raise ModelSourceError(f"model {text!r} ({path}) is a file but not an official checkpoint; use {ACCEPTED}")
-    raise ModelNotFoundError(f"model {text!r} is not a checkpoint folder or file: {path} does not exist")
+    if location.exists():
+        raise ModelSourceError(
+            f"model {text!r} ({location}) is a file but not an official checkpoint ({', '.join(OFFICIAL_SUFFIXES)})"
+        )
+    raise ModelNotFoundError(f"model {text!r} is not a checkpoint folder or file: {location} does not exist")
+
+
+def _location(text: str) -> Location:
+    try:
+        normalize(text)  # pure text: an unknown scheme (http://, ...) is no model source either
+    except StorageError as exc:
+        raise ModelSourceError(f"model {text!r} is not one of: {ACCEPTED}") from exc
+    return resolve(text)
 
 
 def resolve_model_source(uri: str | Path | ModelSource, tracking_uri: str | None = None) -> ModelSource:
@@ -160,10 +181,16 @@ def log_to_model_run(
 
 @contextmanager
 def local_model(source: ModelSource) -> Iterator[Path]:
-    """A local path for ``source``: a folder in our format or an official checkpoint file. Registry and
-    run models are downloaded into a temporary folder, removed on exit (also when the block raises)."""
-    if source.kind in ("folder", "official"):
-        yield Path(source.load_uri)
+    """A local path for ``source``: a folder in our format or an official checkpoint file. Remote folders and
+    files, registry and run models are downloaded into a temporary folder, removed on exit (also when the block
+    raises); a local folder or file is used where it lies."""
+    if source.kind == "folder":
+        with resolve(source.load_uri).local_folder() as folder:
+            yield folder
+        return
+    if source.kind == "official":
+        with resolve(source.load_uri).local_file() as file:
+            yield file
         return
     if not source.pinned:
         raise ModelSourceError(f"model {source.uri!r} is an unpinned alias; resolve_model_source() it first")
@@ -197,3 +224,8 @@ def download_model(uri: str, dst: str | Path, tracking_uri: str | None = None) -
         f"{uri} holds no flowtts checkpoint (no artifacts/{CHECKPOINT_ARTIFACT}/{SIDECAR_FILE}); "
         f"downloaded {local} with {found}"
     )
+
+
+def read_vocab(location: str | Path) -> Vocab:
+    """The ``vocab.txt`` at a path or a URI (``ModelSource.vocab``, or one given with an official file)."""
+    return Vocab.parse(resolve(location).read_text())

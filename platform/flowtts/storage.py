@@ -194,15 +194,29 @@ class Location:
     def local_folder(self) -> Iterator[Path]:
         """This folder on the local disk, read-only: itself when local, else a temporary download that is
         removed on exit (libraries that only read local folders, e.g. checkpoint loaders)."""
+        with self._local_copy(pafs.FileType.Directory) as path:
+            yield path
+
+    @contextmanager
+    def local_file(self) -> Iterator[Path]:
+        """This file on the local disk, read-only: itself when local, else a temporary download under its own
+        name that is removed on exit (libraries that only read local files, e.g. ``torch.load``)."""
+        with self._local_copy(pafs.FileType.File) as path:
+            yield path
+
+    @contextmanager
+    def _local_copy(self, kind: pafs.FileType) -> Iterator[Path]:
         if self.is_local:
             yield Path(self.path)
             return
         with tempfile.TemporaryDirectory(prefix="flowtts-download-") as tmp:
-            target = Path(tmp) / (self.name or "folder")
+            is_folder = kind == pafs.FileType.Directory
+            target = Path(tmp) / (self.name or "download")
             with _named_errors(self.uri, "download"):
-                if not self.is_dir():
-                    raise StorageError(f"cannot download {self.uri}: not found")
-                target.mkdir()  # copy_files makes the folders below, not this one
+                if self._info().type != kind:
+                    raise StorageError(f"cannot download {self.uri}: no {'folder' if is_folder else 'file'} there")
+                if is_folder:
+                    target.mkdir()  # copy_files makes the folders below, not this one
                 pafs.copy_files(self.path, str(target), self.fs, pafs.LocalFileSystem())
             yield target
 

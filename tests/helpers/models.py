@@ -41,3 +41,11 @@ def save_tiny_model(folder: Path, texts: list[str], seed: int) -> Path:
     torch.manual_seed(seed)
     config = small_model_config(len(vocab))
     return save_checkpoint(build_model(config), folder, vocab, info={"preset": "serve-test", "seed": seed})
+
+
+def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    """The same parameter and buffer names, in order, with equal tensors."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key

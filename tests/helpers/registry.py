@@ -10,10 +10,13 @@ import mlflow
 from flowtts.pyfunc import FlowTTSPyfunc
 
 
-def register_checkpoints(tracking_uri: str, artifacts: Path, folders: list[Path], name: str) -> list[str]:
-    """One run and one new version of ``name`` per folder, in order; returns the version numbers."""
+def register_checkpoints(tracking_uri: str, artifacts: Path | None, folders: list[Path], name: str) -> list[str]:
+    """One run and one new version of ``name`` per folder, in order; returns the version numbers. The artifacts
+    go to the folder ``artifacts``, or with None to the server's own store (``mlflow-artifacts:/``, served over
+    HTTP: what every node of a cluster can reach)."""
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    experiment = client.create_experiment(f"{name}-tests", artifact_location=artifacts.as_uri())
+    location = artifacts.as_uri() if artifacts is not None else None
+    experiment = client.create_experiment(f"{name}-tests", artifact_location=location)
     mlflow.set_tracking_uri(tracking_uri)
     versions = []
     for folder in folders:

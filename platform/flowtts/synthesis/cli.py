@@ -20,12 +20,17 @@ from flowtts.synthesis.vocoder import DEFAULT_VOCOS_REPO
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint folder, MLflow URI or official .pt/.safetensors")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint folder, MLflow URI or official .pt/.safetensors (a folder or file: a path or s3://... URI)",
+    )
     add_official_model_options(parser)
     parser.add_argument(
         "--vocoder",
         default=DEFAULT_VOCOS_REPO,
-        help=f"Vocos folder or cached HF repo id (default {DEFAULT_VOCOS_REPO}; Griffin-Lim when unavailable)",
+        help=f"Vocos folder (path or s3://... URI) or cached HF repo id (default {DEFAULT_VOCOS_REPO}; "
+        "Griffin-Lim when unavailable)",
     )
     parser.add_argument("--allow-download", action="store_true", help="let the vocoder and ASR model download")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")

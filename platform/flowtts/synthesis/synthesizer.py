@@ -149,12 +149,13 @@ class Synthesizer:
         onnx_file: str | Path | None = None,
     ) -> Synthesizer:
         """Load from anything ``flowtts.model_source`` accepts: a folder in our format, an MLflow model or
-        run URI (an alias is pinned here), an official ``.pt``/``.safetensors``, or a ``ModelSource``.
+        run URI (an alias is pinned here), an official ``.pt``/``.safetensors`` (a folder or file: a path or a
+        URI such as ``s3://bucket/ckpt``), or a ``ModelSource``.
 
         An official file takes ``vocab`` (default: the ``vocab.txt`` beside it), ``model_config`` (a JSON
         like the fixtures' ``config.json``, a YAML config of ours or upstream's, a preset name, or a dict;
         default ``F5TTS_v1_Base``) and ``text_frontend`` (see ``flowtts.model_loading``); for a model of
-        ours ``text_frontend`` replaces the recorded one. ``vocoder`` is a Vocos folder or a cached
+        ours ``text_frontend`` replaces the recorded one. ``vocoder`` is a Vocos folder (path or URI) or a cached
         Hugging Face repo id; ``None`` means Griffin-Lim (see ``load_vocoder``). ``asr_model`` (a CTC or
         Whisper-style model folder or cached repo id) transcribes references given without a transcript.
         ``backend`` (``eager``, ``compiled``, ``onnxruntime``; ``onnx_file``: a step from ``jobs/export.py``)

@@ -1,9 +1,11 @@
 """Mel -> waveform: Vocos (the published ``charactr/vocos-mel-24khz`` layout) or a Griffin-Lim fallback.
 
-Vocos loads from a local folder holding ``config.yaml`` + ``pytorch_model.bin``, or from a Hugging Face
-repo id that is already in the local cache; nothing is downloaded unless the caller allows it. With no
-weights available, ``load_vocoder`` returns Griffin-Lim (torchaudio) and warns once per process, so
-the system still speaks offline, if robotically. Both produce ``(frames - 1) * hop`` samples.
+Vocos loads from a folder holding ``config.yaml`` + ``pytorch_model.bin`` (local, or a URI ``flowtts.storage``
+reads such as ``s3://bucket/vocos``, downloaded to a temporary folder for loading), or from a Hugging Face
+repo id that is already in the local cache; nothing is downloaded from the Hub unless the caller allows it.
+With no weights configured, or a repo id not cached, ``load_vocoder`` returns Griffin-Lim (torchaudio) and
+warns once per process, so the system still speaks offline, if robotically; a folder or URI that holds no
+valid Vocos raises ``VocoderError``. Both produce ``(frames - 1) * hop`` samples.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import yaml
 
 from flowtts.audio import DEFAULT_MEL
 from flowtts.config import MelConfig
+from flowtts.storage import Location, StorageError, is_remote, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -57,21 +60,23 @@ class VocosVocoder:
 
     @classmethod
     def from_folder(
-        cls, path: str | Path, *, mel: MelConfig = DEFAULT_MEL, device: str | torch.device = "cpu"
+        cls, path: str | Path | Location, *, mel: MelConfig = DEFAULT_MEL, device: str | torch.device = "cpu"
     ) -> VocosVocoder:
+        """A Vocos folder: a path, or a URI whose files are downloaded to a temporary folder for loading."""
         from vocos import Vocos
 
-        folder = Path(path)
-        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        for required in (config_path, weights_path):
+        folder = resolve(path)
+        config_file, weights_file = folder.join(CONFIG_FILE), folder.join(WEIGHTS_FILE)
+        for required in (config_file, weights_file):
             if not required.is_file():
                 raise VocoderError(
                     f"Vocos folder {folder} lacks {required.name} (the published layout is "
                     f"{CONFIG_FILE} + {WEIGHTS_FILE})"
                 )
-        check_vocos_config(yaml.safe_load(config_path.read_text(encoding="utf-8")), mel, source=config_path)
-        vocos = Vocos.from_hparams(str(config_path))
-        vocos.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        check_vocos_config(yaml.safe_load(config_file.read_text()), mel, source=config_file.uri)
+        with folder.local_folder() as local:
+            vocos = Vocos.from_hparams(str(local / CONFIG_FILE))
+            vocos.load_state_dict(torch.load(local / WEIGHTS_FILE, map_location="cpu", weights_only=True))
         return cls(vocos, mel=mel, device=device)
 
     @torch.inference_mode()
@@ -123,19 +128,26 @@ def load_vocoder(
     mel: MelConfig = DEFAULT_MEL,
     device: str | torch.device = "cpu",
 ) -> Vocoder:
-    """A local Vocos folder, a cached (or, if allowed, downloaded) HF repo id, else Griffin-Lim.
+    """A Vocos folder (local or a storage URI), a cached (or, if allowed, downloaded) HF repo id, else Griffin-Lim.
 
-    A path that exists must hold a valid Vocos folder (errors are raised, not papered over); a repo id
-    that is not cached falls back to Griffin-Lim, as does ``None``.
+    A path that exists or a URI must hold a valid Vocos folder (errors are raised, not papered over); a repo
+    id that is not cached falls back to Griffin-Lim, as does ``None``.
     """
     if path_or_repo is None:
         return _griffin_lim_fallback("no vocoder configured", mel, device)
+    text = str(path_or_repo)
+    if is_remote(text):  # a folder every node reaches; never Griffin-Lim in its place
+        try:
+            location = resolve(text)
+        except StorageError as exc:  # an unknown scheme (http://, ...)
+            raise VocoderError(f"vocoder {text!r} cannot be read as a Vocos folder: {exc}") from exc
+        return VocosVocoder.from_folder(location, mel=mel, device=device)
     folder = Path(path_or_repo).expanduser()
     if folder.is_dir():
         return VocosVocoder.from_folder(folder, mel=mel, device=device)
-    if not REPO_ID.match(str(path_or_repo)):
-        raise VocoderError(f"vocoder {str(path_or_repo)!r} is neither a folder nor a Hugging Face repo id")
-    cached = hf_vocos_folder(str(path_or_repo), allow_download=allow_download)
+    if not REPO_ID.match(text):
+        raise VocoderError(f"vocoder {text!r} is neither a folder (a path or a URI) nor a Hugging Face repo id")
+    cached = hf_vocos_folder(text, allow_download=allow_download)
     if cached is None:
         return _griffin_lim_fallback(
             f"{path_or_repo} is not in the Hugging Face cache and downloading is not allowed", mel, device
@@ -205,7 +217,7 @@ def init_vocos_folder(
     return folder
 
 
-def check_vocos_config(config: dict, mel: MelConfig, *, source: Path) -> None:
+def check_vocos_config(config: dict, mel: MelConfig, *, source: str | Path) -> None:
     """Only the known Vocos classes, with our sample rate, FFT, hop and mel count."""
     for part, class_path in ALLOWED_CLASSES.items():
         got = (config.get(part) or {}).get("class_path")
@@ -235,7 +247,7 @@ def _griffin_lim_fallback(reason: str, mel: MelConfig, device: str | torch.devic
 def _warn_griffin_lim_once() -> None:
     logger.warning(
         "No Vocos weights available: using the Griffin-Lim vocoder, which sounds metallic. Pass a Vocos "
-        "folder (%s + %s) or a Hugging Face repo id already in the local cache (e.g. %s).",
+        "folder (%s + %s; a path or a URI) or a Hugging Face repo id already in the local cache (e.g. %s).",
         CONFIG_FILE,
         WEIGHTS_FILE,
         DEFAULT_VOCOS_REPO,

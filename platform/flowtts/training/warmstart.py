@@ -1,5 +1,8 @@
 """Where training starts: random weights, an official F5-TTS checkpoint, or a checkpoint folder of ours.
 
+Both are read through ``flowtts.model_source``: a local path or a URI (``s3://bucket/ckpt``), downloaded to a
+temporary folder for loading when remote; ``init_vocab`` (an official file's ``vocab.txt``) is a path or a URI too.
+
 A pretrained vocab is kept in its own order (the embedding rows belong to those ids); characters of the
 dataset that it lacks are appended (``flowtts.checkpoint.extend_vocab``), and the dataset's texts are
 then tokenised with that final vocab, never with the dataset's own ``vocab.txt`` order.
@@ -15,7 +18,7 @@ from pathlib import Path
 from flowtts.checkpoint import CheckpointError, extend_vocab, load_bundle, load_f5_checkpoint
 from flowtts.config import FlowTTSConfig
 from flowtts.model import CFM
-from flowtts.model_source import OFFICIAL_SUFFIXES
+from flowtts.model_source import local_model, parse_model_source, read_vocab
 from flowtts.text import Vocab, normalize_text
 from flowtts.training.duration_fitting import with_duration_predictor
 
@@ -46,7 +49,7 @@ def prepare_start(
         if missing:
             raise CheckpointError(f"the dataset's vocab.txt lacks characters of its texts: {missing[:20]}")
         return WarmStart(config=_with_vocab(config, data_vocab), vocab=data_vocab, model=None, added=[])
-    model, vocab = load_pretrained(config, Path(init_from), init_vocab)
+    model, vocab = load_pretrained(config, init_from, init_vocab)
     missing = vocab.missing(normalize_text("".join(texts)))
     model, vocab, added = extend_vocab(model, vocab, missing)
     if added:
@@ -54,31 +57,32 @@ def prepare_start(
     return WarmStart(config=_with_vocab(config, vocab), vocab=vocab, model=model.train(), added=added)
 
 
-def load_pretrained(config: FlowTTSConfig, path: Path, init_vocab: str | Path | None) -> tuple[CFM, Vocab]:
-    if path.is_dir():
+def load_pretrained(config: FlowTTSConfig, init_from: str | Path, init_vocab: str | Path | None) -> tuple[CFM, Vocab]:
+    """The weights and vocab of a checkpoint folder of ours or an official file (a path or a URI)."""
+    source = parse_model_source(init_from)
+    if source.kind not in ("folder", "official"):
+        raise CheckpointError(
+            f"--init-from {source.uri!r} is a {source.kind} model; give a checkpoint folder of ours or an "
+            "official checkpoint file (a path or a URI)"
+        )
+    if source.kind == "official" and init_vocab is None:
+        raise CheckpointError(f"official checkpoint {source.uri} needs its vocab.txt (--init-vocab FILE)")
+    vocab = read_vocab(init_vocab) if init_vocab is not None else None
+    with local_model(source) as path:
+        if source.kind == "official":
+            return load_f5_checkpoint(path, config.model.with_vocab_size(len(vocab))), vocab
         bundle = load_bundle(path)
-        vocab = Vocab.load(init_vocab) if init_vocab is not None else bundle.vocab
-        if vocab is None:
-            raise CheckpointError(f"{path} has no vocab.txt; pass --init-vocab")
-        expected = config.model.with_vocab_size(len(vocab))
-        model = bundle.model
-        if expected.duration_predictor is not None:  # a predictor to train from scratch when it has none
-            model = with_duration_predictor(model, expected.duration_predictor)
-        if model.config != expected:
-            raise CheckpointError(
-                f"{path} was trained with a different architecture: "
-                f"{_differences(model.config.model_dump(), expected.model_dump())}"
-            )
-        return model, vocab
-    if path.is_file() and path.suffix in OFFICIAL_SUFFIXES:
-        if init_vocab is None:
-            raise CheckpointError(f"official checkpoint {path} needs its vocab.txt (--init-vocab FILE)")
-        vocab = Vocab.load(init_vocab)
-        return load_f5_checkpoint(path, config.model.with_vocab_size(len(vocab))), vocab
-    raise FileNotFoundError(
-        f"--init-from {str(path)!r} is neither a checkpoint folder of ours nor an "
-        f"official checkpoint file ({', '.join(OFFICIAL_SUFFIXES)})"
-    )
+    vocab = vocab if vocab is not None else bundle.vocab
+    expected = config.model.with_vocab_size(len(vocab))
+    model = bundle.model
+    if expected.duration_predictor is not None:  # a predictor to train from scratch when it has none
+        model = with_duration_predictor(model, expected.duration_predictor)
+    if model.config != expected:
+        raise CheckpointError(
+            f"{source.uri} was trained with a different architecture: "
+            f"{_differences(model.config.model_dump(), expected.model_dump())}"
+        )
+    return model, vocab
 
 
 def _with_vocab(config: FlowTTSConfig, vocab: Vocab) -> FlowTTSConfig:
