@@ -17,8 +17,8 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
+from flowtts.storage import local_path
 from flowtts.synthesis import SynthesisError, output_format, write_output
 from flowtts.synthesis.cli import add_model_options, add_sampling_options, load_synthesizer, sampling_settings
 from flowtts.usage_reporting import usage_reporting_off
@@ -28,7 +28,7 @@ from trainer.job_exit import exit_on_project_error
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser)
-    parser.add_argument("--audio", type=Path, required=True, help="the recording to edit (any soundfile format)")
+    parser.add_argument("--audio", type=local_path, required=True, help="the recording to edit (any soundfile format)")
     parser.add_argument("--text", required=True, help="what the recording says")
     parser.add_argument("--new-text", required=True, help="what it should say: the whole new transcript")
     parser.add_argument(
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--duration", type=float, action="append", help="new length of each span in seconds (one per --span)"
     )
-    parser.add_argument("--out", type=Path, required=True, help="output file; the extension picks the format")
+    parser.add_argument("--out", type=local_path, required=True, help="output file; the extension picks the format")
     add_sampling_options(parser)
     return parser.parse_args(argv)
 

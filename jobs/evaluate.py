@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -42,6 +41,7 @@ from flowtts.evaluation.promotion import PromotionPolicy
 from flowtts.evaluation.report import summary_table
 from flowtts.model_loading import add_official_model_options, text_frontend_option
 from flowtts.model_source import resolve_model_source
+from flowtts.storage import local_path
 from flowtts.synthesis.cli import add_backend_options
 from flowtts.usage_reporting import usage_reporting_off
 from trainer.job_exit import exit_on_project_error
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vocoder",
         help="Vocos folder (path or s3://... URI) or cached repo id for the example audio (default Griffin-Lim)",
     )
-    parser.add_argument("--out", type=Path, help="report folder (default: a temporary folder)")
+    parser.add_argument("--out", type=local_path, help="report folder (default: a temporary folder)")
     parser.add_argument(
         "--asr-model", help="ASR model folder or cached HF repo id: adds WER/CER, and the gate checks words first"
     )

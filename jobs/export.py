@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from flowtts.inference.export import OPSET, check_opset
 from flowtts.inference.export_run import FILES, SUMMARY_FILE, export_checked, log_export
 from flowtts.model_loading import add_official_model_options, load_model, text_frontend_option
 from flowtts.model_source import local_model, resolve_model_source
+from flowtts.storage import local_path
 from flowtts.usage_reporting import usage_reporting_off
 from trainer.job_exit import exit_on_project_error
 
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., a folder or a file (a path or s3://... URI)",
     )
     add_official_model_options(parser)
-    parser.add_argument("--out", type=Path, required=True, help="folder the exported files are written to")
+    parser.add_argument("--out", type=local_path, required=True, help="folder the exported files are written to")
     parser.add_argument(
         "--format", nargs="+", choices=list(FILES), default=list(FILES), help="what to export (default both)"
     )

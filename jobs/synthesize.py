@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from flowtts.storage import local_path
 from flowtts.synthesis import (
     CROSS_FADE_S,
     SynthesisError,
@@ -56,7 +57,9 @@ from trainer.job_exit import exit_on_project_error
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser)
-    parser.add_argument("--ref-audio", type=Path, required=True, help="reference voice clip (any soundfile format)")
+    parser.add_argument(
+        "--ref-audio", type=local_path, required=True, help="reference voice clip (any soundfile format)"
+    )
     parser.add_argument(
         "--ref-text", default="", help="transcript of the reference clip (empty: transcribed with --asr-model)"
     )
@@ -72,8 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--asr-model", help="ASR model folder or cached HF repo id (CTC or Whisper-style)")
     text = parser.add_mutually_exclusive_group(required=True)
     text.add_argument("--text", help="text to speak")
-    text.add_argument("--text-file", type=Path, help="UTF-8 file with the text to speak")
-    parser.add_argument("--out", type=Path, required=True, help="output file; the extension picks the format")
+    text.add_argument("--text-file", type=local_path, help="UTF-8 file with the text to speak")
+    parser.add_argument("--out", type=local_path, required=True, help="output file; the extension picks the format")
     add_sampling_options(parser)
     parser.add_argument("--speed", type=float, default=1.0, help="speaking rate factor (default 1)")
     parser.add_argument("--fix-duration", type=float, help="total seconds, reference plus generated audio")

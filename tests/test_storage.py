@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 
-from flowtts.storage import Location, StorageError, is_remote, normalize, resolve, scheme_of
+from flowtts.storage import Location, StorageError, is_remote, local_path, normalize, resolve, scheme_of
+from tests.helpers import load_job
 
 
 def test_schemes():
@@ -89,3 +91,23 @@ def test_s3_missing_bucket_is_named(s3_env):
 def test_storage_error_pickles():
     err = pickle.loads(pickle.dumps(StorageError("cannot read s3://b/k: not found")))
     assert isinstance(err, StorageError) and str(err) == "cannot read s3://b/k: not found"
+
+
+@pytest.mark.parametrize(
+    ("job", "argv"),
+    [
+        ("export", ["--model", "m", "--out"]),
+        ("evaluate", ["--model", "m", "--data", "d", "--out"]),
+        ("synthesize", ["--model", "m", "--ref-audio", "r.wav", "--text", "a", "--out"]),
+        ("edit", ["--model", "m", "--audio"]),
+    ],
+)
+def test_options_that_take_a_local_path_refuse_a_uri_naming_it(job, argv, tmp_path, monkeypatch, capsys):
+    """``Path("s3://b/out")`` would write to a local folder named ``s3:``: such options say so and exit 2."""
+    monkeypatch.chdir(tmp_path)
+    assert local_path("file:///tmp/x") == Path("/tmp/x") and local_path("out") == tmp_path / "out"
+    with pytest.raises(SystemExit) as exited:
+        load_job(job).main([*argv, "s3://bucket/out"])
+    assert exited.value.code == 2
+    assert "s3://bucket/out is a URI; this option takes a local path" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

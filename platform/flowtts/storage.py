@@ -12,6 +12,7 @@ Every storage failure is raised as ``StorageError`` naming the URI, whatever the
 
 from __future__ import annotations
 
+import argparse
 import os
 import posixpath
 import tempfile
@@ -265,6 +266,15 @@ def _as_uri(value: object) -> str:
 StorageUri = Annotated[str, BeforeValidator(_as_uri)]
 """A pydantic field type: a local path (made absolute, as workers' working directories differ) or a URI this
 module reads (unknown schemes are a validation error); it holds ``Location.uri``, a string."""
+
+
+def local_path(text: str) -> Path:
+    """An ``argparse`` type for options that take a file or folder on this machine only (a path or a ``file://``
+    URI, made absolute). A remote URI is refused naming it: ``Path("s3://b/k")`` would quietly be a local
+    folder named ``s3:``."""
+    if is_remote(text):
+        raise argparse.ArgumentTypeError(f"{text} is a URI; this option takes a local path (a file or folder here)")
+    return Path(normalize(text))
 
 
 @contextmanager
