@@ -133,6 +133,166 @@ def wait_until(condition, what: str, timeout_s: float):
     return value
 
 
+MODEL_NODE_TYPES = {name for name, kind in NODE_TYPES.items() if FAKE_GPU in kind.resources}
+
+
+def cluster_serve_config(folder, port: int, env_vars: dict[str, str], **args) -> object:
+    """``serve/config.yaml`` for the local cluster: model replicas that need a GPU-like node (``fake_gpu``, as
+    cluster.yaml's replicas need a GPU) and scale 1..2 on one request in flight each, within seconds; the ingress
+    and the one HTTP proxy on the head (every fake node shares this machine's ports, so a proxy per node would
+    fight over one port)."""
+    path = small_serve_config(folder, port, **args)
+    config = yaml.safe_load(path.read_text())
+    config["proxy_location"] = "HeadOnly"
+    (app,) = config["applications"]
+    # the handles in the ingress report load every second (Ray's default: 10 s)
+    app["runtime_env"] = {"env_vars": {**env_vars, "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}}
+    model, ingress = app["deployments"]
+    model["ray_actor_options"] = {"num_cpus": 0.5, "resources": {FAKE_GPU: 1}}
+    model["autoscaling_config"] = {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 2,
+        "downscale_delay_s": 5,
+        "look_back_period_s": 2,
+    }
+    model.update(max_ongoing_requests=2, max_queued_requests=8, health_check_period_s=2, max_replicas_per_node=1)
+    model["backpressure_config"]["retry_after_s"] = 1
+    model["user_config"].update(max_batch_size=2, max_batch_frames=4096)
+    ingress["ray_actor_options"] = {"num_cpus": 0}  # the head offers no CPU: 0 keeps it there
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def model_replicas(cluster) -> list[dict]:
+    """The running TTSModel replicas, as Serve's REST API lists them (with the node each is on)."""
+    import requests
+
+    apps = requests.get(f"{cluster.address}/api/serve/applications/", timeout=30).json()["applications"]
+    replicas = apps.get("flowtts", {}).get("deployments", {}).get("TTSModel", {}).get("replicas", [])
+    return [replica for replica in replicas if replica["state"] == "RUNNING"]
+
+
+@pytest.fixture
+def serve_shutdown(cluster):
+    """After the test, Serve is shut down with every replica (the nodes they held go idle and leave)."""
+    yield
+    import requests
+
+    requests.delete(f"{cluster.address}/api/serve/applications/", timeout=120).raise_for_status()
+
+
+def test_serving_scales_out_onto_new_nodes_survives_losing_one_and_scales_in(
+    cluster, s3_server, s3_bucket, mlflow_server, serve_shutdown, tmp_path
+):
+    """``serve deploy`` of a registered model (from the head's MLflow server) with its Vocos and the voices on
+    S3: one replica on one GPU-like node; a load above its target adds a replica and the autoscaler a node for
+    it; SIGKILL of a node that holds a replica under load costs only 503/429 with ``Retry-After`` and 200s
+    follow within 60 s; once the load stops, replicas and then nodes go away again."""
+    import requests
+
+    checkpoint = save_tiny_model(tmp_path / "checkpoint", [text for _, text in ROWS], 0)
+    vocos = init_vocos_folder(tmp_path / "vocos", dim=32, intermediate_dim=64, num_layers=1)
+    vocoder = upload(vocos, resolve(f"{s3_bucket}/vocos")).uri  # each replica downloads it on its node
+    register_checkpoints(mlflow_server, None, [checkpoint], "served")
+    MlflowClient(mlflow_server).set_registered_model_alias("served", "production", "1")
+    (port,) = free_ports(1)
+    config = cluster_serve_config(
+        tmp_path,
+        port,
+        s3_server,
+        model_uri="models:/served@production",
+        tracking_uri=mlflow_server,
+        voices_uri=f"{s3_bucket}/voices",
+        vocoder=vocoder,
+        default_nfe=2,
+        limits={"nfe_range": [2, 4]},
+    )
+    deployed = time.time()
+    cluster.head.serve_deploy(config)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_answers(f"{url}/readyz", timeout_s=300)
+    ready = time.time() - deployed
+    (first,) = model_replicas(cluster)
+    nodes = {node.node_id: node for node in cluster.nodes()}
+    assert nodes[first["node_id"]].labels[NODE_TYPE_LABEL] in MODEL_NODE_TYPES
+    joined = nodes[first["node_id"]].start_time_ms / 1000 - deployed
+    assert joined > 0  # the autoscaler launched it for the replica
+    print(f"the first replica's node joined {joined:.1f} s after serve deploy, which was ready after {ready:.1f} s")
+
+    voice = requests.post(
+        f"{url}/v1/voices",
+        files={"audio": ("ref.wav", (SAMPLE_CORPUS / ROWS[0][0]).read_bytes(), "audio/wav")},
+        data={"transcript": ROWS[0][1], "name": "lan"},
+        timeout=120,
+    )
+    assert voice.status_code == 201, voice.text
+    assert resolve(f"{s3_bucket}/voices").files(recursive=True)  # stored on S3, where every replica reads it
+
+    outcomes: list[tuple[float, object, str | None]] = []
+    stop = threading.Event()
+
+    def keep_requesting(worker: int) -> None:
+        for index in range(10_000):
+            if stop.is_set():
+                return
+            body = {"text": ROWS[1 + (worker + index) % 8][1][:40], "voice": "lan", "seed": index}
+            try:
+                response = requests.post(f"{url}/v1/tts", json=body, timeout=120)
+                outcomes.append((time.time(), response.status_code, response.headers.get("Retry-After")))
+            except requests.RequestException as exc:  # a refused or dropped connection counts as a failure
+                outcomes.append((time.time(), type(exc).__name__, None))
+
+    clients = [threading.Thread(target=keep_requesting, args=(worker,), daemon=True) for worker in range(4)]
+    load_started = time.time()
+    for client in clients:
+        client.start()
+    try:
+        scaled = wait_until(lambda: len(found := model_replicas(cluster)) == 2 and found, "a second replica", 300)
+        scaled_out_at = time.time()
+        assert len({replica["node_id"] for replica in scaled}) == 2  # each on a node of its own
+        (added,) = [replica for replica in scaled if replica["node_id"] != first["node_id"]]
+        (node,) = [node for node in cluster.nodes() if node.node_id == added["node_id"]]
+        assert node.labels[NODE_TYPE_LABEL] in MODEL_NODE_TYPES and node.start_time_ms / 1000 > load_started
+        assert cluster.nodes(HEAD_TYPE)[0].node_id not in {replica["node_id"] for replica in scaled}
+
+        victim = added["node_id"]
+        wait_until(lambda: any(t > scaled_out_at and s == 200 for t, s, _ in outcomes), "a 200 from 2 replicas", 120)
+        killed_at = time.time()
+        cluster.kill_node(victim)
+        wait_until(lambda: any(t > killed_at + 1 and s == 200 for t, s, _ in outcomes), "a 200 after the kill", 60)
+
+        def replaced() -> bool:  # Serve lists the lost replica as running until its health check fails
+            found = model_replicas(cluster)
+            return len(found) == 2 and victim not in {replica["node_id"] for replica in found}
+
+        wait_until(replaced, "a replacement replica on another node", 300)
+        replaced_at = time.time()
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(180)
+    stopped_at = time.time()
+    wait_until(lambda: len(model_replicas(cluster)) == 1, "one replica after the load", 300)
+    one_replica_at = time.time()
+    wait_until(lambda: sum(len(cluster.nodes(kind)) for kind in MODEL_NODE_TYPES) == 1, "one model node", 300)
+    one_node_at = time.time()
+
+    after_kill = [(status, retry) for at, status, retry in outcomes if at >= killed_at]
+    assert {status for _, status, _ in outcomes} <= {200, 429, 503}, sorted({str(s) for _, s, _ in outcomes})
+    assert all(retry for status, retry in after_kill if status != 200), after_kill
+    assert sum(status == 200 for _, status, _ in outcomes) > 4
+    counts = {status: sum(s == status for _, s, _ in outcomes) for status in (200, 429, 503)}
+    print(
+        f"serve 1 -> 2 replicas {scaled_out_at - load_started:.1f} s after the load started; first 200 "
+        f"{min(t for t, s, _ in outcomes if t > killed_at + 1 and s == 200) - killed_at:.1f} s after the kill; "
+        f"replacement running {replaced_at - killed_at:.1f} s after it; 2 -> 1 replicas "
+        f"{one_replica_at - stopped_at:.1f} s and 2 -> 1 model nodes {one_node_at - stopped_at:.1f} s after the load "
+        f"stopped; answers {counts}"
+    )
+
+
 def train_workers(cluster) -> list:
     from ray.util.state import list_actors
 
@@ -232,151 +392,3 @@ def test_training_survives_a_node_loss_a_lost_client_and_a_killed_driver_resumin
     print(f"training resumed {records[restarts[0]]['started_at'] - killed_at:.1f} s after the node was killed")
     print(f"the resubmitted job resumed {records[restarts[1]]['started_at'] - resubmitted:.1f} s after its submit")
     print(f"head processes' RSS: {head_before:.0f} MiB before the job, {cluster.head_rss_mb():.0f} MiB after it")
-
-
-MODEL_NODE_TYPES = {name for name, kind in NODE_TYPES.items() if FAKE_GPU in kind.resources}
-
-
-def cluster_serve_config(folder, port: int, env_vars: dict[str, str], **args) -> object:
-    """``serve/config.yaml`` for the local cluster: model replicas that need a GPU-like node (``fake_gpu``, as
-    cluster.yaml's replicas need a GPU) and scale 1..2 on one request in flight each, within seconds; the ingress
-    and the one HTTP proxy on the head (every fake node shares this machine's ports, so a proxy per node would
-    fight over one port)."""
-    path = small_serve_config(folder, port, **args)
-    config = yaml.safe_load(path.read_text())
-    config["proxy_location"] = "HeadOnly"
-    (app,) = config["applications"]
-    # the handles in the ingress report load every second (Ray's default: 10 s)
-    app["runtime_env"] = {"env_vars": {**env_vars, "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}}
-    model, ingress = app["deployments"]
-    model["ray_actor_options"] = {"num_cpus": 0.5, "resources": {FAKE_GPU: 1}}
-    model["autoscaling_config"] = {
-        "min_replicas": 1,
-        "max_replicas": 2,
-        "target_ongoing_requests": 1,
-        "upscale_delay_s": 2,
-        "downscale_delay_s": 5,
-        "look_back_period_s": 2,
-    }
-    model.update(max_ongoing_requests=2, max_queued_requests=8, health_check_period_s=2)
-    model["backpressure_config"]["retry_after_s"] = 1
-    model["user_config"].update(max_batch_size=2, max_batch_frames=4096)
-    ingress["ray_actor_options"] = {"num_cpus": 0}  # the head offers no CPU: 0 keeps it there
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def model_replicas(cluster) -> list[dict]:
-    """The running TTSModel replicas, as Serve's REST API lists them (with the node each is on)."""
-    import requests
-
-    apps = requests.get(f"{cluster.address}/api/serve/applications/", timeout=30).json()["applications"]
-    replicas = apps.get("flowtts", {}).get("deployments", {}).get("TTSModel", {}).get("replicas", [])
-    return [replica for replica in replicas if replica["state"] == "RUNNING"]
-
-
-def test_serving_scales_out_onto_new_nodes_survives_losing_one_and_scales_in(
-    cluster, s3_server, s3_bucket, mlflow_server, tmp_path
-):
-    """``serve deploy`` of a registered model (from the head's MLflow server) with its Vocos and the voices on
-    S3: one replica on one GPU-like node; a load above its target adds a replica and the autoscaler a node for
-    it; SIGKILL of a node that holds a replica under load costs only 503/429 with ``Retry-After`` and 200s
-    follow within 60 s; once the load stops, replicas and then nodes go away again."""
-    import requests
-
-    checkpoint = save_tiny_model(tmp_path / "checkpoint", [text for _, text in ROWS], 0)
-    vocos = init_vocos_folder(tmp_path / "vocos", dim=32, intermediate_dim=64, num_layers=1)
-    vocoder = upload(vocos, resolve(f"{s3_bucket}/vocos")).uri  # each replica downloads it on its node
-    register_checkpoints(mlflow_server, None, [checkpoint], "served")
-    MlflowClient(mlflow_server).set_registered_model_alias("served", "production", "1")
-    (port,) = free_ports(1)
-    config = cluster_serve_config(
-        tmp_path,
-        port,
-        s3_server,
-        model_uri="models:/served@production",
-        tracking_uri=mlflow_server,
-        voices_uri=f"{s3_bucket}/voices",
-        vocoder=vocoder,
-        default_nfe=2,
-        limits={"nfe_range": [2, 4]},
-    )
-    deployed = time.time()
-    cluster.head.serve_deploy(config)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_answers(f"{url}/readyz", timeout_s=300)
-    ready = time.time() - deployed
-    (first,) = model_replicas(cluster)
-    nodes = {node.node_id: node for node in cluster.nodes()}
-    assert nodes[first["node_id"]].labels[NODE_TYPE_LABEL] in MODEL_NODE_TYPES
-    joined = nodes[first["node_id"]].start_time_ms / 1000 - deployed  # < 0: an earlier scenario's idle node
-    print(f"the first replica's node joined {joined:.1f} s after serve deploy, which was ready after {ready:.1f} s")
-
-    voice = requests.post(
-        f"{url}/v1/voices",
-        files={"audio": ("ref.wav", (SAMPLE_CORPUS / ROWS[0][0]).read_bytes(), "audio/wav")},
-        data={"transcript": ROWS[0][1], "name": "lan"},
-        timeout=120,
-    )
-    assert voice.status_code == 201, voice.text
-    assert resolve(f"{s3_bucket}/voices").files(recursive=True)  # stored on S3, where every replica reads it
-
-    outcomes: list[tuple[float, object, str | None]] = []
-    stop = threading.Event()
-
-    def keep_requesting(worker: int) -> None:
-        for index in range(10_000):
-            if stop.is_set():
-                return
-            body = {"text": ROWS[1 + (worker + index) % 8][1][:40], "voice": "lan", "seed": index}
-            try:
-                response = requests.post(f"{url}/v1/tts", json=body, timeout=120)
-                outcomes.append((time.time(), response.status_code, response.headers.get("Retry-After")))
-            except requests.RequestException as exc:  # a refused or dropped connection counts as a failure
-                outcomes.append((time.time(), type(exc).__name__, None))
-
-    clients = [threading.Thread(target=keep_requesting, args=(worker,), daemon=True) for worker in range(4)]
-    load_started = time.time()
-    for client in clients:
-        client.start()
-    try:
-        scaled = wait_until(lambda: len(found := model_replicas(cluster)) == 2 and found, "a second replica", 300)
-        scaled_out_at = time.time()
-        assert len({replica["node_id"] for replica in scaled}) == 2  # each on a node of its own
-        (added,) = [replica for replica in scaled if replica["node_id"] != first["node_id"]]
-        assert cluster.nodes(HEAD_TYPE)[0].node_id not in {replica["node_id"] for replica in scaled}
-
-        victim = added["node_id"]
-        wait_until(lambda: any(t > scaled_out_at and s == 200 for t, s, _ in outcomes), "a 200 from 2 replicas", 120)
-        killed_at = time.time()
-        cluster.kill_node(victim)
-        wait_until(lambda: any(t > killed_at + 1 and s == 200 for t, s, _ in outcomes), "a 200 after the kill", 60)
-
-        def replaced() -> bool:  # Serve lists the lost replica as running until its health check fails
-            found = model_replicas(cluster)
-            return len(found) == 2 and victim not in {replica["node_id"] for replica in found}
-
-        wait_until(replaced, "a replacement replica on another node", 300)
-        replaced_at = time.time()
-    finally:
-        stop.set()
-        for client in clients:
-            client.join(180)
-    stopped_at = time.time()
-    wait_until(lambda: len(model_replicas(cluster)) == 1, "one replica after the load", 300)
-    one_replica_at = time.time()
-    wait_until(lambda: sum(len(cluster.nodes(kind)) for kind in MODEL_NODE_TYPES) == 1, "one model node", 300)
-    one_node_at = time.time()
-
-    after_kill = [(status, retry) for at, status, retry in outcomes if at >= killed_at]
-    assert {status for _, status, _ in outcomes} <= {200, 429, 503}, sorted({str(s) for _, s, _ in outcomes})
-    assert all(retry for status, retry in after_kill if status != 200), after_kill
-    assert sum(status == 200 for _, status, _ in outcomes) > 4
-    counts = {status: sum(s == status for _, s, _ in outcomes) for status in (200, 429, 503)}
-    print(
-        f"serve 1 -> 2 replicas {scaled_out_at - load_started:.1f} s after the load started; first 200 "
-        f"{min(t for t, s, _ in outcomes if t > killed_at + 1 and s == 200) - killed_at:.1f} s after the kill; "
-        f"replacement running {replaced_at - killed_at:.1f} s after it; 2 -> 1 replicas "
-        f"{one_replica_at - stopped_at:.1f} s and 2 -> 1 model nodes {one_node_at - stopped_at:.1f} s after the load "
-        f"stopped; answers {counts}"
-    )
