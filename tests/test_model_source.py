@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from flowtts.checkpoint import load_bundle, save_checkpoint
+from flowtts.config import FlowTTSConfig
 from flowtts.model import build_model
 from flowtts.model_source import (
     ModelNotFoundError,
@@ -25,9 +26,11 @@ from flowtts.model_source import (
 from flowtts.storage import resolve
 from flowtts.synthesis import Synthesizer
 from flowtts.text import Vocab
+from flowtts.training.warmstart import prepare_start
 from tests.helpers.locations import upload
 from tests.helpers.models import assert_same_state, small_model_config
 from tests.helpers.registry import register_checkpoints
+from trainer.settings import TrainJob
 
 NAME = "source-test"
 
@@ -230,3 +233,19 @@ def test_a_source_downloads_from_its_own_tracking_uri_not_the_global_one(registr
     assert mlflow.get_registry_uri() == elsewhere
     with local_model(source) as folder:
         assert load_bundle(folder).info["seed"] == 1
+
+
+def test_training_warm_starts_from_a_registered_version(registry, monkeypatch, tmp_path):
+    """``jobs/train.py --init-from models:/NAME@ALIAS``: the version the alias names, from the registry every node
+    reaches; the job's setting keeps the URI as written (a path would be made absolute)."""
+    tracking, _ = registry
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    job = TrainJob(config="tiny", data=str(tmp_path), init_from=f"models:/{NAME}@production")
+    assert job.init_from == f"models:/{NAME}@production"
+    assert TrainJob(config="tiny", data=str(tmp_path), init_from="ckpt").init_from == str(Path("ckpt").absolute())
+    with local_model(resolve_model_source(f"models:/{NAME}/1", tracking)) as folder:
+        version_1 = load_bundle(folder)
+    config = FlowTTSConfig(name="registered", model=version_1.model.config)
+    start = prepare_start(config, ["xin chào"], version_1.vocab, init_from=job.init_from)
+    assert start.vocab == version_1.vocab and start.added == []
+    assert_same_state(start.model, version_1.model)

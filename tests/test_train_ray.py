@@ -20,6 +20,7 @@ from flowtts.config import DurationPredictorConfig, load_config
 from flowtts.model import build_model
 from flowtts.model_source import local_model, resolve_model_source
 from flowtts.storage import resolve
+from flowtts.synthesis import VocoderError
 from flowtts.text import Vocab
 from flowtts.training import dataset_vocab, read_train_state
 from tests.helpers import DEV_CORPUS, REPO, SAMPLE_CORPUS, load_job
@@ -27,7 +28,7 @@ from tests.helpers.locations import upload
 from tests.helpers.registry import attempt_records
 from tests.helpers.shards import copy_dataset, write_dataset
 from trainer.duration_job import DurationJob, run_duration_training
-from trainer.launch import TrainJob, run_training
+from trainer.launch import TrainJob, prepare_run, run_training
 from trainer.settings import INIT_DIR, RUN_INFO_FILE
 from trainer.tracking import TrackingError, tracking_uri_for
 
@@ -77,6 +78,16 @@ def job(dataset: str | Path, storage: str | Path, name: str, max_steps: int, **c
         registered_model="flowtts-test",
     )
     return TrainJob(**{**values, **changes})
+
+
+def test_a_vocoder_that_cannot_load_fails_before_anything_is_read_or_written(tmp_path):
+    """A bad ``--vocoder`` would otherwise surface at the first sample or, with samples off, at registration,
+    after the whole run."""
+    (tmp_path / "vocos").mkdir()
+    for bad, named in ((tmp_path / "vocos", "lacks config.yaml"), ("http://host/vocos", "'http://host/vocos'")):
+        with pytest.raises(VocoderError, match=named):
+            prepare_run(job(tmp_path / "no-data", tmp_path / "runs", "bad-vocoder", 1, vocoder=str(bad)))
+    assert [p.name for p in tmp_path.iterdir()] == ["vocos"]  # no run folder, no MLflow store
 
 
 def test_the_cli_flags_are_the_train_job_fields(monkeypatch):

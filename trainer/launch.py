@@ -60,6 +60,10 @@ def prepare_run(job: TrainJob) -> TrainSettings:
         overrides.setdefault("model.duration_predictor", {})  # the default predictor config
     tracking_uri_for(job.storage)  # a storage URI needs MLFLOW_TRACKING_URI: say so before reading anything
     config = load_config(job.config).with_overrides(overrides)
+    if job.vocoder is not None:  # the samples and the registered model need it: one that cannot load fails now
+        from flowtts.synthesis.vocoder import load_vocoder
+
+        load_vocoder(job.vocoder, mel=config.mel)
     data = resolve(job.data).uri  # a local path made absolute, or the URI as given
     storage = resolve(job.storage)
     name = job.name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"

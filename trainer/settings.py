@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowtts.config import FlowTTSConfig
+from flowtts.model_source import ModelUri
 from flowtts.storage import Location, StorageUri, resolve
 from flowtts.text import Vocab
 
@@ -67,9 +68,10 @@ class TrainJob(RunOptions):
     )
     max_steps: int | None = Field(default=None, gt=0, description="stop at this optimizer update")
     seed: int = Field(default=0, description="seed of the weights, the batch order and the noise")
-    init_from: StorageUri | None = Field(
+    init_from: ModelUri | None = Field(
         default=None,
-        description="official F5-TTS checkpoint or a checkpoint folder of ours: a path or a URI (s3://bucket/ckpt)",
+        description="official F5-TTS checkpoint or a checkpoint folder of ours (a path or a URI: s3://bucket/ckpt), "
+        "or a registered model (models:/NAME@ALIAS)",
     )
     init_vocab: StorageUri | None = Field(
         default=None, description="vocab.txt of an official --init-from checkpoint: a path or a URI"

@@ -28,10 +28,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator
 
 from flowtts.checkpoint import SIDECAR_FILE, VOCAB_FILE
-from flowtts.storage import Location, StorageError, normalize, resolve
+from flowtts.storage import Location, StorageError, normalize, resolve, validate_uri
 from flowtts.text import Vocab
 
 logger = logging.getLogger(__name__)
@@ -125,6 +127,17 @@ def parse_model_source(uri: str | Path, tracking_uri: str | None = None) -> Mode
             f"model {text!r} ({location}) is a file but not an official checkpoint ({', '.join(OFFICIAL_SUFFIXES)})"
         )
     raise ModelNotFoundError(f"model {text!r} is not a checkpoint folder or file: {location} does not exist")
+
+
+def _as_model_uri(value: object) -> str:
+    if isinstance(value, str) and value.startswith(("models:", "runs:")):
+        return value  # MLflow's, as written (parse_model_source checks the form)
+    return validate_uri(value)
+
+
+ModelUri = Annotated[str, BeforeValidator(_as_model_uri)]
+"""A pydantic field type for a model to start from: ``models:/...`` and ``runs:/...`` as written, else a
+``flowtts.storage.StorageUri`` (a path made absolute, or a storage URI)."""
 
 
 def _location(text: str) -> Location:

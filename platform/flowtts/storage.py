@@ -254,7 +254,8 @@ def resolve(location: str | Path | Location) -> Location:
     return Location(uri=uri, path=path.rstrip("/") or path, fs=fs)
 
 
-def _as_uri(value: object) -> str:
+def validate_uri(value: object) -> str:
+    """A path or URI as pydantic validates a ``StorageUri`` field: ``normalize``d, or a ``ValueError``."""
     if not isinstance(value, str | os.PathLike):
         raise ValueError(f"expected a path or a URI, got {value!r}")
     try:
@@ -263,7 +264,7 @@ def _as_uri(value: object) -> str:
         raise ValueError(str(exc)) from exc
 
 
-StorageUri = Annotated[str, BeforeValidator(_as_uri)]
+StorageUri = Annotated[str, BeforeValidator(validate_uri)]
 """A pydantic field type: a local path (made absolute, as workers' working directories differ) or a URI this
 module reads (unknown schemes are a validation error); it holds ``Location.uri``, a string."""
 

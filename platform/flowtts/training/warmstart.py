@@ -18,7 +18,7 @@ from pathlib import Path
 from flowtts.checkpoint import CheckpointError, extend_vocab, load_bundle, load_f5_checkpoint
 from flowtts.config import FlowTTSConfig
 from flowtts.model import CFM
-from flowtts.model_source import local_model, parse_model_source, read_vocab
+from flowtts.model_source import local_model, read_vocab, resolve_model_source
 from flowtts.text import Vocab, normalize_text
 from flowtts.training.duration_fitting import with_duration_predictor
 
@@ -58,13 +58,10 @@ def prepare_start(
 
 
 def load_pretrained(config: FlowTTSConfig, init_from: str | Path, init_vocab: str | Path | None) -> tuple[CFM, Vocab]:
-    """The weights and vocab of a checkpoint folder of ours or an official file (a path or a URI)."""
-    source = parse_model_source(init_from)
-    if source.kind not in ("folder", "official"):
-        raise CheckpointError(
-            f"--init-from {source.uri!r} is a {source.kind} model; give a checkpoint folder of ours or an "
-            "official checkpoint file (a path or a URI)"
-        )
+    """The weights and vocab of a checkpoint folder of ours or an official file (a path or a URI), or of a
+    registered model or run (``models:/NAME@ALIAS``: the version the alias names now; MLflow from
+    ``MLFLOW_TRACKING_URI``)."""
+    source = resolve_model_source(init_from)
     if source.kind == "official" and init_vocab is None:
         raise CheckpointError(f"official checkpoint {source.uri} needs its vocab.txt (--init-vocab FILE)")
     vocab = read_vocab(init_vocab) if init_vocab is not None else None
