@@ -3,8 +3,10 @@ can fail that is not the client's mapped to an HTTP answer.
 
 - the queue is full (``BackPressureError``): 429 (or 503) with ``Retry-After``, from ``overloaded``;
 - the replica died or became unreachable mid-request (``RayActorError``, ``ActorUnavailableError``,
-  ``ReplicaUnavailableError``, ``DeploymentUnavailableError``): 503 with ``Retry-After``; Serve replaces
-  the replica (``TTSModel.check_health``) and the client's retry lands on a live one;
+  ``ReplicaUnavailableError``, ``DeploymentUnavailableError``), or its node died holding the finished reply
+  in its object store (``ObjectLostError``: a reply over 100 KB, such as audio, waits there until the ingress
+  fetches it): 503 with ``Retry-After``; Serve replaces the replica (``TTSModel.check_health``) and the
+  client's retry lands on a live one;
 - a ``ClientError`` reply: its 4xx, about the request field ``fields`` names for its field (default: the same).
 
 A streamed response has sent its status before its last chunk; a replica dying after the first chunk
@@ -20,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 import numpy as np
-from ray.exceptions import RayActorError
+from ray.exceptions import ObjectLostError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
@@ -38,7 +40,8 @@ from serve.messages import (
 
 logger = logging.getLogger("ray.serve")
 
-REPLICA_LOST = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)  # ActorUnavailableError too
+# RayActorError includes ActorUnavailableError; ObjectLostError includes ObjectReconstructionFailedError
+REPLICA_LOST = (RayActorError, ObjectLostError, ReplicaUnavailableError, DeploymentUnavailableError)
 RETRY_AFTER_LOST_S = 2
 READY_TIMEOUT_S = 5.0
 SAME_FIELDS: Mapping[str, str] = MappingProxyType({})  # a ClientError's field names the request's field

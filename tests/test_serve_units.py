@@ -474,3 +474,51 @@ def test_candidate_headers_list_every_candidate_of_every_chunk_and_the_kept_seed
     assert plain["X-Candidates"] == "1" and "X-Candidate-Scores" not in plain and "X-Chosen-Seed" not in plain
     streamed = audio_headers(StreamStart(7, "byte_ratio", 2, RATE, "m/1", candidates=3))
     assert streamed["X-Candidates"] == "3" and "X-Chosen-Seed" not in streamed
+
+
+class FailingHandle:
+    """What a DeploymentHandle gives the ingress when the call fails with ``error``."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def options(self, **_):
+        return self
+
+    def __getattr__(self, method: str):
+        async def fail(*_):
+            raise self.error
+
+        return type(method, (), {"remote": staticmethod(fail)})
+
+
+def test_a_lost_replica_or_a_reply_lost_with_its_node_is_a_503_with_retry_after_and_other_errors_pass():
+    """A replica that died (or became unreachable), and a finished reply lost with the node whose object store
+    held it (Ray raises ``ObjectReconstructionFailedError`` when that node dies before the ingress fetched
+    it), are 503 ``model_unavailable`` with ``Retry-After``; any other error is not turned into a 503."""
+    import asyncio
+
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectReconstructionFailedError
+    from ray.serve.exceptions import BackPressureError
+
+    from serve.http_errors import ApiError
+    from serve.messages import SynthesisJob
+    from serve.model_client import ModelClient
+
+    job = SynthesisJob.__new__(SynthesisJob)  # never looked at: the call fails first
+    lost = (
+        ActorDiedError(),
+        ActorUnavailableError("the actor is unavailable", b"\0" * 16),
+        ObjectReconstructionFailedError("c2668a65bda616c1", call_site=""),
+    )
+    for error in lost:
+        with pytest.raises(ApiError) as caught:
+            asyncio.run(ModelClient(FailingHandle(error)).synthesize(job))
+        assert (caught.value.status, caught.value.code) == (503, "model_unavailable"), error
+        assert int(caught.value.headers["Retry-After"]) >= 1 and type(error).__name__ in caught.value.message
+    full = BackPressureError(num_queued_requests=8, max_queued_requests=8)
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(ModelClient(FailingHandle(full)).health())
+    assert caught.value.code == "overloaded" and "Retry-After" in caught.value.headers
+    with pytest.raises(ZeroDivisionError):
+        asyncio.run(ModelClient(FailingHandle(ZeroDivisionError("a bug"))).describe())
