@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.flowtts-installed
 
-.PHONY: test demo bench lint cluster-demo
+.PHONY: test demo bench lint cluster-demo cluster-up
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 # A local autoscaling Ray cluster (Ray's fake multi-node provider): watch cpu_worker nodes join and leave.
 cluster-demo: $(STAMP)
 	$(PY) scripts/cluster_demo.py
+
+# The same cluster, kept up for your own jobs until Ctrl-C (it prints the addresses).
+cluster-up: $(STAMP)
+	$(PY) scripts/cluster_demo.py --tasks 0 --keep
 
 LINT_DIRS := platform data_pipelines jobs serve trainer tests bench scripts
 

@@ -3,15 +3,17 @@
 Starts the local autoscaling cluster of ``scripts/local_cluster.py`` (a head with no CPUs for tasks and
 cluster.yaml's node types, from zero workers), sends tasks that need CPUs, prints ``ray status`` each time the
 set of nodes changes while the autoscaler adds ``cpu_worker`` nodes and, once the tasks are done and the idle
-timeout has passed, removes them; then stops everything it started.
+timeout has passed, removes them; then stops everything it started. With ``--keep`` the cluster stays up
+afterwards, for your own jobs, until Ctrl-C (``make cluster-up``: no demo tasks, just the cluster).
 
-    .venv/bin/python scripts/cluster_demo.py [--tasks 2] [--task-seconds 10] [--idle-timeout-minutes 0.25]
+    .venv/bin/python scripts/cluster_demo.py [--tasks 2] [--task-seconds 10] [--idle-timeout-minutes 0.25] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -26,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task-seconds", type=float, default=10.0, help="how long each task runs")
     parser.add_argument("--idle-timeout-minutes", type=float, default=0.25, help="idle time before a node goes")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up after this long")
+    parser.add_argument("--keep", action="store_true", help="keep the cluster up afterwards, until Ctrl-C")
     return parser.parse_args(argv)
 
 
@@ -53,12 +56,46 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # before ray is imported: this process is a driver of the local cluster
     os.environ.update({**LOOPBACK_ENV, "RAY_AUTH_MODE": "disabled"})
-    import ray
-
+    # Ctrl-C (or SIGTERM) is taken by sigwait() in keep_up(), or else stops the demo where it is
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     cluster = LocalAutoscalingCluster(env=service_env(), idle_timeout_minutes=args.idle_timeout_minutes)
     started = time.monotonic()
     cluster.start()
     print(f"cluster up in {time.monotonic() - started:.0f} s; dashboard {cluster.address}", flush=True)
+    try:
+        if args.tasks:
+            demo(cluster, args)
+        if args.keep:
+            keep_up(cluster)
+    except KeyboardInterrupt:
+        print("\ninterrupted", flush=True)
+    finally:
+        cluster.stop()
+    left = cluster.processes()
+    print(f"stopped; processes of the cluster left: {left or 'none'}", flush=True)
+    return 1 if left else 0
+
+
+def keep_up(cluster: LocalAutoscalingCluster) -> None:
+    """Say how to use the cluster, then wait for Ctrl-C or SIGTERM."""
+    env = " ".join(f"{key}={value}" for key, value in {**LOOPBACK_ENV, "RAY_AUTH_MODE": "disabled"}.items())
+    print(
+        f"\nthe cluster stays up until Ctrl-C. Jobs and dashboard: {cluster.address}\n"
+        f"  {env} ray job submit --address {cluster.address} --working-dir . -- python jobs/preprocess.py ...\n"
+        f"  {env} ray status --address {cluster.gcs_address}\n"
+        f"  a driver of your own: {env} RAY_ADDRESS={cluster.gcs_address} python ...",
+        flush=True,
+    )
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    received = signal.sigwait(stops)
+    print(f"\n{signal.Signals(received).name}: stopping the cluster", flush=True)
+
+
+def demo(cluster: LocalAutoscalingCluster, args: argparse.Namespace) -> None:
+    """Tasks of 1 CPU make the autoscaler add ``cpu_worker`` nodes; once they are done the nodes leave."""
+    import ray
+
     try:
         ray.init(address=cluster.gcs_address, log_to_driver=False)
 
@@ -84,10 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nback to the head alone {time.monotonic() - sent:.0f} s after the tasks were sent")
     finally:
         ray.shutdown()
-        cluster.stop()
-    left = cluster.processes()
-    print(f"stopped; processes of the cluster left: {left or 'none'}")
-    return 1 if left else 0
 
 
 if __name__ == "__main__":

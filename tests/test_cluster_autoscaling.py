@@ -8,8 +8,11 @@ Serve scales out onto new nodes under load, survives the loss of one, and scales
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -54,6 +57,42 @@ def test_node_types_mirror_cluster_yaml():
         accelerators = {key for key in resources if key.startswith("accelerator_type:")}
         assert accelerators == {key for key in local if key.startswith("accelerator_type:")}, name
         assert 0 < local["CPU"] <= resources["CPU"] and NODE_TYPES[name].min_workers == 0, name
+
+
+def test_make_cluster_up_keeps_the_cluster_for_other_jobs_until_ctrl_c():
+    """``make cluster-up`` (``scripts/cluster_demo.py --tasks 0 --keep``) starts the cluster, prints how to
+    reach it (the printed ``ray status`` works and shows the head alone, with the worker types at zero) and
+    keeps it until Ctrl-C, which stops every process of it."""
+    demo = subprocess.Popen(
+        [sys.executable, "-u", "scripts/cluster_demo.py", "--tasks", "0", "--keep"],
+        cwd=REPO,
+        env=service_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout], daemon=True).start()
+    printed: list[str] = []
+
+    def read_until(text: str) -> None:
+        while not any(text in line for line in printed):
+            printed.append(lines.get(timeout=180))  # queue.Empty if the demo says nothing for that long
+
+    try:
+        read_until("ray status --address")
+        (status,) = [line.strip() for line in printed if "ray status --address" in line]
+        shown = subprocess.run(status, shell=True, env=service_env(), capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0 and HEAD_TYPE in shown.stdout, shown.stdout + shown.stderr
+        assert "cpu_worker" not in shown.stdout.split("Pending:")[0]  # no worker before there is demand
+        assert demo.poll() is None  # still up
+        demo.send_signal(signal.SIGINT)
+        read_until("processes of the cluster left")
+        assert demo.wait(timeout=120) == 0 and "processes of the cluster left: none" in printed[-1], printed
+    finally:
+        if demo.poll() is None:  # a failed check: stop the cluster as a user would
+            demo.send_signal(signal.SIGINT)
+            demo.wait(timeout=120)
 
 
 @pytest.fixture(scope="module")
