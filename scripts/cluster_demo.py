@@ -21,6 +21,8 @@ from collections import Counter
 from local_cluster import HEAD_TYPE, LOOPBACK_ENV, NODE_TYPE_LABEL, LocalAutoscalingCluster
 from local_services import service_env
 
+DRIVER_ENV = {**LOOPBACK_ENV, "RAY_AUTH_MODE": "disabled"}  # what a driver or ray CLI of this cluster needs
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,7 +57,7 @@ def watch(cluster: LocalAutoscalingCluster, until, timeout_s: float, since: floa
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # before ray is imported: this process is a driver of the local cluster
-    os.environ.update({**LOOPBACK_ENV, "RAY_AUTH_MODE": "disabled"})
+    os.environ.update(DRIVER_ENV)
     # Ctrl-C (or SIGTERM) is taken by sigwait() in keep_up(), or else stops the demo where it is
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     cluster = LocalAutoscalingCluster(env=service_env(), idle_timeout_minutes=args.idle_timeout_minutes)
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def keep_up(cluster: LocalAutoscalingCluster) -> None:
     """Say how to use the cluster, then wait for Ctrl-C or SIGTERM."""
-    env = " ".join(f"{key}={value}" for key, value in {**LOOPBACK_ENV, "RAY_AUTH_MODE": "disabled"}.items())
+    env = " ".join(f"{key}={value}" for key, value in DRIVER_ENV.items())
     print(
         f"\nthe cluster stays up until Ctrl-C. Jobs and dashboard: {cluster.address}\n"
         f"  {env} ray job submit --address {cluster.address} --working-dir . -- python jobs/preprocess.py ...\n"
