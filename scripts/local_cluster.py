@@ -151,7 +151,6 @@ class LocalAutoscalingCluster:
         try:
             self.address = self.head.start(timeout_s)
             self.gcs_address = self.head.gcs_address
-            self.wait_for_nodes(HEAD_TYPE, 1, timeout_s)  # the job API answers before the head is in the table
         except BaseException:
             self.stop()
             raise

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,19 +43,31 @@ def service_env(**changes: str) -> dict[str, str]:
     return env
 
 
-def wait_until_answers(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> bytes:
-    """Poll ``url`` until it answers 200 and return the body. Refused, held (timed out) and non-200 answers
-    are waited out, as while a server starts; a ``process`` that exits first is an error."""
+def wait_until_answers(
+    url: str,
+    timeout_s: float,
+    process: subprocess.Popen | None = None,
+    accept: Callable[[bytes], bool] = lambda body: True,
+) -> bytes:
+    """Poll ``url`` until it answers 200 with a body ``accept`` takes (any, by default) and return
+    the body. Refused, held (timed out), non-200 and unaccepted answers are waited out, as while a server
+    starts; a ``process`` that exits first is an error."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before {url} answered")
         with contextlib.suppress(OSError):  # connection refused, timeout, HTTPError
             with urllib.request.urlopen(url, timeout=10) as response:
-                if response.status == 200:
-                    return response.read()
+                if response.status == 200 and accept(body := response.read()):
+                    return body
         time.sleep(1)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
+    raise TimeoutError(f"{url} did not answer 200 as awaited within {timeout_s} s")
+
+
+def _has_alive_node(nodes_answer: bytes) -> bool:
+    """Whether the dashboard's ``/api/v0/nodes`` answer lists a node that is alive."""
+    nodes = json.loads(nodes_answer)["data"]["result"]["result"]
+    return any(node["state"] == "ALIVE" for node in nodes)
 
 
 def free_ports(count: int) -> list[int]:
@@ -78,8 +91,20 @@ class LocalRayHead:
     port: int | None = None  # the GCS port (default: a free one), for callers that must name it beforehand
     extra_args: list[str] = field(default_factory=list)  # more `ray start` options (scripts/local_cluster.py)
 
-    def start(self, timeout_s: float = 180) -> str:
-        """Start the head and return the job/dashboard address once its job API answers."""
+    def start(self, timeout_s: float = 180, attempts: int = 2) -> str:
+        """Start the head and return the job/dashboard address once its job API answers and its node is alive.
+
+        ``ray start`` gives its raylet 30 s to register with the GCS (fixed in Ray 2.60) and exits otherwise,
+        after its dashboard has started answering: a head starved of CPU misses that now and then (seen once in
+        a CI run). Such a start is stopped and made again, ``attempts`` times in all."""
+        for _ in range(attempts - 1):
+            try:
+                return self._start_once(timeout_s)
+            except RuntimeError as exc:  # ray start exited
+                print(f"{exc}; starting the head again", file=sys.stderr, flush=True)
+        return self._start_once(timeout_s)
+
+    def _start_once(self, timeout_s: float) -> str:
         gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
         gcs = self.port or gcs
         self.gcs_address = f"127.0.0.1:{gcs}"
@@ -111,6 +136,7 @@ class LocalRayHead:
         )
         try:
             wait_until_answers(f"{self.address}/api/jobs/", timeout_s, self.process)
+            wait_until_answers(f"{self.address}/api/v0/nodes", timeout_s, self.process, accept=_has_alive_node)
         except BaseException:
             self.stop()  # nothing of a head that never answered is left behind
             raise
